@@ -1,0 +1,118 @@
+package api
+
+import "time"
+
+// Status is the agent's answer on PathStatus: what the node runs, in which
+// datapath mode, why, and where each setting came from. `glia status`
+// renders it (internal/status); `glia status -o json` prints it as is.
+type Status struct {
+	NodeName string `json:"nodeName"`
+	// Time is when the agent took this snapshot; relative times in the
+	// rendered output ("3s ago") are computed against it.
+	Time                 time.Time                  `json:"time"`
+	Kubernetes           KubernetesStatus           `json:"kubernetes"`
+	KubeProxyReplacement KubeProxyReplacementStatus `json:"kubeProxyReplacement"`
+	HostRouting          HostRoutingStatus          `json:"hostRouting"`
+	Masquerading         MasqueradingStatus         `json:"masquerading"`
+	Routing              RoutingStatus              `json:"routing"`
+	IPAM                 IPAMStatus                 `json:"ipam"`
+	// ConfigSources lists every effective config key with the source that
+	// set it, sorted by key.
+	ConfigSources []ConfigSource `json:"configSources"`
+	// ConfigWarnings are non-fatal findings of config resolution, e.g. a key
+	// set by two GliaNodeConfigs that both select this node.
+	ConfigWarnings []string           `json:"configWarnings,omitempty"`
+	Controllers    []ControllerStatus `json:"controllers"`
+	// ClusterHealth is nil when the health prober is not running.
+	ClusterHealth *ClusterHealthStatus `json:"clusterHealth,omitempty"`
+	Endpoints     int                  `json:"endpoints"`
+	Services      int                  `json:"services"`
+	// Datapath names the datapath implementation in use, e.g. "legacy" or
+	// "ebpf (tcx)".
+	Datapath string `json:"datapath"`
+	// AgentUptime is how long the agent has been running (JSON: nanoseconds).
+	AgentUptime time.Duration `json:"agentUptime"`
+}
+
+// KubernetesStatus is the agent's connection to the Kubernetes API.
+type KubernetesStatus struct {
+	// State is "Ok", "Disabled", or the text of the last error.
+	State   string `json:"state"`
+	Version string `json:"version,omitempty"` // e.g. v1.37.2
+}
+
+// KubeProxyReplacementStatus says whether glia load-balances Services.
+type KubeProxyReplacementStatus struct {
+	Enabled bool `json:"enabled"`
+	// Devices are the devices the service datapath is attached to, each
+	// rendered as given, e.g. "eth0 198.18.0.2".
+	Devices []string `json:"devices,omitempty"`
+	// Reason says why it is (not) enabled and which source set it.
+	Reason string `json:"reason,omitempty"`
+}
+
+// HostRoutingStatus is the host-routing mode and why it was chosen.
+type HostRoutingStatus struct {
+	Mode        string `json:"mode"`                  // "BPF" or "Legacy"
+	Reason      string `json:"reason,omitempty"`      // why this mode
+	BlockingKey string `json:"blockingKey,omitempty"` // the config key that blocks BPF host routing, if any
+	Fix         string `json:"fix,omitempty"`         // the change that would enable BPF host routing
+}
+
+// MasqueradingStatus is how traffic leaving the cluster is SNATed.
+type MasqueradingStatus struct {
+	Mode   string `json:"mode"`             // "BPF", "IPTables" or "Disabled"
+	Device string `json:"device,omitempty"` // BPF: the device SNAT happens on
+	CIDR   string `json:"cidr,omitempty"`   // BPF: the source range that is masqueraded
+	IPv4   bool   `json:"ipv4"`
+}
+
+// RoutingStatus is how pod traffic crosses nodes.
+type RoutingStatus struct {
+	Mode                 string `json:"mode"` // "native" or "tunnel"
+	AutoDirectNodeRoutes bool   `json:"autoDirectNodeRoutes"`
+	TunnelProtocol       string `json:"tunnelProtocol,omitempty"` // "vxlan" in tunnel mode
+}
+
+// IPAMStatus is the node's pod address pool.
+type IPAMStatus struct {
+	PodCIDR   string `json:"podCIDR"`
+	Allocated int    `json:"allocated"`
+	Size      int    `json:"size"` // usable addresses in PodCIDR
+	// Addresses lists allocated addresses, optionally followed by their
+	// owner ("198.19.1.5 (default/web-1)"); filled for verbose requests.
+	Addresses []string `json:"addresses,omitempty"`
+}
+
+// ConfigSource is one effective config key and where its value came from.
+type ConfigSource struct {
+	Key   string `json:"key"`
+	Value string `json:"value"`
+	// Source is the human form: "default", "flag --mtu",
+	// "ConfigMap glia-system/glia-config",
+	// "GliaNodeConfig glia-system/enable-ebpf".
+	Source string `json:"source"`
+	// Kind is the machine form of Source's layer: "default", "flag",
+	// "configmap" or "nodeconfig".
+	Kind string `json:"kind,omitempty"`
+	// Overridden lists lower-precedence sources that also set the key.
+	Overridden []string `json:"overridden,omitempty"`
+}
+
+// ControllerStatus is one of the agent's reconcile loops.
+type ControllerStatus struct {
+	Name        string    `json:"name"`
+	LastSuccess time.Time `json:"lastSuccess"`
+	LastError   string    `json:"lastError,omitempty"`
+	// Failures counts consecutive failures since the last success; a
+	// controller is healthy when it is 0.
+	Failures int `json:"failures"`
+}
+
+// ClusterHealthStatus is the result of the last health probe round.
+type ClusterHealthStatus struct {
+	Reachable   int       `json:"reachable"`
+	Total       int       `json:"total"`
+	ProbeTime   time.Time `json:"probeTime"`
+	Unreachable []string  `json:"unreachable,omitempty"` // node names
+}
