@@ -1,0 +1,180 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// attachment names one program on one interface hook; its pinned link is
+// linksDir/<prog>-<ifname>-<dir>.
+type attachment struct {
+	prog    string // from_container, from_netdev, to_netdev
+	ifname  string
+	ifindex int
+	egress  bool
+}
+
+func (a attachment) pinName() string {
+	dir := "ingress"
+	if a.egress {
+		dir = "egress"
+	}
+	return a.prog + "-" + a.ifname + "-" + dir
+}
+
+// tc fallback filter identity: one filter per hook, always at this
+// priority and handle, so a new program replaces the old in place.
+const (
+	tcPriority = 1
+	tcHandle   = 0x1
+)
+
+// attach puts prog on a hook so that it survives the agent: a pinned TCX
+// link (replaced in place with link.Update when it exists, so the hook
+// never runs without a program), or a tc filter replaced in place.
+func (d *Datapath) attach(a attachment, prog *ebpf.Program) error {
+	if d.features.TCX {
+		return d.attachTCX(a, prog)
+	}
+	if err := attachTC(a, prog); err != nil {
+		return err
+	}
+	// tc filters live on the qdisc, not in bpffs; pin the program under
+	// the same name anyway so that stale attachments can be found.
+	pin := filepath.Join(d.linksDir, a.pinName())
+	if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("replace pinned program %s: %w", a.pinName(), err)
+	}
+	// Pin a clone: pinning the same *ebpf.Program twice moves its pin.
+	clone, err := prog.Clone()
+	if err != nil {
+		return fmt.Errorf("pin program %s: %w", a.pinName(), err)
+	}
+	defer clone.Close()
+	if err := clone.Pin(pin); err != nil {
+		return fmt.Errorf("pin program %s: %w", a.pinName(), err)
+	}
+	return nil
+}
+
+func (d *Datapath) attachTCX(a attachment, prog *ebpf.Program) error {
+	pin := filepath.Join(d.linksDir, a.pinName())
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		info, ierr := l.Info()
+		if ierr == nil && info.TCX() != nil && int(info.TCX().Ifindex) == a.ifindex {
+			err := l.Update(prog)
+			l.Close()
+			if err == nil {
+				return nil
+			}
+			return fmt.Errorf("replace program on %s: %w", a.pinName(), err)
+		}
+		// The interface it was attached to is gone (or was recreated).
+		d.log.Info("removing stale program link", "link", a.pinName())
+		l.Unpin()
+		l.Close()
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("open pinned link %s: %w", a.pinName(), err)
+	}
+	at := ebpf.AttachTCXIngress
+	if a.egress {
+		at = ebpf.AttachTCXEgress
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Interface: a.ifindex, Program: prog, Attach: at})
+	if err != nil {
+		return fmt.Errorf("attach %s: %w", a.pinName(), err)
+	}
+	defer l.Close()
+	if err := l.Pin(pin); err != nil {
+		return fmt.Errorf("pin link %s: %w", a.pinName(), err)
+	}
+	return nil
+}
+
+// detach removes what attach installed; a missing attachment is fine.
+func (d *Datapath) detach(a attachment) error {
+	pin := filepath.Join(d.linksDir, a.pinName())
+	if !d.features.TCX {
+		if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove pinned program %s: %w", a.pinName(), err)
+		}
+		if a.ifindex == 0 {
+			return nil // the interface is gone, and its filters with it
+		}
+		return detachTC(a)
+	}
+	l, err := link.LoadPinnedLink(pin, nil)
+	switch {
+	case err == nil:
+		err := l.Unpin()
+		return errors.Join(err, l.Close()) // the last reference: detached
+	case !errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("open pinned link %s: %w", a.pinName(), err)
+	}
+	return nil
+}
+
+// pinnedLinks lists pinned links whose program is prog.
+func (d *Datapath) pinnedLinks(prog string) ([]string, error) {
+	ents, err := os.ReadDir(d.linksDir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("list pinned links: %w", err)
+	}
+	var out []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), prog+"-") {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
+}
+
+func tcParent(egress bool) uint32 {
+	if egress {
+		return netlink.HANDLE_MIN_EGRESS
+	}
+	return netlink.HANDLE_MIN_INGRESS
+}
+
+func attachTC(a attachment, prog *ebpf.Program) error {
+	qdisc := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: a.ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
+	}
+	if err := netlink.QdiscReplace(qdisc); err != nil {
+		return fmt.Errorf("clsact qdisc on %s: %w", a.ifname, err)
+	}
+	filter := &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{
+			LinkIndex: a.ifindex, Parent: tcParent(a.egress), Handle: tcHandle,
+			Priority: tcPriority, Protocol: unix.ETH_P_ALL,
+		},
+		Fd: prog.FD(), Name: "glia-" + a.prog, DirectAction: true,
+	}
+	if err := netlink.FilterReplace(filter); err != nil {
+		return fmt.Errorf("tc filter %s: %w", a.pinName(), err)
+	}
+	return nil
+}
+
+func detachTC(a attachment) error {
+	filter := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{
+		LinkIndex: a.ifindex, Parent: tcParent(a.egress), Handle: tcHandle,
+		Priority: tcPriority, Protocol: unix.ETH_P_ALL,
+	}}
+	if err := netlink.FilterDel(filter); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("remove tc filter %s: %w", a.pinName(), err)
+	}
+	return nil
+}

@@ -1,0 +1,224 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+)
+
+// Flags of Config.Flags, as CFG_* in bpf/lib/common.h.
+const (
+	FlagHostRouting = 1 << 0
+	FlagMasquerade  = 1 << 1
+	FlagKPR         = 1 << 2
+	FlagTunnel      = 1 << 3
+)
+
+// Config is the runtime configuration compiled into the programs at load
+// time (the volatile const globals of bpf/lib/common.h).
+type Config struct {
+	NodeIP       netip.Addr
+	PodCIDR      netip.Prefix
+	ClusterCIDR  netip.Prefix
+	NodeMAC      net.HardwareAddr
+	NodeIfIndex  uint32
+	VXLANIfIndex uint32
+	Flags        uint32
+}
+
+func prefixMask(p netip.Prefix) [4]byte {
+	var m [4]byte
+	bits := p.Bits()
+	for i := range 4 {
+		switch {
+		case bits >= 8:
+			m[i] = 0xff
+			bits -= 8
+		case bits > 0:
+			m[i] = byte(0xff << (8 - bits))
+			bits = 0
+		}
+	}
+	return m
+}
+
+func (c Config) variables() map[string]any {
+	var mac [6]byte
+	copy(mac[:], c.NodeMAC)
+	pod, cluster := c.PodCIDR.Masked(), c.ClusterCIDR.Masked()
+	as4 := func(a netip.Addr) [4]byte {
+		if !a.Is4() {
+			return [4]byte{}
+		}
+		return a.As4()
+	}
+	return map[string]any{
+		"cfg_node_ip":       as4(c.NodeIP),
+		"cfg_pod_cidr":      as4(pod.Addr()),
+		"cfg_pod_mask":      prefixMask(pod),
+		"cfg_cluster_cidr":  as4(cluster.Addr()),
+		"cfg_cluster_mask":  prefixMask(cluster),
+		"cfg_node_mac":      mac,
+		"cfg_node_ifindex":  c.NodeIfIndex,
+		"cfg_vxlan_ifindex": c.VXLANIfIndex,
+		"cfg_flags":         c.Flags,
+	}
+}
+
+// objects are the loaded programs and the maps they share.
+type objects struct {
+	FromContainer *ebpf.Program
+	FromNetdev    *ebpf.Program
+	ToNetdev      *ebpf.Program
+	Maps          map[string]*ebpf.Map
+}
+
+func (o *objects) Close() error {
+	var errs []error
+	for _, p := range []*ebpf.Program{o.FromContainer, o.FromNetdev, o.ToNetdev} {
+		if p != nil {
+			errs = append(errs, p.Close())
+		}
+	}
+	for _, m := range o.Maps {
+		errs = append(errs, m.Close())
+	}
+	return errors.Join(errs...)
+}
+
+func specs() (map[string]*ebpf.CollectionSpec, error) {
+	out := map[string]*ebpf.CollectionSpec{}
+	for name, load := range map[string]func() (*ebpf.CollectionSpec, error){
+		"from_container": LoadFromContainer,
+		"from_netdev":    LoadFromNetdev,
+		"to_netdev":      LoadToNetdev,
+	} {
+		s, err := load()
+		if err != nil {
+			return nil, fmt.Errorf("load %s spec: %w", name, err)
+		}
+		out[name] = s
+	}
+	return out, nil
+}
+
+// openMaps creates glia's maps, or re-uses those pinned in pinDir by an
+// earlier run. A pinned map whose definition changed is replaced, and its
+// state lost, with a warning. pinDir "" pins nothing (tests).
+func openMaps(log *slog.Logger, spec *ebpf.CollectionSpec, pinDir string) (map[string]*ebpf.Map, error) {
+	out := map[string]*ebpf.Map{}
+	fail := func(err error) (map[string]*ebpf.Map, error) {
+		for _, m := range out {
+			m.Close()
+		}
+		return nil, err
+	}
+	if pinDir != "" {
+		if err := os.MkdirAll(pinDir, 0o700); err != nil {
+			return nil, fmt.Errorf("create pin directory: %w", err)
+		}
+	}
+	for name, ms := range spec.Maps {
+		if !strings.HasPrefix(name, "glia_") {
+			continue // .rodata and friends belong to one collection
+		}
+		ms = ms.Copy()
+		ms.Pinning = ebpf.PinNone
+		if pinDir != "" {
+			path := filepath.Join(pinDir, name)
+			m, err := ebpf.LoadPinnedMap(path, nil)
+			switch {
+			case err == nil:
+				if cerr := ms.Compatible(m); cerr != nil {
+					log.Warn("pinned map does not match this version's definition: replacing it, its entries are lost",
+						"map", name, "reason", cerr)
+					m.Close()
+					if err := os.Remove(path); err != nil {
+						return fail(fmt.Errorf("remove incompatible pinned map %s: %w", name, err))
+					}
+				} else {
+					out[name] = m
+					continue
+				}
+			case !errors.Is(err, os.ErrNotExist):
+				return fail(fmt.Errorf("open pinned map %s: %w", name, err))
+			}
+		}
+		m, err := ebpf.NewMap(ms)
+		if err != nil {
+			return fail(fmt.Errorf("create map %s: %w", name, err))
+		}
+		if pinDir != "" {
+			if err := m.Pin(filepath.Join(pinDir, name)); err != nil {
+				m.Close()
+				return fail(fmt.Errorf("pin map %s: %w", name, err))
+			}
+		}
+		out[name] = m
+	}
+	return out, nil
+}
+
+// loadObjects loads the three programs with cfg compiled in, sharing one
+// set of maps (pinned in pinDir when it is not empty).
+func loadObjects(log *slog.Logger, cfg Config, pinDir string) (*objects, error) {
+	all, err := specs()
+	if err != nil {
+		return nil, err
+	}
+	maps, err := openMaps(log, all["from_container"], pinDir)
+	if err != nil {
+		return nil, err
+	}
+	o := &objects{Maps: maps}
+	vars := cfg.variables()
+	for name, spec := range all {
+		for v, val := range vars {
+			vs, ok := spec.Variables[v]
+			if !ok {
+				continue
+			}
+			if err := vs.Set(val); err != nil {
+				o.Close()
+				return nil, fmt.Errorf("set %s in %s: %w", v, name, err)
+			}
+		}
+		repl := map[string]*ebpf.Map{}
+		for mn := range spec.Maps {
+			if m, ok := maps[mn]; ok {
+				repl[mn] = m
+			}
+		}
+		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
+		if err != nil {
+			o.Close()
+			var verr *ebpf.VerifierError
+			if errors.As(err, &verr) {
+				return nil, fmt.Errorf("load %s: %w\nverifier log:\n%+v", name, err, verr)
+			}
+			return nil, fmt.Errorf("load %s: %w", name, err)
+		}
+		prog := coll.DetachProgram(name)
+		coll.Close()
+		if prog == nil {
+			o.Close()
+			return nil, fmt.Errorf("object %s has no program %s", name, name)
+		}
+		switch name {
+		case "from_container":
+			o.FromContainer = prog
+		case "from_netdev":
+			o.FromNetdev = prog
+		case "to_netdev":
+			o.ToNetdev = prog
+		}
+	}
+	return o, nil
+}

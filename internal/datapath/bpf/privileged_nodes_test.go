@@ -1,0 +1,156 @@
+package bpf
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+
+	"glia.dev/glia/internal/api"
+	"glia.dev/glia/internal/datapath"
+	"glia.dev/glia/internal/maps"
+)
+
+// Two nodes wired eth0 to eth0, one pod each: pod traffic between nodes,
+// natively routed (auto-direct-node-routes) or through the VXLAN tunnel,
+// and a Service whose backend is on the other node.
+func TestPrivilegedTwoNodes(t *testing.T) {
+	requirePrivileged(t)
+	for _, mode := range []string{"native", "tunnel"} {
+		t.Run(mode, func(t *testing.T) { testTwoNodes(t, mode) })
+	}
+}
+
+func testTwoNodes(t *testing.T, mode string) {
+	if mode == "tunnel" {
+		// Known bug: encapsulated packets reach the other node (its
+		// from_netdev counts them) but are dropped before VXLAN decap
+		// (kfree_skb reasons seen: IP_LOCAL_SOURCE, TUNNEL_TXINFO).
+		t.Skip("tunnel mode does not deliver across nodes yet (known bug in glia, not a missing kernel feature)")
+	}
+	bpffs := privateBPFFS(t)
+	n1, n2, p1, p2 := newNS(t), newNS(t), newNS(t), newNS(t)
+
+	var lxc1, lxc2 netlink.Link
+	must(t, n1.Do(func(ns.NetNS) error {
+		lxc1 = vethInto(t, "lxc1", p1, "eth0")
+		eth0 := vethInto(t, "eth0", n2, "eth0")
+		a, _ := netlink.ParseAddr("198.18.0.11/24")
+		return netlink.AddrAdd(eth0, a)
+	}))
+	must(t, n2.Do(func(ns.NetNS) error {
+		lxc2 = vethInto(t, "lxc2", p2, "eth0")
+		eth0, err := netlinksafe.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		a, _ := netlink.ParseAddr("198.18.0.12/24")
+		return netlink.AddrAdd(eth0, a)
+	}))
+	setupPod(t, p1, "198.19.1.10", lxc1.Attrs().HardwareAddr)
+	setupPod(t, p2, "198.19.2.20", lxc2.Attrs().HardwareAddr)
+	echoServer(t, p2, "198.19.2.20:8080")
+
+	nodes := []datapath.RemoteNode{
+		{Name: "n1", IP: netip.MustParseAddr("198.18.0.11"), PodCIDR: netip.MustParsePrefix("198.19.1.0/24")},
+		{Name: "n2", IP: netip.MustParseAddr("198.18.0.12"), PodCIDR: netip.MustParsePrefix("198.19.2.0/24")},
+	}
+	services := []datapath.Service{{Namespace: "default", Name: "echo", Protocol: "TCP",
+		Frontend: netip.MustParseAddrPort("198.18.128.10:80"), NodePort: 30080,
+		Backends: []datapath.Backend{{Addr: netip.MustParseAddrPort("198.19.2.20:8080"), Ready: true}}}}
+
+	start := func(netns ns.NetNS, i int, host, podIP string, pod ns.NetNS) *Datapath {
+		t.Helper()
+		local := datapath.LocalNode{Name: nodes[i].Name, IP: nodes[i].IP, Device: "eth0", PodCIDR: nodes[i].PodCIDR,
+			ClusterCIDR: netip.MustParsePrefix("198.19.0.0/16"), ServiceCIDR: netip.MustParsePrefix("198.18.128.0/17")}
+		opts := datapath.Options{RoutingMode: mode, AutoDirectNodeRoutes: true, KubeProxyReplacement: true,
+			BPFMasquerade: true, HostRoutingBPF: true, LBAlgorithm: "maglev", MTU: 1450,
+			BPFFSDir: filepath.Join(bpffs, nodes[i].Name)}
+		var dp *Datapath
+		must(t, netns.Do(func(ns.NetNS) error {
+			var err error
+			if dp, err = New(testLogger(), local, opts); err != nil {
+				return err
+			}
+			ctx := context.Background()
+			if err := dp.Init(ctx); err != nil {
+				return err
+			}
+			ep := api.Endpoint{Attachment: api.Attachment{ContainerID: "c", IfName: "eth0"}, IP: podIP, HostIfName: host, Netns: pod.Path()}
+			if err := dp.UpsertEndpoint(ctx, ep); err != nil {
+				return err
+			}
+			var others []datapath.RemoteNode
+			for j, n := range nodes {
+				if j != i {
+					others = append(others, n)
+				}
+			}
+			if err := dp.SyncNodes(ctx, others); err != nil {
+				return err
+			}
+			return dp.SyncServices(ctx, services)
+		}))
+		return dp
+	}
+	dp1 := start(n1, 0, "lxc1", "198.19.1.10", p1)
+	dp2 := start(n2, 1, "lxc2", "198.19.2.20", p2)
+	t.Cleanup(func() {
+		dp1.Close()
+		dp2.Close()
+	})
+	t.Cleanup(func() {
+		if t.Failed() {
+			for i, dp := range []*Datapath{dp1, dp2} {
+				if dp.objs == nil {
+					continue
+				}
+				rows, _ := maps.NewMetrics(dp.objs.Maps[maps.NameMetrics]).List()
+				t.Logf("node %d counters: %v", i+1, rows)
+			}
+		}
+	})
+
+	t.Run("pod to remote pod", func(t *testing.T) {
+		c := dial(t, p1, "198.19.2.20:8080")
+		if got := c.roundTrip(t, "across"); !strings.HasPrefix(got, "198.19.1.10:") {
+			t.Errorf("server saw %s, want the client pod's address", got)
+		}
+	})
+	t.Run("service with a remote backend", func(t *testing.T) {
+		c := dial(t, p1, "198.18.128.10:80")
+		if got := c.roundTrip(t, "vip"); !strings.HasPrefix(got, "198.19.1.10:") {
+			t.Errorf("server saw %s, want the client pod's address", got)
+		}
+	})
+	t.Run("nodeport from the other node's address", func(t *testing.T) {
+		// node 2 reaches node 1's NodePort; the backend is back on node 2
+		c := dial(t, n2, "198.18.0.11:30080")
+		if got := c.roundTrip(t, "nodeport"); !strings.HasPrefix(got, "198.18.0.11:") {
+			t.Errorf("server saw %s, want node 1's address (SNAT to a remote backend)", got)
+		}
+	})
+	if mode == "native" {
+		must(t, n1.Do(func(ns.NetNS) error {
+			rs, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: routeProtocol}, netlink.RT_FILTER_PROTOCOL)
+			var got []string
+			for _, r := range rs {
+				if r.Gw != nil {
+					got = append(got, fmt.Sprintf("%s via %s", r.Dst, r.Gw))
+				}
+			}
+			if len(got) != 1 || got[0] != "198.19.2.0/24 via 198.18.0.12" {
+				t.Errorf("node routes %v, want 198.19.2.0/24 via 198.18.0.12", got)
+			}
+			return err
+		}))
+	}
+	_ = net.IPv4len
+}
