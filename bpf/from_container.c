@@ -2,7 +2,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* from_container: ingress of each pod's host-side veth, i.e. every packet a
  * pod sends. Reverse-translates replies of Service flows, load-balances new
- * ones, then routes. */
+ * ones, then routes. Replies it translated are forwarded by the programs
+ * whatever the host routing mode (their source can be the node's own
+ * address, a martian to the stack). */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/pkt.h"
@@ -27,13 +29,17 @@ int from_container(struct __sk_buff *ctx)
 		r = rev_dnat(ctx, &p);
 		if (r < 0)
 			return drop(ctx, METRIC_DROP_INVALID);
-		if (r == 0) {
-			svc = lb_lookup(&p, p.daddr, SVC_SCOPE_CLUSTER_IP);
-			if (svc) {
-				r = lb_forward(ctx, &p, svc, 0);
-				if (r != LB_CONTINUE)
-					return r;
-			}
+		if (r > 0)
+			return route_direct(ctx, &p);
+		svc = lb_lookup(&p, p.daddr, SVC_SCOPE_CLUSTER_IP);
+		if (svc) {
+			r = lb_forward(ctx, &p, svc, 0);
+			if (r != LB_CONTINUE)
+				return r;
+			/* a hairpinned flow goes back out where it came in: the
+			 * stack's reverse path check would refuse it */
+			if (p.saddr == HAIRPIN_ADDR)
+				return route_direct(ctx, &p);
 		}
 	}
 	return route(ctx, &p);

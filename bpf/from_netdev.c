@@ -2,7 +2,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* from_netdev: ingress of the node's device and of the VXLAN device.
  * Reverses masquerade and NodePort SNAT, load-balances NodePort, reverses
- * DNAT of replies from remote backends, and delivers to local pods. */
+ * DNAT of replies from remote backends, and delivers to local pods (with
+ * BPF host routing; else the stack does). Translated packets are always
+ * forwarded by the programs: after NodePort SNAT their source is the
+ * node's own address, which the stack would drop as a martian. */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/pkt.h"
@@ -37,7 +40,7 @@ int from_netdev(struct __sk_buff *ctx)
 				r = lb_forward(ctx, &p, svc, 1);
 				if (r != LB_CONTINUE)
 					return r;
-				return route(ctx, &p);
+				return route_direct(ctx, &p);
 			}
 		}
 	}
@@ -48,7 +51,7 @@ int from_netdev(struct __sk_buff *ctx)
 		translated |= r;
 	}
 	if (translated)
-		return route(ctx, &p);
+		return route_direct(ctx, &p);
 	if (cfg_has(CFG_MASQUERADE) && p.has_l4 && in_pod_cidr(p.daddr) && !in_cluster_cidr(p.saddr))
 		note_inbound(&p);
 	if (cfg_has(CFG_HOST_ROUTING)) {

@@ -6,10 +6,37 @@
 #include "lib/maps.h"
 #include "lib/pkt.h"
 #include "lib/nat.h"
+#include "lib/route.h"
 
 static __always_inline int needs_masquerade(__be32 saddr, __be32 daddr)
 {
 	return (in_pod_cidr(saddr) || saddr == HAIRPIN_ADDR) && !in_cluster_cidr(daddr);
+}
+
+/* to_tunnel handles the egress of the VXLAN device: packets the programs
+ * redirected there carry their tunnel key already; packets the stack
+ * routed there (legacy host routing, the node's own traffic to remote
+ * pods) get it here, from the tunnel map. */
+static __always_inline int to_tunnel(struct __sk_buff *ctx, struct pkt *p, int parsed)
+{
+	struct bpf_tunnel_key key = {};
+	struct tunnel_value *tv;
+
+	if (bpf_skb_get_tunnel_key(ctx, &key, sizeof(key), 0) == 0 && key.remote_ipv4)
+		return TC_ACT_OK;
+	/* Only IPv4 pod traffic crosses the tunnel; anything else (IPv6
+	 * neighbour discovery, a stray ARP) has no node to go to. */
+	if (parsed != PARSE_OK)
+		return drop(ctx, METRIC_DROP_TUNNEL);
+	tv = tunnel_node(p->daddr);
+	if (!tv)
+		return drop(ctx, METRIC_DROP_TUNNEL);
+	if (set_tunnel(ctx, tv->node_ip) < 0)
+		return drop(ctx, METRIC_DROP_TUNNEL);
+	if (set_tunnel_macs(ctx) < 0)
+		return drop(ctx, METRIC_DROP_INVALID);
+	count(ctx, METRIC_FORWARD);
+	return TC_ACT_OK;
 }
 
 SEC("tc")
@@ -19,29 +46,12 @@ int to_netdev(struct __sk_buff *ctx)
 	int r;
 
 	r = parse(ctx, &p);
+	if (cfg_has(CFG_TUNNEL) && cfg_vxlan_ifindex && ctx->ifindex == cfg_vxlan_ifindex)
+		return to_tunnel(ctx, &p, r);
 	if (r == PARSE_NOT_IPV4)
 		return TC_ACT_OK;
 	if (r < 0)
 		return drop(ctx, METRIC_DROP_INVALID);
-
-	if (cfg_has(CFG_TUNNEL) && cfg_vxlan_ifindex && ctx->ifindex == cfg_vxlan_ifindex) {
-		struct tunnel_key tk = { .prefixlen = 32 };
-		struct bpf_tunnel_key key = {};
-		struct tunnel_value *tv;
-
-		if (bpf_skb_get_tunnel_key(ctx, &key, sizeof(key), 0) == 0 && key.remote_ipv4)
-			return TC_ACT_OK;
-		__builtin_memcpy(tk.addr, &p.daddr, 4);
-		tv = bpf_map_lookup_elem(&glia_tunnel, &tk);
-		if (!tv)
-			return drop(ctx, METRIC_DROP_TUNNEL);
-		key.tunnel_id = TUNNEL_VNI;
-		key.remote_ipv4 = bpf_ntohl(tv->node_ip);
-		key.tunnel_ttl = 64;
-		if (bpf_skb_set_tunnel_key(ctx, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
-			return drop(ctx, METRIC_DROP_TUNNEL);
-		return TC_ACT_OK;
-	}
 
 	if (!cfg_has(CFG_MASQUERADE))
 		return TC_ACT_OK;

@@ -22,6 +22,32 @@ static __always_inline struct svc_value *lb_lookup(struct pkt *p, __be32 addr, _
 	return bpf_map_lookup_elem(&glia_services, &k);
 }
 
+/* affinity_backend returns the backend a client of an affine service
+ * keeps, or 0. */
+static __always_inline __u32 affinity_backend(struct svc_value *svc, struct pkt *p, __u64 now)
+{
+	struct affinity_key ak = { .svc_id = svc->id, .client = p->saddr };
+	struct affinity_value *av;
+
+	if (!(svc->flags & SVC_F_AFFINITY))
+		return 0;
+	av = bpf_map_lookup_elem(&glia_affinity, &ak);
+	if (!av || now - av->last_seen > AFFINITY_TIMEOUT_NS)
+		return 0;
+	if (!bpf_map_lookup_elem(&glia_backends, &av->backend_id))
+		return 0;
+	return av->backend_id;
+}
+
+static __always_inline void affinity_update(struct svc_value *svc, struct pkt *p, __u32 bid, __u64 now)
+{
+	struct affinity_key ak = { .svc_id = svc->id, .client = p->saddr };
+	struct affinity_value av = { .last_seen = now, .backend_id = bid };
+
+	if (svc->flags & SVC_F_AFFINITY)
+		bpf_map_update_elem(&glia_affinity, &ak, &av, BPF_ANY);
+}
+
 /* lb_select picks a backend id for a new flow, or 0. */
 static __always_inline __u32 lb_select(struct svc_value *svc, struct pkt *p)
 {
@@ -161,12 +187,16 @@ static __always_inline int lb_forward(struct __sk_buff *ctx, struct pkt *p, stru
 			ct->last_seen = now;
 	}
 	if (!be) {
-		/* A new flow, or its backend is gone: pick one. */
-		bid = lb_select(svc, p);
+		/* A new flow, or its backend is gone: pick one (the client's
+		 * own with session affinity). */
+		bid = svc->count ? affinity_backend(svc, p, now) : 0;
+		if (!bid)
+			bid = lb_select(svc, p);
 		if (bid)
 			be = bpf_map_lookup_elem(&glia_backends, &bid);
 		if (!be)
 			return lb_reject(ctx, p);
+		affinity_update(svc, p, bid, now);
 		fwd.last_seen = now;
 		fwd.backend_id = bid;
 		fwd.svc_id = svc->id;

@@ -97,6 +97,30 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } glia_maglev SEC(".maps");
 
+/* ClientIP session affinity: (service, client address) -> the backend
+ * its last new connection got. Entries expire after AFFINITY_TIMEOUT_NS
+ * without a new connection (Kubernetes' default timeoutSeconds, 10800);
+ * the loader deletes those whose backend left the service. */
+struct affinity_key {
+	__u32 svc_id;
+	__be32 client;
+};
+
+struct affinity_value {
+	__u64 last_seen;
+	__u32 backend_id;
+	__u32 pad;
+};
+
+#define AFFINITY_TIMEOUT_NS (10800ULL * 1000000000ULL)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity_value);
+	__uint(max_entries, 65536);
+} glia_affinity SEC(".maps");
+
 /* ---- connection tracking and NAT ---- */
 struct tuple {
 	__be32 saddr;

@@ -8,8 +8,13 @@
 #include "maps.h"
 #include "pkt.h"
 
-#define NAT_PORT_MIN 32768
-#define NAT_PORT_RANGE (60999 - 32768 + 1)
+/* Translated source ports. The node's own ephemeral ports stay below
+ * (the loader lowers net.ipv4.ip_local_port_range to end at
+ * NAT_PORT_MIN - 1), so a translation never takes the port of a
+ * connection the node opened. Mirrored in internal/datapath/bpf. */
+#define NAT_PORT_MIN 49000
+#define NAT_PORT_MAX 65535
+#define NAT_PORT_RANGE (NAT_PORT_MAX - NAT_PORT_MIN + 1)
 #define NAT_TRIES 32
 
 /* snat allocates (or finds) a translation of p's source to `to` and
@@ -37,15 +42,19 @@ static __always_inline int snat(struct __sk_buff *ctx, struct pkt *p, __be32 to)
 			.proto = p->proto, .dir = NAT_INGRESS,
 		};
 		/* The reply carries our port as its destination; for ICMP echo
-		 * the identifier travels in the same field both ways. */
+		 * the identifier travels in the same field both ways. A flow
+		 * keeps its own port when it is in the NAT range (and free);
+		 * ICMP identifiers are not ports, any is kept. */
 		__be16 orig = p->sport;
+		__u16 horig = bpf_ntohs(orig);
+		int keep = p->proto == IPPROTO_ICMP || (horig >= NAT_PORT_MIN && horig <= NAT_PORT_MAX);
 		rev.last_seen = now;
 		rev.to_addr = p->saddr;
 		rev.to_port = p->sport;
 		h = hash_tuple(p->saddr, p->daddr, p->sport, p->dport, p->proto);
 		for (i = 0; i < NAT_TRIES; i++) {
 			__be16 cand = orig;
-			if (i > 0)
+			if (i > 0 || !keep)
 				cand = bpf_htons(NAT_PORT_MIN + mix32(h + i) % NAT_PORT_RANGE);
 			rk.sport = p->proto == IPPROTO_ICMP ? 0 : p->dport;
 			rk.dport = cand;

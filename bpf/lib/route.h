@@ -30,27 +30,54 @@ static __always_inline int dec_ttl(struct __sk_buff *ctx)
 	return bpf_skb_store_bytes(ctx, ETH_HLEN + 8, &ttl, 1, 0);
 }
 
-/* tunnel_redirect sends p to the node owning its destination's pod CIDR
- * through the VXLAN device. Returns LB_CONTINUE-like -1 when the
- * destination has no tunnel entry. */
-static __always_inline int tunnel_redirect(struct __sk_buff *ctx, struct pkt *p)
+/* tunnel_node finds the node owning daddr's pod CIDR, or 0. */
+static __always_inline struct tunnel_value *tunnel_node(__be32 daddr)
 {
 	struct tunnel_key tk = { .prefixlen = 32 };
+
+	__builtin_memcpy(tk.addr, &daddr, 4);
+	return bpf_map_lookup_elem(&glia_tunnel, &tk);
+}
+
+/* set_tunnel gives the packet the metadata the collect_md VXLAN device
+ * encapsulates with: VNI, the remote node, and this node's address as
+ * the outer source. The outer source must be explicit: left 0, the
+ * packets left with the remote's own address as source (seen on 6.18),
+ * and the remote dropped them as IP_LOCAL_SOURCE. */
+static __always_inline int set_tunnel(struct __sk_buff *ctx, __be32 remote)
+{
 	struct bpf_tunnel_key key = {};
-	struct tunnel_value *tv;
+
+	key.tunnel_id = TUNNEL_VNI;
+	key.remote_ipv4 = bpf_ntohl(remote);
+	key.local_ipv4 = bpf_ntohl(node_ip());
+	key.tunnel_ttl = 64;
+	return bpf_skb_set_tunnel_key(ctx, &key, sizeof(key), BPF_F_ZERO_CSUM_TX);
+}
+
+/* set_tunnel_macs addresses the inner frame to the receiving VXLAN device
+ * (the same MAC on every node) from a MAC that is not its own, which the
+ * receiving driver would drop as a loop. */
+static __always_inline int set_tunnel_macs(struct __sk_buff *ctx)
+{
 	__u8 mac[ETH_ALEN] = VXLAN_MAC;
 	__u8 src_mac[ETH_ALEN] = VXLAN_SRC_MAC;
 
-	__builtin_memcpy(tk.addr, &p->daddr, 4);
-	tv = bpf_map_lookup_elem(&glia_tunnel, &tk);
+	return set_macs(ctx, mac, src_mac);
+}
+
+/* tunnel_redirect sends p to the node owning its destination's pod CIDR
+ * through the VXLAN device. Returns -1 when the destination has no
+ * tunnel entry, else a TC verdict. */
+static __always_inline int tunnel_redirect(struct __sk_buff *ctx, struct pkt *p)
+{
+	struct tunnel_value *tv = tunnel_node(p->daddr);
+
 	if (!tv)
 		return -1;
-	key.tunnel_id = TUNNEL_VNI;
-	key.remote_ipv4 = bpf_ntohl(tv->node_ip);
-	key.tunnel_ttl = 64;
-	if (bpf_skb_set_tunnel_key(ctx, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
+	if (set_tunnel(ctx, tv->node_ip) < 0)
 		return drop(ctx, METRIC_DROP_TUNNEL);
-	if (set_macs(ctx, mac, src_mac) < 0)
+	if (set_tunnel_macs(ctx) < 0)
 		return drop(ctx, METRIC_DROP_INVALID);
 	count(ctx, METRIC_REDIRECT);
 	return bpf_redirect(cfg_vxlan_ifindex, 0);
@@ -96,8 +123,12 @@ static __always_inline int fib_redirect(struct __sk_buff *ctx, struct pkt *p)
 	}
 }
 
-/* route forwards p after any translation. */
-static __always_inline int route(struct __sk_buff *ctx, struct pkt *p)
+/* route_direct forwards p by the programs, whatever the host routing
+ * mode: through the tunnel to another node's pod, into a local pod, or
+ * where the FIB says. Used for packets the host stack must not see:
+ * translated ones whose source may be the node's own address (NodePort
+ * replies, NodePort SNAT), which the stack would drop as a martian. */
+static __always_inline int route_direct(struct __sk_buff *ctx, struct pkt *p)
 {
 	struct endpoint_key ek = { .addr = p->daddr };
 	struct endpoint_info *ep;
@@ -108,14 +139,22 @@ static __always_inline int route(struct __sk_buff *ctx, struct pkt *p)
 		if (r >= 0)
 			return r;
 	}
-	if (!cfg_has(CFG_HOST_ROUTING)) {
-		count(ctx, METRIC_FORWARD);
-		return TC_ACT_OK;
-	}
 	ep = bpf_map_lookup_elem(&glia_endpoints, &ek);
 	if (ep)
 		return redirect_endpoint(ctx, ep);
 	return fib_redirect(ctx, p);
+}
+
+/* route forwards p after any translation: by the programs with BPF host
+ * routing, else by the host stack (its routes, including those to other
+ * nodes' pod CIDRs through the VXLAN device, and netfilter). */
+static __always_inline int route(struct __sk_buff *ctx, struct pkt *p)
+{
+	if (!cfg_has(CFG_HOST_ROUTING)) {
+		count(ctx, METRIC_FORWARD);
+		return TC_ACT_OK;
+	}
+	return route_direct(ctx, p);
 }
 
 #endif

@@ -24,6 +24,7 @@ const (
 	NameCT        = "glia_ct"
 	NameNAT       = "glia_nat"
 	NameTunnel    = "glia_tunnel"
+	NameAffinity  = "glia_affinity"
 	NameMetrics   = "glia_metrics"
 )
 

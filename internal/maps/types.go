@@ -255,6 +255,57 @@ func (s *Slots) List() ([]SlotEntry, error) {
 	return out, nil
 }
 
+// AffinityKey keys glia_affinity: a client of a service with ClientIP
+// session affinity.
+type AffinityKey struct {
+	SvcID  uint32
+	Client IPv4
+}
+
+// AffinityValue is the backend the client's last new connection got.
+type AffinityValue struct {
+	LastSeen  uint64 // CLOCK_MONOTONIC nanoseconds
+	BackendID uint32
+	Pad       uint32
+}
+
+// AffinityEntry is one row of glia_affinity.
+type AffinityEntry struct {
+	Key   AffinityKey
+	Value AffinityValue
+}
+
+func (e AffinityEntry) String() string {
+	return fmt.Sprintf("svc=%d client=%s backend=%d", e.Key.SvcID, e.Key.Client, e.Value.BackendID)
+}
+
+// Affinity wraps glia_affinity.
+type Affinity struct {
+	table[AffinityKey, AffinityValue]
+}
+
+// NewAffinity wraps m.
+func NewAffinity(m *ebpf.Map) *Affinity { return &Affinity{table[AffinityKey, AffinityValue]{m}} }
+
+// Lookup returns a client's entry.
+func (a *Affinity) Lookup(k AffinityKey) (AffinityValue, bool, error) { return a.lookup(k) }
+
+// Delete removes an entry; a missing one is not an error.
+func (a *Affinity) Delete(k AffinityKey) error { return a.delete(k) }
+
+// List returns every entry.
+func (a *Affinity) List() ([]AffinityEntry, error) {
+	ks, vs, err := a.list()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]AffinityEntry, len(ks))
+	for i := range ks {
+		out[i] = AffinityEntry{ks[i], vs[i]}
+	}
+	return out, nil
+}
+
 // Tuple directions.
 const (
 	DirCTService = 0 // CT: client -> frontend

@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 
 	"glia.dev/glia/internal/api"
 	"glia.dev/glia/internal/datapath"
+	"glia.dev/glia/internal/datapath/legacy"
 	"glia.dev/glia/internal/maps"
 )
 
@@ -28,6 +30,10 @@ const VXLANDevice = "glia_vxlan"
 
 // VXLANPort is the UDP port of the tunnel.
 const VXLANPort = 8472
+
+// vxlanOverhead is what VXLAN over IPv4 adds to a frame: outer IPv4 (20),
+// UDP (8), VXLAN (8) and inner Ethernet (14) headers.
+const vxlanOverhead = 50
 
 // vxlanMAC is the same on every node (VXLAN_MAC in bpf/lib/common.h).
 var vxlanMAC = net.HardwareAddr{0x02, 0x67, 0x6c, 0x69, 0x61, 0x01}
@@ -169,6 +175,7 @@ func (d *Datapath) Init(ctx context.Context) error {
 	d.tunnel = maps.NewTunnel(objs.Maps[maps.NameTunnel])
 	d.lb = newLBWriter(maps.NewServices(objs.Maps[maps.NameServices]), maps.NewBackends(objs.Maps[maps.NameBackends]),
 		maps.NewSlots(objs.Maps[maps.NameSvcSlots]), maps.NewSlots(objs.Maps[maps.NameMaglev]), d.opts.LBAlgorithm == "maglev")
+	d.lb.affinity = maps.NewAffinity(objs.Maps[maps.NameAffinity])
 
 	if err := os.MkdirAll(d.linksDir, 0o700); err != nil {
 		return fmt.Errorf("create link pin directory: %w", err)
@@ -191,8 +198,30 @@ func (d *Datapath) Init(ctx context.Context) error {
 				prog string
 			}{attachment{prog: "to_netdev", ifname: VXLANDevice, ifindex: vxlan.Attrs().Index, egress: true}, "to_netdev"})
 	}
+	// Masquerading never pauses: the iptables rule goes in before the
+	// programs, and out only after the BPF masquerade program is attached.
+	switch {
+	case d.opts.Masquerade && !d.opts.BPFMasquerade:
+		if err := legacy.EnsureMasquerade(d.log, d.node); err != nil {
+			return fmt.Errorf("iptables masquerade: %w", err)
+		}
+	case d.opts.BPFMasquerade:
+		if err := reservePortRange(d.log); err != nil {
+			return err
+		}
+	}
 	for _, at := range atts {
 		if err := d.attach(at.a, d.program(at.prog)); err != nil {
+			return err
+		}
+	}
+	if !d.opts.Masquerade || d.opts.BPFMasquerade {
+		if err := legacy.RemoveMasquerade(); err != nil {
+			return fmt.Errorf("remove iptables masquerade rule: %w", err)
+		}
+	}
+	if vxlan == nil {
+		if err := d.removeVXLAN(); err != nil {
 			return err
 		}
 	}
@@ -228,40 +257,91 @@ func (d *Datapath) program(name string) *ebpf.Program {
 	return d.objs.ToNetdev
 }
 
+// ensureVXLAN creates (or checks) the tunnel device: external (collect_md,
+// the programs set the remote per packet), no learning, UDP port
+// VXLANPort, NOARP (the stack's frames to it are addressed by to_netdev,
+// never by ARP), MTU 50 below the node device's, no IPv6, and no reverse
+// path filter (a NodePort flow's inner source is another node's address).
 func (d *Datapath) ensureVXLAN(dev netlink.Link) (netlink.Link, error) {
-	mtu := d.opts.MTU
-	if mtu == 0 {
-		mtu = dev.Attrs().MTU - 50
-	}
+	mtu := dev.Attrs().MTU - vxlanOverhead
 	if l, err := netlinksafe.LinkByName(VXLANDevice); err == nil {
-		if vx, ok := l.(*netlink.Vxlan); ok && vx.FlowBased {
-			if l.Attrs().Flags&net.FlagUp == 0 {
-				if err := netlink.LinkSetUp(l); err != nil {
-					return nil, fmt.Errorf("set %s up: %w", VXLANDevice, err)
-				}
+		vx, ok := l.(*netlink.Vxlan)
+		if !ok || !vx.FlowBased || vx.Port != VXLANPort || vx.Learning {
+			d.log.Info("replacing tunnel device with other settings", "device", VXLANDevice)
+			if err := netlink.LinkDel(l); err != nil {
+				return nil, fmt.Errorf("replace %s: %w", VXLANDevice, err)
 			}
-			return l, nil
 		}
-		if err := netlink.LinkDel(l); err != nil {
-			return nil, fmt.Errorf("replace %s: %w", VXLANDevice, err)
-		}
-	}
-	vx := &netlink.Vxlan{
-		LinkAttrs: netlink.LinkAttrs{Name: VXLANDevice, MTU: mtu, HardwareAddr: vxlanMAC},
-		FlowBased: true, Port: VXLANPort,
-	}
-	if err := netlink.LinkAdd(vx); err != nil {
-		return nil, fmt.Errorf("create %s: %w", VXLANDevice, err)
 	}
 	l, err := netlinksafe.LinkByName(VXLANDevice)
 	if err != nil {
-		return nil, fmt.Errorf("find %s: %w", VXLANDevice, err)
+		vx := &netlink.Vxlan{
+			LinkAttrs: netlink.LinkAttrs{Name: VXLANDevice, MTU: mtu, HardwareAddr: vxlanMAC},
+			FlowBased: true, Port: VXLANPort, Learning: false,
+		}
+		if err := netlink.LinkAdd(vx); err != nil {
+			return nil, fmt.Errorf("create %s: %w", VXLANDevice, err)
+		}
+		if l, err = netlinksafe.LinkByName(VXLANDevice); err != nil {
+			return nil, fmt.Errorf("find %s: %w", VXLANDevice, err)
+		}
+		d.log.Info("created tunnel device", "device", VXLANDevice, "port", VXLANPort, "mtu", mtu)
 	}
-	if err := netlink.LinkSetUp(l); err != nil {
-		return nil, fmt.Errorf("set %s up: %w", VXLANDevice, err)
+	a := l.Attrs()
+	if a.MTU != mtu {
+		if err := netlink.LinkSetMTU(l, mtu); err != nil {
+			return nil, fmt.Errorf("set %s mtu %d: %w", VXLANDevice, mtu, err)
+		}
 	}
-	d.log.Info("created tunnel device", "device", VXLANDevice, "port", VXLANPort)
-	return l, nil
+	if a.Flags&net.FlagUp == 0 || a.RawFlags&unix.IFF_NOARP == 0 {
+		if err := netlink.LinkSetARPOff(l); err != nil {
+			return nil, fmt.Errorf("set %s noarp: %w", VXLANDevice, err)
+		}
+	}
+	if !bytes.Equal(a.HardwareAddr, vxlanMAC) {
+		if err := netlink.LinkSetHardwareAddr(l, vxlanMAC); err != nil {
+			return nil, fmt.Errorf("set %s address: %w", VXLANDevice, err)
+		}
+	}
+	if err := writeSysctl("net/ipv4/conf/"+VXLANDevice+"/rp_filter", "0"); err != nil {
+		return nil, err
+	}
+	// The effective rp_filter of a device is the larger of its own and
+	// "all"'s (as the legacy datapath, glia wants it off).
+	if err := writeSysctl("net/ipv4/conf/all/rp_filter", "0"); err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat("/proc/sys/net/ipv6/conf/" + VXLANDevice); err == nil {
+		if err := writeSysctl("net/ipv6/conf/"+VXLANDevice+"/disable_ipv6", "1"); err != nil {
+			return nil, err
+		}
+	}
+	if a.Flags&net.FlagUp == 0 {
+		if err := netlink.LinkSetUp(l); err != nil {
+			return nil, fmt.Errorf("set %s up: %w", VXLANDevice, err)
+		}
+	}
+	return netlinksafe.LinkByName(VXLANDevice)
+}
+
+// removeVXLAN removes the tunnel device and its program pins a tunnel-mode
+// run left (native routing needs neither).
+func (d *Datapath) removeVXLAN() error {
+	l, err := netlinksafe.LinkByName(VXLANDevice)
+	if err != nil {
+		return nil
+	}
+	var errs []error
+	for _, a := range []attachment{{prog: "from_netdev", ifname: VXLANDevice, ifindex: l.Attrs().Index},
+		{prog: "to_netdev", ifname: VXLANDevice, ifindex: l.Attrs().Index, egress: true}} {
+		errs = append(errs, d.detach(a))
+	}
+	if err := netlink.LinkDel(l); err != nil {
+		errs = append(errs, fmt.Errorf("remove %s: %w", VXLANDevice, err))
+	} else {
+		d.log.Info("removed tunnel device: routing-mode is native", "device", VXLANDevice)
+	}
+	return errors.Join(errs...)
 }
 
 func (d *Datapath) ready() error {
@@ -430,7 +510,9 @@ func (d *Datapath) SyncNodes(ctx context.Context, nodes []datapath.RemoteNode) e
 		}
 	}
 	var errs []error
-	if d.opts.RoutingMode == "tunnel" {
+	tunnel := d.opts.RoutingMode == "tunnel"
+	var vxIndex int
+	if tunnel {
 		for p, ip := range want {
 			errs = append(errs, d.tunnel.Update(p, ip))
 		}
@@ -443,18 +525,39 @@ func (d *Datapath) SyncNodes(ctx context.Context, nodes []datapath.RemoteNode) e
 				errs = append(errs, d.tunnel.Delete(e.Prefix))
 			}
 		}
-		return errors.Join(errs...)
+		vx, err := netlinksafe.LinkByName(VXLANDevice)
+		if err != nil {
+			return errors.Join(append(errs, fmt.Errorf("tunnel device: %w", err))...)
+		}
+		vxIndex = vx.Attrs().Index
+	} else {
+		// entries a tunnel-mode run left
+		cur, err := d.tunnel.List()
+		if err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		for _, e := range cur {
+			errs = append(errs, d.tunnel.Delete(e.Prefix))
+		}
+		if !d.opts.AutoDirectNodeRoutes {
+			want = nil // routes to other nodes are someone else's
+		}
 	}
-	if !d.opts.AutoDirectNodeRoutes {
-		return nil
-	}
+	// Kernel routes to the other nodes' pod CIDRs: through the tunnel
+	// device (the stack's traffic to remote pods, and all pod traffic with
+	// legacy host routing; to_netdev gives it its tunnel key), or via the
+	// node's address (auto-direct-node-routes).
 	for p, ip := range want {
 		r := &netlink.Route{
-			Dst: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)},
-			Gw:  ip.AsSlice(), Protocol: routeProtocol,
+			Dst: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}, Protocol: routeProtocol,
+		}
+		if tunnel {
+			r.LinkIndex, r.Scope, r.Src = vxIndex, netlink.SCOPE_LINK, d.node.IP.AsSlice()
+		} else {
+			r.Gw = ip.AsSlice()
 		}
 		if err := netlink.RouteReplace(r); err != nil {
-			errs = append(errs, fmt.Errorf("route %s via %s: %w", p, ip, err))
+			errs = append(errs, fmt.Errorf("route %s: %w", p, err))
 		}
 	}
 	routes, err := netlinksafe.RouteListFiltered(unix.AF_INET, &netlink.Route{Protocol: routeProtocol}, netlink.RT_FILTER_PROTOCOL)
@@ -462,15 +565,22 @@ func (d *Datapath) SyncNodes(ctx context.Context, nodes []datapath.RemoteNode) e
 		return errors.Join(append(errs, fmt.Errorf("list routes: %w", err))...)
 	}
 	for _, r := range routes {
-		if r.Gw == nil || r.Dst == nil {
-			continue // endpoint routes
+		if r.Dst == nil {
+			continue
 		}
 		ones, _ := r.Dst.Mask.Size()
+		nodeRoute := r.Gw != nil || (vxIndex != 0 && r.LinkIndex == vxIndex) || ones < 32
+		if !nodeRoute {
+			continue // endpoint routes
+		}
 		a, _ := netip.AddrFromSlice(r.Dst.IP.To4())
-		if _, ok := want[netip.PrefixFrom(a, ones)]; !ok {
-			if err := netlink.RouteDel(&r); err != nil {
-				errs = append(errs, fmt.Errorf("remove route %s: %w", r.Dst, err))
-			}
+		_, wanted := want[netip.PrefixFrom(a, ones)]
+		// a route of the other routing mode is stale too
+		if wanted && (tunnel == (r.Gw == nil)) {
+			continue
+		}
+		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("remove route %s: %w", r.Dst, err))
 		}
 	}
 	return errors.Join(errs...)

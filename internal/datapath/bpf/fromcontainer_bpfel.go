@@ -13,6 +13,19 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type FromContainerAffinityKey struct {
+	_      structs.HostLayout
+	SvcId  uint32
+	Client uint32
+}
+
+type FromContainerAffinityValue struct {
+	_         structs.HostLayout
+	LastSeen  uint64
+	BackendId uint32
+	Pad       uint32
+}
+
 type FromContainerBackend struct {
 	_     structs.HostLayout
 	Addr  uint32
@@ -109,6 +122,7 @@ type FromContainerTuple struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	FromContainerMapGliaAffinity    = "glia_affinity"
 	FromContainerMapGliaBackends    = "glia_backends"
 	FromContainerMapGliaCt          = "glia_ct"
 	FromContainerMapGliaEndpoints   = "glia_endpoints"
@@ -179,6 +193,7 @@ type FromContainerProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type FromContainerMapSpecs struct {
+	GliaAffinity  *ebpf.MapSpec `ebpf:"glia_affinity"`
 	GliaBackends  *ebpf.MapSpec `ebpf:"glia_backends"`
 	GliaCt        *ebpf.MapSpec `ebpf:"glia_ct"`
 	GliaEndpoints *ebpf.MapSpec `ebpf:"glia_endpoints"`
@@ -225,6 +240,7 @@ func (o *FromContainerObjects) Close() error {
 //
 // It can be passed to LoadFromContainerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type FromContainerMaps struct {
+	GliaAffinity  *ebpf.Map `ebpf:"glia_affinity"`
 	GliaBackends  *ebpf.Map `ebpf:"glia_backends"`
 	GliaCt        *ebpf.Map `ebpf:"glia_ct"`
 	GliaEndpoints *ebpf.Map `ebpf:"glia_endpoints"`
@@ -238,6 +254,7 @@ type FromContainerMaps struct {
 
 func (m *FromContainerMaps) Close() error {
 	return _FromContainerClose(
+		m.GliaAffinity,
 		m.GliaBackends,
 		m.GliaCt,
 		m.GliaEndpoints,

@@ -13,6 +13,19 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type FromNetdevAffinityKey struct {
+	_      structs.HostLayout
+	SvcId  uint32
+	Client uint32
+}
+
+type FromNetdevAffinityValue struct {
+	_         structs.HostLayout
+	LastSeen  uint64
+	BackendId uint32
+	Pad       uint32
+}
+
 type FromNetdevBackend struct {
 	_     structs.HostLayout
 	Addr  uint32
@@ -109,6 +122,7 @@ type FromNetdevTuple struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	FromNetdevMapGliaAffinity    = "glia_affinity"
 	FromNetdevMapGliaBackends    = "glia_backends"
 	FromNetdevMapGliaCt          = "glia_ct"
 	FromNetdevMapGliaEndpoints   = "glia_endpoints"
@@ -179,6 +193,7 @@ type FromNetdevProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type FromNetdevMapSpecs struct {
+	GliaAffinity  *ebpf.MapSpec `ebpf:"glia_affinity"`
 	GliaBackends  *ebpf.MapSpec `ebpf:"glia_backends"`
 	GliaCt        *ebpf.MapSpec `ebpf:"glia_ct"`
 	GliaEndpoints *ebpf.MapSpec `ebpf:"glia_endpoints"`
@@ -225,6 +240,7 @@ func (o *FromNetdevObjects) Close() error {
 //
 // It can be passed to LoadFromNetdevObjects or ebpf.CollectionSpec.LoadAndAssign.
 type FromNetdevMaps struct {
+	GliaAffinity  *ebpf.Map `ebpf:"glia_affinity"`
 	GliaBackends  *ebpf.Map `ebpf:"glia_backends"`
 	GliaCt        *ebpf.Map `ebpf:"glia_ct"`
 	GliaEndpoints *ebpf.Map `ebpf:"glia_endpoints"`
@@ -238,6 +254,7 @@ type FromNetdevMaps struct {
 
 func (m *FromNetdevMaps) Close() error {
 	return _FromNetdevClose(
+		m.GliaAffinity,
 		m.GliaBackends,
 		m.GliaCt,
 		m.GliaEndpoints,

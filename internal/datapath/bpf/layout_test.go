@@ -45,6 +45,8 @@ func TestMapTypesMatchBTF(t *testing.T) {
 		{"tunnel_key", FromContainerTunnelKey{}, maps.TunnelKey{}},
 		{"tunnel_value", FromContainerTunnelValue{}, maps.TunnelValue{}},
 		{"metric_value", FromContainerMetricValue{}, maps.MetricValue{}},
+		{"affinity_key", FromContainerAffinityKey{}, maps.AffinityKey{}},
+		{"affinity_value", FromContainerAffinityValue{}, maps.AffinityValue{}},
 	}
 	for _, p := range pairs {
 		g, o := reflect.TypeOf(p.generated), reflect.TypeOf(p.ours)
@@ -72,6 +74,7 @@ func TestMapTypesMatchBTF(t *testing.T) {
 		maps.NameNAT:       {reflect.TypeOf(maps.Tuple{}).Size(), reflect.TypeOf(maps.NATEntry{}).Size()},
 		maps.NameTunnel:    {reflect.TypeOf(maps.TunnelKey{}).Size(), reflect.TypeOf(maps.TunnelValue{}).Size()},
 		maps.NameMetrics:   {4, reflect.TypeOf(maps.MetricValue{}).Size()},
+		maps.NameAffinity:  {reflect.TypeOf(maps.AffinityKey{}).Size(), reflect.TypeOf(maps.AffinityValue{}).Size()},
 	}
 	for name, ms := range spec.Maps {
 		if name[0] == '.' {

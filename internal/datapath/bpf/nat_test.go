@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"net/netip"
 	"testing"
 )
 
@@ -23,32 +24,32 @@ func TestDecodeDetectsBadChecksums(t *testing.T) {
 func TestMasquerade(t *testing.T) {
 	e := newEnv(t, FlagMasquerade|FlagKPR, false)
 
-	// pod -> world keeps its port when it is free
-	ret, f, _ := e.run(e.o.ToNetdev, tcpPkt(podA, world, 40000, 80, tcpSYN))
-	check(t, "snat", ret, tcOK, f, flow{Src: nodeIP, Dst: world, SPort: 40000, DPort: 80, Proto: protoTCP, TCPFlags: tcpSYN})
-	ret, f, _ = e.run(e.o.FromNetdev, tcpPkt(world, nodeIP, 80, 40000, tcpSYN|tcpACK))
-	check(t, "reply", ret, tcOK, f, flow{Src: world, Dst: podA, SPort: 80, DPort: 40000, Proto: protoTCP, TCPFlags: tcpSYN | tcpACK})
+	// pod -> world keeps its port when it is free and in the NAT range
+	ret, f, _ := e.run(e.o.ToNetdev, tcpPkt(podA, world, 50000, 80, tcpSYN))
+	check(t, "snat", ret, tcOK, f, flow{Src: nodeIP, Dst: world, SPort: 50000, DPort: 80, Proto: protoTCP, TCPFlags: tcpSYN})
+	ret, f, _ = e.run(e.o.FromNetdev, tcpPkt(world, nodeIP, 80, 50000, tcpSYN|tcpACK))
+	check(t, "reply", ret, tcOK, f, flow{Src: world, Dst: podA, SPort: 80, DPort: 50000, Proto: protoTCP, TCPFlags: tcpSYN | tcpACK})
 
 	// a second pod with the same source port to the same destination
-	ret, f, _ = e.run(e.o.ToNetdev, tcpPkt(podA2, world, 40000, 80, tcpSYN))
-	if ret != tcOK || f.Src != nodeIP || f.SPort == 40000 || f.SPort < 32768 || f.SPort > 60999 {
-		t.Fatalf("colliding flow: verdict %d, %+v; want the node's address and another port in 32768-60999", ret, f)
+	ret, f, _ = e.run(e.o.ToNetdev, tcpPkt(podA2, world, 50000, 80, tcpSYN))
+	if ret != tcOK || f.Src != nodeIP || f.SPort == 50000 || f.SPort < NATPortMin {
+		t.Fatalf("colliding flow: verdict %d, %+v; want the node's address and another port in %d-%d", ret, f, NATPortMin, NATPortMax)
 	}
 	port2 := f.SPort
 	// both flows stay stable
-	_, f, _ = e.run(e.o.ToNetdev, tcpPkt(podA2, world, 40000, 80, tcpACK))
+	_, f, _ = e.run(e.o.ToNetdev, tcpPkt(podA2, world, 50000, 80, tcpACK))
 	if f.SPort != port2 {
 		t.Errorf("second packet got port %d, first %d", f.SPort, port2)
 	}
-	_, f, _ = e.run(e.o.ToNetdev, tcpPkt(podA, world, 40000, 80, tcpACK))
-	if f.SPort != 40000 {
+	_, f, _ = e.run(e.o.ToNetdev, tcpPkt(podA, world, 50000, 80, tcpACK))
+	if f.SPort != 50000 {
 		t.Errorf("first flow moved to port %d", f.SPort)
 	}
 	// replies go back to the right pod
 	ret, f, _ = e.run(e.o.FromNetdev, tcpPkt(world, nodeIP, 80, port2, tcpACK))
-	check(t, "reply 2", ret, tcOK, f, flow{Src: world, Dst: podA2, SPort: 80, DPort: 40000, Proto: protoTCP, TCPFlags: tcpACK})
-	ret, f, _ = e.run(e.o.FromNetdev, tcpPkt(world, nodeIP, 80, 40000, tcpACK))
-	check(t, "reply 1", ret, tcOK, f, flow{Src: world, Dst: podA, SPort: 80, DPort: 40000, Proto: protoTCP, TCPFlags: tcpACK})
+	check(t, "reply 2", ret, tcOK, f, flow{Src: world, Dst: podA2, SPort: 80, DPort: 50000, Proto: protoTCP, TCPFlags: tcpACK})
+	ret, f, _ = e.run(e.o.FromNetdev, tcpPkt(world, nodeIP, 80, 50000, tcpACK))
+	check(t, "reply 1", ret, tcOK, f, flow{Src: world, Dst: podA, SPort: 80, DPort: 50000, Proto: protoTCP, TCPFlags: tcpACK})
 
 	// inside the cluster nothing is translated
 	ret, f, _ = e.run(e.o.ToNetdev, tcpPkt(podA, podFar, 40001, 80, tcpSYN))
@@ -59,6 +60,46 @@ func TestMasquerade(t *testing.T) {
 	// and traffic for the node that is not ours stays as it is
 	ret, f, _ = e.run(e.o.FromNetdev, udpPkt(world, nodeIP, 53, 40001))
 	check(t, "unknown reply", ret, tcOK, f, flow{Src: world, Dst: nodeIP, SPort: 53, DPort: 40001, Proto: protoUDP})
+}
+
+// Translated source ports stay in NATPortMin..NATPortMax, out of the
+// node's own ephemeral range (which Init ends at NATPortMin-1): a pod's
+// port is kept only inside the NAT range, on both sides of its bounds.
+func TestMasqueradePortRange(t *testing.T) {
+	e := newEnv(t, FlagMasquerade|FlagKPR, false)
+	for i, tc := range []struct {
+		sport uint16
+		kept  bool
+	}{
+		{32768, false}, {40000, false}, {NATPortMin - 1, false},
+		{NATPortMin, true}, {NATPortMin + 1, true}, {60999, true}, {NATPortMax, true},
+	} {
+		dport := uint16(8000 + i) // a flow of its own
+		ret, f, _ := e.run(e.o.ToNetdev, udpPkt(podA, world, tc.sport, dport))
+		if ret != tcOK || f.Src != nodeIP {
+			t.Fatalf("sport %d: verdict %d, %+v", tc.sport, ret, f)
+		}
+		if f.SPort < NATPortMin || f.SPort > NATPortMax {
+			t.Errorf("sport %d translated to %d, outside %d-%d", tc.sport, f.SPort, NATPortMin, NATPortMax)
+		}
+		if kept := f.SPort == tc.sport; kept != tc.kept {
+			t.Errorf("sport %d translated to %d: kept=%v, want %v", tc.sport, f.SPort, kept, tc.kept)
+		}
+		// and the reply finds its way back
+		ret, back, _ := e.run(e.o.FromNetdev, udpPkt(world, nodeIP, dport, f.SPort))
+		check(t, "reply", ret, tcOK, back, flow{Src: world, Dst: podA, SPort: dport, DPort: tc.sport, Proto: protoUDP})
+	}
+	// Many pods with one source port below the range to one remote: every
+	// flow gets its own port in the range.
+	seen := map[uint16]bool{}
+	for i := range 50 {
+		src := netip.AddrFrom4([4]byte{198, 19, 1, byte(100 + i)}).String()
+		_, f, _ := e.run(e.o.ToNetdev, tcpPkt(src, world, 40000, 443, tcpSYN))
+		if f.SPort < NATPortMin || seen[f.SPort] {
+			t.Fatalf("pod %s: port %d (duplicate %v), want a fresh one in %d-%d", src, f.SPort, seen[f.SPort], NATPortMin, NATPortMax)
+		}
+		seen[f.SPort] = true
+	}
 }
 
 func TestMasqueradeDisabled(t *testing.T) {
@@ -131,8 +172,9 @@ func TestNodePort(t *testing.T) {
 	e.services(svc("TCP", vip+":80", 30080, podLocal+":8080"), svc("TCP", vip+":81", 30081, podFar+":8080"))
 
 	// local backend: DNAT only, the reply leaves the backend's veth
+	// (translated packets are forwarded by the programs: a redirect)
 	ret, f, _ := e.run(e.o.FromNetdev, tcpPkt(world, nodeIP, 50000, 30080, tcpSYN))
-	check(t, "local backend", ret, tcOK, f, flow{Src: world, Dst: podLocal, SPort: 50000, DPort: 8080, Proto: protoTCP, TCPFlags: tcpSYN})
+	check(t, "local backend", ret, tcRedirect, f, flow{Src: world, Dst: podLocal, SPort: 50000, DPort: 8080, Proto: protoTCP, TCPFlags: tcpSYN})
 	ret, f, _ = e.run(e.o.FromContainer, tcpPkt(podLocal, world, 8080, 50000, tcpSYN|tcpACK))
 	check(t, "local reply", ret, tcOK, f, flow{Src: nodeIP, Dst: world, SPort: 30080, DPort: 50000, Proto: protoTCP, TCPFlags: tcpSYN | tcpACK})
 
@@ -160,6 +202,6 @@ func TestMasqueradeSkipsRepliesToInboundFlows(t *testing.T) {
 	ret, f, _ = e.run(e.o.ToNetdev, tcpPkt(podA, "198.18.0.12", 8080, 45000, tcpSYN|tcpACK))
 	check(t, "reply", ret, tcOK, f, flow{Src: podA, Dst: "198.18.0.12", SPort: 8080, DPort: 45000, Proto: protoTCP, TCPFlags: tcpSYN | tcpACK})
 	// while a flow the pod opens to the same peer is masqueraded
-	ret, f, _ = e.run(e.o.ToNetdev, tcpPkt(podA, "198.18.0.12", 8081, 45000, tcpSYN))
-	check(t, "outbound", ret, tcOK, f, flow{Src: nodeIP, Dst: "198.18.0.12", SPort: 8081, DPort: 45000, Proto: protoTCP, TCPFlags: tcpSYN})
+	ret, f, _ = e.run(e.o.ToNetdev, tcpPkt(podA, "198.18.0.12", 50081, 45000, tcpSYN))
+	check(t, "outbound", ret, tcOK, f, flow{Src: nodeIP, Dst: "198.18.0.12", SPort: 50081, DPort: 45000, Proto: protoTCP, TCPFlags: tcpSYN})
 }

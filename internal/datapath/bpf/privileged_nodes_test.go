@@ -3,7 +3,6 @@ package bpf
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -24,17 +23,13 @@ import (
 func TestPrivilegedTwoNodes(t *testing.T) {
 	requirePrivileged(t)
 	for _, mode := range []string{"native", "tunnel"} {
-		t.Run(mode, func(t *testing.T) { testTwoNodes(t, mode) })
+		for _, hr := range []string{"bpf-host-routing", "legacy-host-routing"} {
+			t.Run(mode+"/"+hr, func(t *testing.T) { testTwoNodes(t, mode, hr == "bpf-host-routing") })
+		}
 	}
 }
 
-func testTwoNodes(t *testing.T, mode string) {
-	if mode == "tunnel" {
-		// Known bug: encapsulated packets reach the other node (its
-		// from_netdev counts them) but are dropped before VXLAN decap
-		// (kfree_skb reasons seen: IP_LOCAL_SOURCE, TUNNEL_TXINFO).
-		t.Skip("tunnel mode does not deliver across nodes yet (known bug in glia, not a missing kernel feature)")
-	}
+func testTwoNodes(t *testing.T, mode string, hostRouting bool) {
 	bpffs := privateBPFFS(t)
 	n1, n2, p1, p2 := newNS(t), newNS(t), newNS(t), newNS(t)
 
@@ -56,6 +51,14 @@ func testTwoNodes(t *testing.T, mode string) {
 	}))
 	setupPod(t, p1, "198.19.1.10", lxc1.Attrs().HardwareAddr)
 	setupPod(t, p2, "198.19.2.20", lxc2.Attrs().HardwareAddr)
+	podMTU := 1500
+	if mode == "tunnel" {
+		// what the agent gives pods in tunnel mode: the device's MTU
+		// less the VXLAN overhead
+		podMTU = 1500 - vxlanOverhead
+		setMTU(t, p1, "eth0", podMTU)
+		setMTU(t, p2, "eth0", podMTU)
+	}
 	echoServer(t, p2, "198.19.2.20:8080")
 
 	nodes := []datapath.RemoteNode{
@@ -71,7 +74,7 @@ func testTwoNodes(t *testing.T, mode string) {
 		local := datapath.LocalNode{Name: nodes[i].Name, IP: nodes[i].IP, Device: "eth0", PodCIDR: nodes[i].PodCIDR,
 			ClusterCIDR: netip.MustParsePrefix("198.19.0.0/16"), ServiceCIDR: netip.MustParsePrefix("198.18.128.0/17")}
 		opts := datapath.Options{RoutingMode: mode, AutoDirectNodeRoutes: true, KubeProxyReplacement: true,
-			BPFMasquerade: true, HostRoutingBPF: true, LBAlgorithm: "maglev", MTU: 1450,
+			Masquerade: true, BPFMasquerade: true, HostRoutingBPF: hostRouting, LBAlgorithm: "maglev", MTU: podMTU,
 			BPFFSDir: filepath.Join(bpffs, nodes[i].Name)}
 		var dp *Datapath
 		must(t, netns.Do(func(ns.NetNS) error {
@@ -124,6 +127,22 @@ func testTwoNodes(t *testing.T, mode string) {
 			t.Errorf("server saw %s, want the client pod's address", got)
 		}
 	})
+	t.Run("full-size segments", func(t *testing.T) {
+		// Messages larger than the pod MTU: full-size segments must
+		// fit through the tunnel without fragmentation.
+		c := dial(t, p1, "198.19.2.20:8080")
+		big := strings.Repeat("x", 8000)
+		if got := c.roundTrip(t, big); !strings.HasPrefix(got, "198.19.1.10:") {
+			t.Errorf("server saw %s, want the client pod's address", got)
+		}
+	})
+	t.Run("node to remote pod", func(t *testing.T) {
+		// the host stack's own traffic follows the node routes
+		c := dial(t, n1, "198.19.2.20:8080")
+		if got := c.roundTrip(t, "from-node"); !strings.HasPrefix(got, "198.18.0.11:") {
+			t.Errorf("server saw %s, want node 1's address", got)
+		}
+	})
 	t.Run("service with a remote backend", func(t *testing.T) {
 		c := dial(t, p1, "198.18.128.10:80")
 		if got := c.roundTrip(t, "vip"); !strings.HasPrefix(got, "198.19.1.10:") {
@@ -137,20 +156,46 @@ func testTwoNodes(t *testing.T, mode string) {
 			t.Errorf("server saw %s, want node 1's address (SNAT to a remote backend)", got)
 		}
 	})
-	if mode == "native" {
-		must(t, n1.Do(func(ns.NetNS) error {
-			rs, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: routeProtocol}, netlink.RT_FILTER_PROTOCOL)
-			var got []string
-			for _, r := range rs {
-				if r.Gw != nil {
-					got = append(got, fmt.Sprintf("%s via %s", r.Dst, r.Gw))
-				}
-			}
-			if len(got) != 1 || got[0] != "198.19.2.0/24 via 198.18.0.12" {
-				t.Errorf("node routes %v, want 198.19.2.0/24 via 198.18.0.12", got)
-			}
-			return err
-		}))
+	want := "198.19.2.0/24 via 198.18.0.12"
+	if mode == "tunnel" {
+		want = "198.19.2.0/24 dev " + VXLANDevice + " src 198.18.0.11"
 	}
-	_ = net.IPv4len
+	if got := nodeRoutes(t, n1); len(got) != 1 || got[0] != want {
+		t.Errorf("node routes %v, want %s", got, want)
+	}
+}
+
+// nodeRoutes lists glia's routes to other nodes' pod CIDRs in n.
+func nodeRoutes(t *testing.T, n ns.NetNS) []string {
+	t.Helper()
+	var got []string
+	must(t, n.Do(func(ns.NetNS) error {
+		rs, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: routeProtocol}, netlink.RT_FILTER_PROTOCOL)
+		for _, r := range rs {
+			ones, _ := r.Dst.Mask.Size()
+			switch {
+			case r.Gw != nil:
+				got = append(got, fmt.Sprintf("%s via %s", r.Dst, r.Gw))
+			case ones < 32:
+				l, err := netlink.LinkByIndex(r.LinkIndex)
+				if err != nil {
+					return err
+				}
+				got = append(got, fmt.Sprintf("%s dev %s src %s", r.Dst, l.Attrs().Name, r.Src))
+			}
+		}
+		return err
+	}))
+	return got
+}
+
+func setMTU(t *testing.T, n ns.NetNS, ifname string, mtu int) {
+	t.Helper()
+	must(t, n.Do(func(ns.NetNS) error {
+		l, err := netlinksafe.LinkByName(ifname)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetMTU(l, mtu)
+	}))
 }

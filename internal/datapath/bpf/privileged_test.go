@@ -303,6 +303,39 @@ func testDatapath(t *testing.T, forceTC bool) {
 		}
 	})
 
+	t.Run("masquerade keeps clear of the node's own ports", func(t *testing.T) {
+		// The node and a pod use the same source port to the same
+		// server: the pod's flow must not take the node's port.
+		dialFrom := func(n ns.NetNS, port int) *client {
+			t.Helper()
+			var c net.Conn
+			must(t, n.Do(func(ns.NetNS) error {
+				var err error
+				d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{Port: port}}
+				c, err = d.Dial("tcp4", "198.18.0.254:9000")
+				return err
+			}))
+			t.Cleanup(func() { c.Close() })
+			return &client{c, bufio.NewReader(c)}
+		}
+		fromNode := dialFrom(node, 40000)
+		fromPod := dialFrom(pod1, 40000)
+		if got := fromNode.roundTrip(t, "node"); got != "198.18.0.11:40000" {
+			t.Errorf("outside saw the node's connection from %s, want 198.18.0.11:40000", got)
+		}
+		got := fromPod.roundTrip(t, "pod")
+		ap, err := netip.ParseAddrPort(got)
+		must(t, err)
+		if ap.Addr().String() != "198.18.0.11" || ap.Port() < NATPortMin {
+			t.Errorf("outside saw the pod's connection from %s, want the node's address and a port from %d", got, NATPortMin)
+		}
+		// an ephemeral port of the node's is below the NAT range
+		eph := dial(t, node, "198.18.0.254:9000")
+		if p := eph.c.LocalAddr().(*net.TCPAddr).Port; p >= NATPortMin {
+			t.Errorf("the node picked ephemeral port %d, inside the NAT range", p)
+		}
+		fromNode.roundTrip(t, "node-again")
+	})
 	t.Run("restart keeps state and programs", func(t *testing.T) {
 		long := dial(t, pod1, "198.18.128.10:80")
 		long.roundTrip(t, "before")

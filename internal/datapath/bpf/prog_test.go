@@ -47,6 +47,7 @@ func newEnv(t *testing.T, flags uint32, maglev bool) *env {
 		eps: maps.NewEndpoints(o.Maps[maps.NameEndpoints]),
 		met: maps.NewMetrics(o.Maps[maps.NameMetrics]),
 	}
+	e.lb.affinity = maps.NewAffinity(o.Maps[maps.NameAffinity])
 	return e
 }
 
@@ -242,5 +243,72 @@ func TestHostRoutingLocalDelivery(t *testing.T) {
 	ret, _, _ = e.run(e.o.FromNetdev, tcpPkt(podFar, podLocal, 40000, 8080, tcpSYN))
 	if ret != tcRedirect {
 		t.Errorf("netdev to pod: verdict %d, want redirect", ret)
+	}
+}
+
+func TestLBSessionAffinity(t *testing.T) {
+	for _, maglev := range []bool{false, true} {
+		t.Run(map[bool]string{false: "random", true: "maglev"}[maglev], func(t *testing.T) {
+			e := newEnv(t, FlagKPR, maglev)
+			backends := []string{"198.19.1.21:8080", "198.19.1.22:8080", "198.19.1.23:8080", "198.19.1.24:8080"}
+			web := svc("TCP", vip+":80", 0, backends...)
+
+			// without affinity, new connections of one client spread
+			e.services(web)
+			seen := map[string]bool{}
+			for port := uint16(41000); port < 41040; port++ {
+				_, f, _ := e.run(e.o.FromContainer, tcpPkt(podA, vip, port, 80, tcpSYN))
+				seen[f.Dst] = true
+			}
+			if len(seen) < 2 {
+				t.Fatalf("40 connections without affinity all went to %v", seen)
+			}
+
+			// with it, every new connection of a client goes where its first went
+			web.SessionAffinity = true
+			e.services(web)
+			_, first, _ := e.run(e.o.FromContainer, tcpPkt(podA, vip, 42000, 80, tcpSYN))
+			for port := uint16(42001); port < 42040; port++ {
+				_, f, _ := e.run(e.o.FromContainer, tcpPkt(podA, vip, port, 80, tcpSYN))
+				if f.Dst != first.Dst {
+					t.Fatalf("connection from port %d went to %s, the client's first to %s", port, f.Dst, first.Dst)
+				}
+			}
+
+			// its backend leaves (terminating): the client gets another,
+			// and keeps that one
+			for i := range web.Backends {
+				if web.Backends[i].Addr.Addr().String() == first.Dst {
+					web.Backends[i].Terminating = true
+				}
+			}
+			e.services(web)
+			_, second, _ := e.run(e.o.FromContainer, tcpPkt(podA, vip, 43000, 80, tcpSYN))
+			if second.Dst == first.Dst {
+				t.Fatalf("new connection went to terminating backend %s", second.Dst)
+			}
+			for port := uint16(43001); port < 43020; port++ {
+				_, f, _ := e.run(e.o.FromContainer, tcpPkt(podA, vip, port, 80, tcpSYN))
+				if f.Dst != second.Dst {
+					t.Fatalf("connection from port %d went to %s, want %s", port, f.Dst, second.Dst)
+				}
+			}
+			// the established flow to the terminating backend stays there
+			_, f, _ := e.run(e.o.FromContainer, tcpPkt(podA, vip, 42000, 80, tcpACK))
+			if f.Dst != first.Dst {
+				t.Errorf("established flow moved from %s to %s", first.Dst, f.Dst)
+			}
+
+			// affinity off again: its entries go
+			web.SessionAffinity = false
+			e.services(web)
+			entries, err := maps.NewAffinity(e.o.Maps[maps.NameAffinity]).List()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(entries) != 0 {
+				t.Errorf("affinity entries left after turning it off: %v", entries)
+			}
+		})
 	}
 }

@@ -22,6 +22,7 @@ type lbWriter struct {
 	backends *maps.Backends
 	slots    *maps.Slots
 	maglev   *maps.Slots
+	affinity *maps.Affinity // nil: not pruned (tests without the map)
 	maglevOn bool
 
 	nextSvcID     uint32
@@ -146,6 +147,49 @@ func (w *lbWriter) sync(svcs []datapath.Service) error {
 	for bk, id := range backendIDs {
 		if !referenced[bk] {
 			errs = append(errs, w.backends.Delete(id))
+		}
+	}
+
+	// 5. Session affinity only to backends still taking new connections.
+	errs = append(errs, w.pruneAffinity(fronts, backendIDs))
+	return errors.Join(errs...)
+}
+
+// pruneAffinity deletes the affinity of clients whose backend no longer
+// takes new connections of the service (gone, not ready, terminating), or
+// whose service no longer has session affinity.
+func (w *lbWriter) pruneAffinity(fronts []frontend, ids map[backendKey]uint32) error {
+	if w.affinity == nil {
+		return nil
+	}
+	svcs, err := w.services.List()
+	if err != nil {
+		return err
+	}
+	idOf := map[maps.SvcKey]uint32{}
+	for _, s := range svcs {
+		idOf[s.Key] = s.Value.ID
+	}
+	active := map[uint32]map[uint32]bool{} // service id -> backend ids
+	for _, f := range fronts {
+		id, ok := idOf[f.key]
+		if !ok || !f.affinity {
+			continue
+		}
+		set := map[uint32]bool{}
+		for _, bk := range f.active {
+			set[ids[bk]] = true
+		}
+		active[id] = set
+	}
+	entries, err := w.affinity.List()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		if !active[e.Key.SvcID][e.Value.BackendID] {
+			errs = append(errs, w.affinity.Delete(e.Key))
 		}
 	}
 	return errors.Join(errs...)

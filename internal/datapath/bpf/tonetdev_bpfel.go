@@ -13,6 +13,19 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type ToNetdevAffinityKey struct {
+	_      structs.HostLayout
+	SvcId  uint32
+	Client uint32
+}
+
+type ToNetdevAffinityValue struct {
+	_         structs.HostLayout
+	LastSeen  uint64
+	BackendId uint32
+	Pad       uint32
+}
+
 type ToNetdevBackend struct {
 	_     structs.HostLayout
 	Addr  uint32
@@ -109,6 +122,7 @@ type ToNetdevTuple struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	ToNetdevMapGliaAffinity    = "glia_affinity"
 	ToNetdevMapGliaBackends    = "glia_backends"
 	ToNetdevMapGliaCt          = "glia_ct"
 	ToNetdevMapGliaEndpoints   = "glia_endpoints"
@@ -179,6 +193,7 @@ type ToNetdevProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ToNetdevMapSpecs struct {
+	GliaAffinity  *ebpf.MapSpec `ebpf:"glia_affinity"`
 	GliaBackends  *ebpf.MapSpec `ebpf:"glia_backends"`
 	GliaCt        *ebpf.MapSpec `ebpf:"glia_ct"`
 	GliaEndpoints *ebpf.MapSpec `ebpf:"glia_endpoints"`
@@ -225,6 +240,7 @@ func (o *ToNetdevObjects) Close() error {
 //
 // It can be passed to LoadToNetdevObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ToNetdevMaps struct {
+	GliaAffinity  *ebpf.Map `ebpf:"glia_affinity"`
 	GliaBackends  *ebpf.Map `ebpf:"glia_backends"`
 	GliaCt        *ebpf.Map `ebpf:"glia_ct"`
 	GliaEndpoints *ebpf.Map `ebpf:"glia_endpoints"`
@@ -238,6 +254,7 @@ type ToNetdevMaps struct {
 
 func (m *ToNetdevMaps) Close() error {
 	return _ToNetdevClose(
+		m.GliaAffinity,
 		m.GliaBackends,
 		m.GliaCt,
 		m.GliaEndpoints,

@@ -153,6 +153,19 @@ func (d *Datapath) removeMasquerade() error {
 	return d.ipt.ClearAndDeleteChain(natTable, masqChain)
 }
 
+// EnsureMasquerade installs (or repairs) glia's iptables masquerade rule
+// for node, the one the legacy datapath's Init installs with masquerading
+// on. The bpf datapath calls it when it masquerades with iptables
+// (kube-proxy replacement without BPF masquerade). Idempotent.
+func EnsureMasquerade(log *slog.Logger, node datapath.LocalNode) error {
+	ipt, err := iptables.NewWithProtocol(iptables.ProtocolIPv4)
+	if err != nil {
+		return fmt.Errorf("iptables: %w (install the iptables package)", err)
+	}
+	d := &Datapath{log: log.With("subsys", "datapath-legacy"), node: node, opts: datapath.Options{Masquerade: true}, ipt: ipt}
+	return d.syncMasquerade()
+}
+
 // RemoveMasquerade deletes glia's iptables masquerade rule and chain; the
 // bpf datapath calls it when it takes masquerading over.
 func RemoveMasquerade() error {
