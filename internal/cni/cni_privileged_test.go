@@ -17,8 +17,10 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
@@ -150,7 +152,10 @@ func newLab(t *testing.T, cidr string) *lab {
 		stateDir: t.TempDir(),
 		socket:   filepath.Join(t.TempDir(), "run", "glia.sock"),
 		cidr:     netip.MustParsePrefix(cidr),
-		cni:      libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, t.TempDir(), nil),
+		// An explicit exec: libcni creates its default lazily, which races
+		// when the first calls are concurrent.
+		cni: libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, t.TempDir(),
+			&invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}),
 	}
 	l.startAgent()
 	t.Cleanup(l.stopAgent)

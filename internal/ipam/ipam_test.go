@@ -269,3 +269,27 @@ func TestNewRejects(t *testing.T) {
 		}
 	}
 }
+
+// TestLeftoverTempFilesRemoved: a crash between writing the temporary state
+// file and renaming it leaves the temporary file; the next start removes it
+// and keeps the state file's content, never the temporary one's.
+func TestLeftoverTempFilesRemoved(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ipam.json")
+	a := newAlloc(t, path, "198.19.9.0/24")
+	if _, err := a.Allocate("kept"); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(dir, ".ipam.json.tmp-42")
+	if err := os.WriteFile(tmp, []byte(`{"version":1,"podCIDR":"198.19.9.0/24","allocations":{"ghost":{"ip":"198.19.9.7"}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := newAlloc(t, path, "198.19.9.0/24")
+	want := map[string]netip.Addr{"kept": netip.MustParseAddr("198.19.9.2")}
+	if diff := cmp.Diff(want, b.List(), addrCmp); diff != "" {
+		t.Fatalf("restored (-want +got):\n%s", diff)
+	}
+	if _, err := os.Stat(tmp); !os.IsNotExist(err) {
+		t.Fatalf("temporary file still there: %v", err)
+	}
+}
