@@ -1,0 +1,242 @@
+// Package images is the lab's image catalog: there is no container engine in
+// the lab, so the node runner maps each container image to a program it can
+// run on this machine. The registry host, tag and digest of a reference are
+// ignored; the catalog matches on the repository name.
+//
+//	repository                     what runs
+//	zwindler/vhelloworld           built-in echo server on :8081, "hello from <pod>"
+//	glia/echo                      built-in echo server on the first containerPort (default 8080),
+//	                               also answers /client-ip with the address it saw
+//	curlimages/curl                command/args as host binaries (args alone run "curl ARGS"),
+//	                               otherwise the built-in sleep program
+//	busybox                        command/args as host binaries, otherwise sleep
+//	glia/client                    command/args as host binaries, otherwise sleep
+//	coredns/coredns (or coredns)   the coredns binary beside the glia binary, with a
+//	                               Corefile written by the runner
+//	anything else                  the container's command as a host binary; without a
+//	                               command the image cannot run (ErrNotInCatalog)
+//
+// Built-in programs run as `glia lab _image NAME ARGS...` (see Run).
+// README.md in this directory holds the same table.
+package images
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Built-in program names, run by Run.
+const (
+	BuiltinEcho  = "echo"
+	BuiltinSleep = "sleep"
+)
+
+// ErrNotInCatalog reports an image the lab cannot run.
+var ErrNotInCatalog = errors.New("image not in the lab image catalog")
+
+// Kind says how a container runs.
+type Kind int
+
+const (
+	// KindBuiltin runs a built-in program (Plan.Builtin, Plan.Args) through
+	// `glia lab _image`.
+	KindBuiltin Kind = iota + 1
+	// KindHost runs Plan.Args[0] as a host binary with Plan.Args[1:].
+	KindHost
+	// KindCoreDNS runs the coredns binary beside the glia binary with a
+	// Corefile written by the runner; Plan.Args is empty.
+	KindCoreDNS
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindBuiltin:
+		return "builtin"
+	case KindHost:
+		return "host"
+	case KindCoreDNS:
+		return "coredns"
+	}
+	return "unknown"
+}
+
+// Container is what the catalog needs to know about a container.
+type Container struct {
+	Image   string
+	Command []string
+	Args    []string
+	// Ports are the container's containerPorts, in order.
+	Ports []int
+}
+
+// Plan says how to run one container.
+type Plan struct {
+	// Repository is the catalog key the image matched, or the image's
+	// repository when it ran as a plain command.
+	Repository string
+	Kind       Kind
+	// Builtin is the built-in program for KindBuiltin.
+	Builtin string
+	// Args are the built-in program's arguments (KindBuiltin) or the host
+	// program and its arguments (KindHost).
+	Args []string
+}
+
+type entry struct {
+	repositories []string
+	describe     string
+	plan         func(c Container) (Plan, error)
+}
+
+func echoOn(defaultPort int, usePorts bool) func(Container) (Plan, error) {
+	return func(c Container) (Plan, error) {
+		port := defaultPort
+		if usePorts && len(c.Ports) > 0 && c.Ports[0] > 0 {
+			port = c.Ports[0]
+		}
+		return Plan{Kind: KindBuiltin, Builtin: BuiltinEcho, Args: []string{"--port", strconv.Itoa(port)}}, nil
+	}
+}
+
+// commandOrSleep runs the container's command (or entrypoint+args) as a host
+// binary, or sleeps when the container gives neither.
+func commandOrSleep(entrypoint []string) func(Container) (Plan, error) {
+	return func(c Container) (Plan, error) {
+		if argv := commandLine(c, entrypoint); len(argv) > 0 {
+			return Plan{Kind: KindHost, Args: argv}, nil
+		}
+		return Plan{Kind: KindBuiltin, Builtin: BuiltinSleep}, nil
+	}
+}
+
+// commandLine follows Kubernetes' rules: command replaces the image's
+// entrypoint, args replace its cmd.
+func commandLine(c Container, entrypoint []string) []string {
+	if len(c.Command) > 0 {
+		return append(append([]string(nil), c.Command...), c.Args...)
+	}
+	if len(c.Args) > 0 {
+		return append(append([]string(nil), entrypoint...), c.Args...)
+	}
+	return nil
+}
+
+var catalog = []entry{
+	{
+		repositories: []string{"zwindler/vhelloworld"},
+		describe:     "built-in echo server on :8081 answering `hello from <pod>`",
+		plan:         echoOn(8081, false),
+	},
+	{
+		repositories: []string{"glia/echo"},
+		describe:     "built-in echo server on the first containerPort (default 8080); `/client-ip` answers the client address it saw",
+		plan:         echoOn(8080, true),
+	},
+	{
+		repositories: []string{"curlimages/curl"},
+		describe:     "command/args as host binaries (args alone run `curl ARGS`); otherwise the built-in sleep",
+		plan:         commandOrSleep([]string{"curl"}),
+	},
+	{
+		repositories: []string{"busybox"},
+		describe:     "command/args as host binaries; otherwise the built-in sleep",
+		plan:         commandOrSleep(nil),
+	},
+	{
+		repositories: []string{"glia/client"},
+		describe:     "command/args as host binaries; otherwise the built-in sleep",
+		plan:         commandOrSleep(nil),
+	},
+	{
+		repositories: []string{"coredns/coredns", "coredns"},
+		describe:     "the `coredns` binary beside the glia binary, with a Corefile written by the runner (kubernetes plugin, ready on :8181)",
+		plan: func(Container) (Plan, error) {
+			return Plan{Kind: KindCoreDNS}, nil
+		},
+	},
+}
+
+// Repository returns the repository name of an image reference: without the
+// registry host, tag and digest, and without Docker Hub's "library/" prefix.
+//
+//	registry.k8s.io/coredns/coredns:v1.12.0 → coredns/coredns
+//	docker.io/library/busybox:1.36           → busybox
+//	localhost:5000/glia/echo@sha256:…         → glia/echo
+func Repository(image string) string {
+	ref := strings.TrimSpace(image)
+	if i := strings.Index(ref, "@"); i >= 0 {
+		ref = ref[:i]
+	}
+	// A tag is a ':' after the last '/'; a ':' before it belongs to a host:port.
+	if i := strings.LastIndex(ref, ":"); i >= 0 && i > strings.LastIndex(ref, "/") {
+		ref = ref[:i]
+	}
+	parts := strings.Split(ref, "/")
+	// Registry hosts are the leading components that look like hosts; strip
+	// up to the last of them ("after the last registry host").
+	start := 0
+	for i := 0; i < len(parts)-1; i++ {
+		if looksLikeHost(parts[i]) {
+			start = i + 1
+		}
+	}
+	parts = parts[start:]
+	if len(parts) > 1 && parts[0] == "library" {
+		parts = parts[1:]
+	}
+	return strings.ToLower(strings.Join(parts, "/"))
+}
+
+func looksLikeHost(s string) bool {
+	return s == "localhost" || strings.ContainsAny(s, ".:")
+}
+
+// Resolve says how to run c, or returns an error wrapping ErrNotInCatalog.
+func Resolve(c Container) (Plan, error) {
+	repo := Repository(c.Image)
+	for _, e := range catalog {
+		for _, r := range e.repositories {
+			if r == repo {
+				p, err := e.plan(c)
+				if err != nil {
+					return Plan{}, err
+				}
+				p.Repository = e.repositories[0]
+				return p, nil
+			}
+		}
+	}
+	if len(c.Command) > 0 {
+		return Plan{Repository: repo, Kind: KindHost, Args: commandLine(c, nil)}, nil
+	}
+	return Plan{}, fmt.Errorf("%w: %q (repository %q) has no entry and the container has no command to run as a host binary; known repositories: %s",
+		ErrNotInCatalog, c.Image, repo, strings.Join(Known(), ", "))
+}
+
+// Known lists the catalog's repositories, sorted.
+func Known() []string {
+	var out []string
+	for _, e := range catalog {
+		out = append(out, e.repositories...)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Markdown renders the catalog as the markdown table kept in README.md.
+func Markdown() string {
+	var b strings.Builder
+	b.WriteString("| repository | what runs |\n|---|---|\n")
+	for _, e := range catalog {
+		names := make([]string, len(e.repositories))
+		for i, r := range e.repositories {
+			names[i] = "`" + r + "`"
+		}
+		fmt.Fprintf(&b, "| %s | %s |\n", strings.Join(names, ", "), e.describe)
+	}
+	b.WriteString("| anything else | the container's `command` (+`args`) as a host binary; without a command the pod stays Waiting with reason `ErrImagePull` naming this catalog |\n")
+	return b.String()
+}

@@ -1,0 +1,121 @@
+// Package noderunner is the lab's stand-in for kubelet plus a container
+// runtime. It runs inside a lab node's network namespace, registers the Node
+// and renews its Lease, and runs the Pods bound to the node as processes:
+// each pod gets a network namespace (glia-pod-…) wired by the CNI plugin
+// through libcni exactly as a kubelet/CRI would, and each container is a
+// process in its own mount and UTS namespaces (started through
+// `glia lab _pod-init`) in a per-pod cgroup. Images are mapped to programs by
+// the catalog in internal/lab/images. Readiness probes run, pod status is
+// written back, containers are restarted per restartPolicy, and deleted pods
+// are torn down (processes, CNI DEL, namespace, cgroup) before the Pod object
+// is removed.
+//
+// The runner persists its pods under the state dir and re-adopts running
+// processes after a restart, so restarting it does not disturb pods.
+package noderunner
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// Config is the node runner's configuration.
+type Config struct {
+	Node          string
+	NodeIP        string
+	Kubeconfig    string
+	CNIConfDir    string
+	CNIBinDir     string
+	CNINetwork    string
+	StateDir      string
+	Cgroup        string
+	ClusterDNS    string
+	ClusterDomain string
+	// SelfExe is the glia binary run as `SelfExe lab _pod-init` and
+	// `SelfExe lab _image`; empty means os.Executable().
+	SelfExe string
+	// CoreDNSBinary is the coredns program; empty means "coredns" in
+	// SelfExe's directory.
+	CoreDNSBinary string
+	// StatusInterval is how often the node heartbeat and lease are renewed.
+	StatusInterval time.Duration
+}
+
+// DefaultConfig returns a Config with defaults filled in.
+func DefaultConfig() Config {
+	return Config{
+		CNINetwork:     "glia",
+		ClusterDomain:  "cluster.local",
+		StatusInterval: 10 * time.Second,
+	}
+}
+
+// Flags registers the config's flags on fs.
+func (c *Config) Flags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.Node, "node", c.Node, "name of the node to register")
+	fs.StringVar(&c.NodeIP, "node-ip", c.NodeIP, "the node's InternalIP")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig for the API server")
+	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", c.CNIConfDir, "directory holding the CNI network configuration list")
+	fs.StringVar(&c.CNIBinDir, "cni-bin-dir", c.CNIBinDir, "directory holding CNI plugin binaries")
+	fs.StringVar(&c.CNINetwork, "cni-network", c.CNINetwork, "name of the CNI network to attach pods to")
+	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory for the runner's pod state, logs and CNI cache")
+	fs.StringVar(&c.Cgroup, "cgroup", c.Cgroup, "cgroup v2 directory under which each pod gets a cgroup (empty: no cgroups)")
+	fs.StringVar(&c.ClusterDNS, "cluster-dns", c.ClusterDNS, "cluster DNS server address written to pods' resolv.conf")
+	fs.StringVar(&c.ClusterDomain, "cluster-domain", c.ClusterDomain, "cluster DNS domain")
+	fs.StringVar(&c.SelfExe, "self-exe", c.SelfExe, "glia binary used to start containers (default: this executable)")
+	fs.StringVar(&c.CoreDNSBinary, "coredns-binary", c.CoreDNSBinary, "coredns binary (default: coredns beside the glia binary)")
+	fs.DurationVar(&c.StatusInterval, "status-interval", c.StatusInterval, "node heartbeat and lease renewal interval")
+}
+
+// Validate checks the config.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Node == "" {
+		errs = append(errs, errors.New("node name is required (--node)"))
+	}
+	if _, err := netip.ParseAddr(c.NodeIP); err != nil {
+		errs = append(errs, fmt.Errorf("invalid node IP %q (--node-ip): %w", c.NodeIP, err))
+	}
+	if c.StateDir == "" {
+		errs = append(errs, errors.New("state dir is required (--state-dir)"))
+	}
+	if c.CNIConfDir == "" || c.CNIBinDir == "" {
+		errs = append(errs, errors.New("CNI conf and bin dirs are required (--cni-conf-dir, --cni-bin-dir)"))
+	}
+	if c.ClusterDNS != "" {
+		if _, err := netip.ParseAddr(c.ClusterDNS); err != nil {
+			errs = append(errs, fmt.Errorf("invalid cluster DNS %q (--cluster-dns): %w", c.ClusterDNS, err))
+		}
+	}
+	if c.ClusterDomain == "" {
+		errs = append(errs, errors.New("cluster domain is required (--cluster-domain)"))
+	}
+	if c.StatusInterval <= 0 {
+		errs = append(errs, errors.New("status interval must be positive (--status-interval)"))
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) selfExe() (string, error) {
+	if c.SelfExe != "" {
+		return c.SelfExe, nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find own executable: %w", err)
+	}
+	return exe, nil
+}
+
+func (c *Config) coreDNSBinary(self string) string {
+	if c.CoreDNSBinary != "" {
+		return c.CoreDNSBinary
+	}
+	return filepath.Join(filepath.Dir(self), "coredns")
+}

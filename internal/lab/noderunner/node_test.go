@@ -1,0 +1,140 @@
+package noderunner
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/utils/ptr"
+)
+
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time { return c.t }
+
+func TestRegisterNodeCreates(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	client := fake.NewClientset()
+	id := &nodeIdentity{name: "lab-node-1", ip: "198.18.0.11", now: clock.now}
+	n, err := registerNode(context.Background(), client, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantLabels := map[string]string{
+		"kubernetes.io/hostname":  "lab-node-1",
+		"kubernetes.io/os":        "linux",
+		"kubernetes.io/arch":      runtime.GOARCH,
+		"beta.kubernetes.io/os":   "linux",
+		"beta.kubernetes.io/arch": runtime.GOARCH,
+	}
+	if diff := cmp.Diff(wantLabels, n.Labels); diff != "" {
+		t.Errorf("labels (-want +got):\n%s", diff)
+	}
+	wantAddrs := []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "198.18.0.11"}, {Type: corev1.NodeHostName, Address: "lab-node-1"}}
+	if diff := cmp.Diff(wantAddrs, n.Status.Addresses); diff != "" {
+		t.Errorf("addresses (-want +got):\n%s", diff)
+	}
+	for name, want := range map[corev1.ResourceName]string{corev1.ResourceCPU: "2", corev1.ResourceMemory: "8Gi", corev1.ResourcePods: "110"} {
+		for _, rl := range []corev1.ResourceList{n.Status.Capacity, n.Status.Allocatable} {
+			if q := rl[name]; q.Cmp(resource.MustParse(want)) != 0 {
+				t.Errorf("%s = %s, want %s", name, q.String(), want)
+			}
+		}
+	}
+	hb := metav1.NewTime(clock.t)
+	wantConds := []corev1.NodeCondition{
+		{Type: corev1.NodeMemoryPressure, Status: corev1.ConditionFalse, Reason: "KubeletHasSufficientMemory", LastHeartbeatTime: hb, LastTransitionTime: hb},
+		{Type: corev1.NodeDiskPressure, Status: corev1.ConditionFalse, Reason: "KubeletHasNoDiskPressure", LastHeartbeatTime: hb, LastTransitionTime: hb},
+		{Type: corev1.NodePIDPressure, Status: corev1.ConditionFalse, Reason: "KubeletHasSufficientPID", LastHeartbeatTime: hb, LastTransitionTime: hb},
+		{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", LastHeartbeatTime: hb, LastTransitionTime: hb},
+	}
+	if diff := cmp.Diff(wantConds, n.Status.Conditions, cmpopts.IgnoreFields(corev1.NodeCondition{}, "Message")); diff != "" {
+		t.Errorf("conditions (-want +got):\n%s", diff)
+	}
+	if n.Status.NodeInfo.KubeletVersion != "v1.37.2" || n.Status.NodeInfo.ContainerRuntimeVersion != "glia-lab://0.1" ||
+		n.Status.NodeInfo.OperatingSystem != "linux" || n.Status.NodeInfo.Architecture != runtime.GOARCH {
+		t.Errorf("nodeInfo = %+v", n.Status.NodeInfo)
+	}
+
+	// A heartbeat later: heartbeat time moves, transition time stays.
+	clock.t = clock.t.Add(10 * time.Second)
+	n, err = updateNodeStatus(context.Background(), client, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range n.Status.Conditions {
+		if !c.LastHeartbeatTime.Time.Equal(clock.t) || !c.LastTransitionTime.Time.Equal(hb.Time) {
+			t.Errorf("condition %s heartbeat %v transition %v after a heartbeat", c.Type, c.LastHeartbeatTime, c.LastTransitionTime)
+		}
+	}
+}
+
+func TestRegisterNodeUpdateKeepsSpec(t *testing.T) {
+	existing := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "lab-node-2", Labels: map[string]string{"team": "net"}},
+		Spec:       corev1.NodeSpec{PodCIDR: "198.19.2.0/24", PodCIDRs: []string{"198.19.2.0/24"}},
+	}
+	client := fake.NewClientset(existing)
+	notReady := errors.New("no glia network list in /run/glia-lab/nodes/lab-node-2/cni")
+	id := &nodeIdentity{name: "lab-node-2", ip: "198.18.0.12", now: time.Now, networkReady: func() error { return notReady }}
+	n, err := registerNode(context.Background(), client, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(existing.Spec, n.Spec); diff != "" {
+		t.Errorf("spec changed (-want +got):\n%s", diff)
+	}
+	if n.Labels["team"] != "net" || n.Labels["kubernetes.io/hostname"] != "lab-node-2" {
+		t.Errorf("labels = %v", n.Labels)
+	}
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady && (c.Status != corev1.ConditionFalse || c.Reason != "KubeletNotReady") {
+			t.Errorf("Ready = %+v with the CNI config missing, want False", c)
+		}
+	}
+}
+
+func TestRenewLease(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	client := fake.NewClientset()
+	id := &nodeIdentity{name: "lab-node-1", ip: "198.18.0.11", now: clock.now}
+	l, err := renewLease(context.Background(), client, id, "node-uid-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: "lab-node-1", Namespace: "kube-node-lease",
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: "lab-node-1", UID: "node-uid-1"}},
+		},
+		Spec: coordinationv1.LeaseSpec{
+			HolderIdentity:       ptr.To("lab-node-1"),
+			LeaseDurationSeconds: ptr.To[int32](40),
+			RenewTime:            ptr.To(metav1.NewMicroTime(clock.t)),
+		},
+	}
+	ignore := cmp.Options{cmpopts.IgnoreFields(metav1.ObjectMeta{}, "ResourceVersion", "ManagedFields", "CreationTimestamp", "UID", "Generation"), cmpopts.IgnoreTypes(metav1.TypeMeta{})}
+	if diff := cmp.Diff(want, l, ignore); diff != "" {
+		t.Errorf("lease (-want +got):\n%s", diff)
+	}
+	clock.t = clock.t.Add(10 * time.Second)
+	if _, err := renewLease(context.Background(), client, id, "node-uid-1"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := client.CoordinationV1().Leases("kube-node-lease").Get(context.Background(), "lab-node-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Spec.RenewTime.Time.Equal(clock.t) {
+		t.Errorf("renewTime = %v, want %v", got.Spec.RenewTime, clock.t)
+	}
+}
