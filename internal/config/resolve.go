@@ -416,3 +416,11 @@ func (c *Config) Typed() Resolved {
 	}
 	return r
 }
+
+// Report is what an agent says about its config: the inputs it resolved at
+// start and the kernel it probed. Resolving Inputs again gives its Config.
+type Report struct {
+	Node   string      `json:"node"`
+	Inputs Inputs      `json:"inputs"`
+	Probe  KernelProbe `json:"probe"`
+}

@@ -1,0 +1,37 @@
+// Command glia-agent is glia's per-node agent.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/pflag"
+
+	"glia.dev/glia/internal/agent"
+)
+
+func main() {
+	var cfg agent.Config
+	fs := pflag.NewFlagSet("glia-agent", pflag.ContinueOnError)
+	cfg.Flags(fs)
+	debug := fs.Bool("log-debug", false, "log at debug level")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		os.Exit(2)
+	}
+	level := slog.LevelInfo
+	if *debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := agent.Run(ctx, log, cfg); err != nil {
+		log.Error("glia-agent failed", "error", err)
+		fmt.Fprintln(os.Stderr, "glia-agent:", err)
+		os.Exit(1)
+	}
+}

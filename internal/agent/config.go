@@ -1,0 +1,64 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/spf13/pflag"
+
+	"glia.dev/glia/internal/config"
+)
+
+// Config is how the agent is started: where it runs and where it keeps
+// state. Datapath settings are config keys (package config), resolved from
+// flags, ConfigMap glia-config and GliaNodeConfigs.
+type Config struct {
+	NodeName   string
+	Kubeconfig string // "" = in-cluster
+	Namespace  string // where glia-config and GliaNodeConfigs live
+	StateDir   string
+	Socket     string
+	BPFFSDir   string
+	Device     string // the node's uplink
+
+	// keyFlags returns the config-key flags set explicitly.
+	keyFlags func() map[string]string
+}
+
+// Flags registers the agent's flags, including one per config key.
+func (c *Config) Flags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.NodeName, "node-name", "", "name of the Node this agent runs on (required)")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file (empty: in-cluster config)")
+	fs.StringVar(&c.Namespace, "namespace", "glia-system", "namespace of ConfigMap glia-config and GliaNodeConfigs")
+	fs.StringVar(&c.StateDir, "state-dir", "/var/lib/glia", "directory for endpoint and IPAM state")
+	fs.StringVar(&c.Socket, "socket", "/var/run/glia/glia.sock", "unix socket of the local API (mode 0600)")
+	fs.StringVar(&c.BPFFSDir, "bpffs-dir", "/sys/fs/bpf/glia", "directory under bpffs for this node's pinned maps and links")
+	fs.StringVar(&c.Device, "device", "eth0", "the node's network device")
+	c.keyFlags = config.AddFlags(fs)
+}
+
+// KeyFlags returns the config keys set on the command line.
+func (c *Config) KeyFlags() map[string]string {
+	if c.keyFlags == nil {
+		return nil
+	}
+	return c.keyFlags()
+}
+
+// Validate checks the settings and says what to change.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.NodeName == "" {
+		errs = append(errs, errors.New("--node-name is required: the name of this node's Node object"))
+	}
+	for flag, p := range map[string]string{"--state-dir": c.StateDir, "--socket": c.Socket, "--bpffs-dir": c.BPFFSDir} {
+		if !filepath.IsAbs(p) {
+			errs = append(errs, fmt.Errorf("%s %q must be an absolute path", flag, p))
+		}
+	}
+	if c.Device == "" {
+		errs = append(errs, errors.New("--device is required: the node's network device, e.g. eth0"))
+	}
+	return errors.Join(errs...)
+}
