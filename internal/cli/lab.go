@@ -1,0 +1,226 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+
+	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"glia.dev/glia/internal/lab"
+	"glia.dev/glia/internal/lab/noderunner"
+)
+
+func newLabCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "lab",
+		Short: "A real Kubernetes cluster on this machine, networked by glia",
+		Long: `The lab runs the real Kubernetes control plane in the root network namespace
+(on the lab bridge, 198.18.0.1) and each node as a network namespace with a
+glia-agent and the lab node runner. Nothing it sends leaves this machine.`,
+	}
+	cmd.AddCommand(newLabUpCmd(), newLabDownCmd(), newLabStatusCmd(), newLabExecCmd(),
+		newLabKubeconfigCmd(), newLabAgentCmd(), newLabOutsideCmd())
+	cmd.AddCommand(newLabInternalCommands()...)
+	return cmd
+}
+
+func newLabUpCmd() *cobra.Command {
+	var nodes int
+	var set []string
+	var labels, apply []string
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Build the lab (removing leftovers of an earlier one first)",
+		Example: `  glia lab up --nodes 3
+  glia lab up --nodes 3 --set kube-proxy-replacement=true --set enable-bpf-masquerade=true`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o := lab.UpOptions{Nodes: nodes, Set: map[string]string{}, NodeLabels: map[string]map[string]string{}}
+			for _, kv := range set {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok || k == "" {
+					return fmt.Errorf("--set %q: use key=value, e.g. --set enable-bpf-masquerade=true", kv)
+				}
+				o.Set[k] = v
+			}
+			for _, s := range labels {
+				node, kv, ok := strings.Cut(s, ":")
+				k, v, ok2 := strings.Cut(kv, "=")
+				if !ok || !ok2 || k == "" {
+					return fmt.Errorf("--node-label %q: use NODE:key=value, e.g. --node-label lab-node-2:io.glia.enable-ebpf=true", s)
+				}
+				if o.NodeLabels[node] == nil {
+					o.NodeLabels[node] = map[string]string{}
+				}
+				o.NodeLabels[node][k] = v
+			}
+			for _, f := range apply {
+				b, err := os.ReadFile(f)
+				if err != nil {
+					return fmt.Errorf("--apply: %w", err)
+				}
+				o.Apply = append(o.Apply, b)
+			}
+			l, err := newLab()
+			if err != nil {
+				return err
+			}
+			return l.Up(cmd.Context(), o)
+		},
+	}
+	cmd.Flags().IntVar(&nodes, "nodes", 3, "number of nodes (lab-node-1 … lab-node-N)")
+	cmd.Flags().StringArrayVar(&set, "set", nil, "seed ConfigMap glia-config with key=value (repeatable)")
+	cmd.Flags().StringArrayVar(&labels, "node-label", nil, "label a node at registration: NODE:key=value (repeatable)")
+	cmd.Flags().StringArrayVar(&apply, "apply", nil, "manifest to apply before the nodes start, e.g. a GliaNodeConfig (repeatable)")
+	return cmd
+}
+
+func newLabDownCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "down",
+		Short: "Remove everything the lab made: processes, namespaces, links, routes, pins, mounts",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := newLab()
+			if err != nil {
+				return err
+			}
+			return l.Down(cmd.Context())
+		},
+	}
+}
+
+func newLabStatusCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show the lab's processes and nodes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := newLab()
+			if err != nil {
+				return err
+			}
+			return l.Status(cmd.Context(), os.Stdout)
+		},
+	}
+}
+
+func newLabKubeconfigCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "kubeconfig",
+		Short: "Print the path of the lab's kubeconfig (export KUBECONFIG=$(glia lab kubeconfig))",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := newLab()
+			if err != nil {
+				return err
+			}
+			p := l.Layout().Kubeconfig()
+			if _, err := os.Stat(p); err != nil {
+				return lab.ErrNoLab
+			}
+			fmt.Println(p)
+			return nil
+		},
+	}
+}
+
+func newLabAgentCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "agent stop|start|restart|kill NODE",
+		Short: "Stop, start, restart or SIGKILL a node's glia-agent",
+		Example: `  glia lab agent restart lab-node-2
+  glia lab agent kill lab-node-1 && glia lab agent start lab-node-1`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := newLab()
+			if err != nil {
+				return err
+			}
+			return l.AgentAction(cmd.Context(), args[0], args[1])
+		},
+	}
+}
+
+func newLabExecCmd() *cobra.Command {
+	var node, namespace string
+	cmd := &cobra.Command{
+		Use:   "exec [POD] -- CMD [ARGS...]",
+		Short: "Run a command inside a pod (its network, mount and UTS namespaces) or a node",
+		Example: `  glia lab exec curler -- curl -s http://simple-webserver-service:8081
+  glia lab exec --node lab-node-1 -- ip route`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dash := cmd.ArgsLenAtDash()
+			if dash < 0 || dash >= len(args) {
+				return errors.New("give the command after --, e.g. glia lab exec POD -- hostname")
+			}
+			target, command := args[:dash], args[dash:]
+			l, err := newLab()
+			if err != nil {
+				return err
+			}
+			var nsArgs []string
+			switch {
+			case node != "" && len(target) == 0:
+				if _, err := lab.NodeIndex(node); err != nil {
+					return err
+				}
+				nsArgs = []string{"--net=/var/run/netns/" + lab.NodeNetns(node)}
+			case node == "" && len(target) == 1:
+				ns, name := namespace, target[0]
+				if a, b, ok := strings.Cut(target[0], "/"); ok {
+					ns, name = a, b
+				}
+				cs, _, err := l.Clients()
+				if err != nil {
+					return err
+				}
+				pod, err := cs.CoreV1().Pods(ns).Get(cmd.Context(), name, metav1.GetOptions{})
+				if err != nil {
+					return fmt.Errorf("pod %s/%s: %w", ns, name, err)
+				}
+				if pod.Spec.NodeName == "" {
+					return fmt.Errorf("pod %s/%s is not scheduled yet", ns, name)
+				}
+				pid, err := noderunner.FindPodPID(l.Layout().RunnerStateDir(pod.Spec.NodeName), ns, name)
+				if err != nil {
+					return fmt.Errorf("pod %s/%s on %s: %w", ns, name, pod.Spec.NodeName, err)
+				}
+				nsArgs = []string{"-t", fmt.Sprint(pid), "-n", "-m", "-u"}
+			default:
+				return errors.New("name one pod, or --node NODE, before --")
+			}
+			c := exec.CommandContext(cmd.Context(), "nsenter", append(append(nsArgs, "--"), command...)...)
+			c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
+			if err := c.Run(); err != nil {
+				var ee *exec.ExitError
+				if errors.As(err, &ee) {
+					os.Exit(ee.ExitCode())
+				}
+				return err
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&node, "node", "", "run in a node's network namespace instead of a pod")
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "the pod's namespace")
+	return cmd
+}
+
+func newLabOutsideCmd() *cobra.Command {
+	var listen string
+	cmd := &cobra.Command{
+		Use:    "_outside-server",
+		Hidden: true,
+		Short:  "The outside world's web server (run by the lab in its outside namespace)",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return lab.ServeOutside(cmd.Context(), listen)
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "203.0.113.10:80", "address to serve on")
+	return cmd
+}

@@ -1,0 +1,623 @@
+package lab
+
+import (
+	"context"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"glia.dev/glia/internal/api"
+)
+
+//go:embed manifests/*.yaml
+var manifests embed.FS
+
+// Lab drives the lab on this machine.
+type Lab struct {
+	log    *slog.Logger
+	layout Layout
+	out    io.Writer // progress lines for a person
+	// ExtraManifests are applied after the control plane is up (the CRD).
+	ExtraManifests [][]byte
+}
+
+// New returns a Lab that uses layout and prints progress to out.
+func New(log *slog.Logger, layout Layout, out io.Writer) *Lab {
+	return &Lab{log: log, layout: layout, out: out}
+}
+
+// Layout returns the lab's paths.
+func (l *Lab) Layout() Layout { return l.layout }
+
+func (l *Lab) progress(format string, args ...any) {
+	fmt.Fprintf(l.out, "[lab %s] %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+// UpOptions configure `lab up`.
+type UpOptions struct {
+	Nodes int
+	Set   map[string]string // seeds ConfigMap glia-config
+	// NodeLabels are extra labels per node name, set when the node registers.
+	NodeLabels map[string]map[string]string
+	// Apply are manifests (e.g. GliaNodeConfigs) applied before any node starts.
+	Apply [][]byte
+}
+
+// Up builds the lab. Leftovers of an earlier lab (a crash, a killed
+// command) are removed first.
+func (l *Lab) Up(ctx context.Context, o UpOptions) (err error) {
+	if o.Nodes < 1 || o.Nodes > MaxNodes {
+		return fmt.Errorf("--nodes %d: a lab has 1 to %d nodes", o.Nodes, MaxNodes)
+	}
+	for _, b := range []string{"glia", "glia-agent", "glia-cni", "glia-k8s", "coredns"} {
+		if _, err := os.Stat(l.layout.Bin(b)); err != nil {
+			return fmt.Errorf("%s is missing: run `make build` first", l.layout.Bin(b))
+		}
+	}
+	unlock, err := l.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := l.down(ctx, true); err != nil {
+		return fmt.Errorf("clean up an earlier lab: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			l.progress("lab up failed; logs are in %s (run `glia lab down` to remove what was made)", l.layout.LogDir())
+		}
+	}()
+	for _, d := range []string{l.layout.Base, l.layout.LogDir()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+	}
+	st := &State{Nodes: o.Nodes, Set: o.Set}
+	st.MountedBPFFS, err = ensureBPFFS()
+	if err != nil {
+		return err
+	}
+	if err := l.saveState(st); err != nil {
+		return err
+	}
+	l.progress("creating PKI and kubeconfig")
+	p := pki{dir: l.layout.PKIDir()}
+	if st.Token, err = p.generate(); err != nil {
+		return err
+	}
+	kc, err := p.kubeconfig(st.Token)
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(l.layout.Kubeconfig(), []byte(kc), 0o600); err != nil {
+		return err
+	}
+	l.progress("creating bridge %s (%s), blackhole routes and the outside namespace", BridgeName, BridgeAddr)
+	if err := setupRootNetwork(); err != nil {
+		return err
+	}
+	if err := setupOutside(); err != nil {
+		return err
+	}
+	outside, err := spawn("outside-server", OutsideNetns, filepath.Join(l.layout.CgroupRoot, "outside"),
+		filepath.Join(l.layout.LogDir(), "outside-server.log"),
+		[]string{l.layout.Bin("glia"), "lab", "_outside-server", "--listen", OutsideAddr.String() + ":80"}, nil)
+	if err != nil {
+		return err
+	}
+	st.add(outside)
+	if err := l.saveState(st); err != nil {
+		return err
+	}
+	if err := l.startControlPlane(ctx, st); err != nil {
+		l.saveState(st)
+		return err
+	}
+	if err := l.saveState(st); err != nil {
+		return err
+	}
+	cs, cfg, err := l.clients()
+	if err != nil {
+		return err
+	}
+	l.progress("applying namespace glia-system, ConfigMap glia-config, CRDs and CoreDNS")
+	if err := l.bootstrap(ctx, cs, cfg, o.Set); err != nil {
+		return err
+	}
+	if err := l.applyRetry(ctx, cfg, o.Apply); err != nil {
+		return err
+	}
+	for i := 1; i <= o.Nodes; i++ {
+		name := NodeName(i)
+		l.progress("creating node %s (%s)", name, NodeIP(i))
+		if err := setupNode(i); err != nil {
+			return err
+		}
+		if err := l.writeCNIConfig(name); err != nil {
+			return err
+		}
+		if o.NodeLabels[name] != nil {
+			if err := l.preLabelNode(ctx, cs, name, o.NodeLabels[name]); err != nil {
+				return err
+			}
+		}
+		runner, err := l.spawnRunner(name, i)
+		if err != nil {
+			return err
+		}
+		st.add(runner)
+		agent, err := l.spawnAgent(name)
+		if err != nil {
+			return err
+		}
+		st.add(agent)
+		if err := l.saveState(st); err != nil {
+			return err
+		}
+	}
+	for i := 1; i <= o.Nodes; i++ {
+		name := NodeName(i)
+		l.progress("waiting for glia-agent on %s", name)
+		if err := l.waitAgent(ctx, name, 90*time.Second); err != nil {
+			return err
+		}
+		if err := l.reconcileKubeProxy(ctx, st, name); err != nil {
+			return err
+		}
+		if err := l.saveState(st); err != nil {
+			return err
+		}
+	}
+	l.progress("waiting for %d nodes to be Ready and CoreDNS to serve", o.Nodes)
+	if err := l.waitReady(ctx, cs, o.Nodes, 120*time.Second); err != nil {
+		return err
+	}
+	l.progress("lab is up: export KUBECONFIG=%s", l.layout.Kubeconfig())
+	return nil
+}
+
+// ensureBPFFS mounts bpffs at /sys/fs/bpf unless one is there; it reports
+// whether it mounted it, so `lab down` can unmount it again.
+func ensureBPFFS() (bool, error) {
+	mounted, err := isBPFFS("/sys/fs/bpf")
+	if err != nil || mounted {
+		return false, err
+	}
+	if out, err := exec.Command("mount", "-t", "bpf", "bpffs", "/sys/fs/bpf").CombinedOutput(); err != nil {
+		return false, fmt.Errorf("mount bpffs at /sys/fs/bpf: %v: %s", err, out)
+	}
+	return true, nil
+}
+
+func (l *Lab) clients() (*kubernetes.Clientset, *rest.Config, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", l.layout.Kubeconfig())
+	if err != nil {
+		return nil, nil, fmt.Errorf("lab kubeconfig: %w", err)
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	return cs, cfg, err
+}
+
+// Clients returns a clientset for the lab's API server.
+func (l *Lab) Clients() (*kubernetes.Clientset, *rest.Config, error) { return l.clients() }
+
+func (l *Lab) bootstrap(ctx context.Context, cs *kubernetes.Clientset, cfg *rest.Config, set map[string]string) error {
+	a, err := newApplier(cfg)
+	if err != nil {
+		return err
+	}
+	docs := [][]byte{}
+	ents, _ := manifests.ReadDir("manifests")
+	sort.Slice(ents, func(i, j int) bool { return ents[i].Name() > ents[j].Name() }) // glia-system before coredns
+	for _, e := range ents {
+		b, err := manifests.ReadFile("manifests/" + e.Name())
+		if err != nil {
+			return err
+		}
+		docs = append(docs, b)
+	}
+	docs = append(docs, l.ExtraManifests...)
+	for _, d := range docs {
+		if err := a.apply(ctx, d); err != nil {
+			return err
+		}
+	}
+	cm := &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "glia-config", Namespace: AgentNamespace},
+		Data:       set,
+	}
+	if _, err := cs.CoreV1().ConfigMaps(AgentNamespace).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create ConfigMap glia-config: %w", err)
+	}
+	return nil
+}
+
+// applyRetry applies manifests, retrying while a CRD they use is not yet
+// served (a CRD is established a moment after it is created).
+func (l *Lab) applyRetry(ctx context.Context, cfg *rest.Config, docs [][]byte) error {
+	for _, d := range docs {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			a, err := newApplier(cfg)
+			if err == nil {
+				err = a.apply(ctx, d)
+			}
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				return err
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// preLabelNode creates the Node object with labels before the runner
+// registers it (the runner keeps existing labels).
+func (l *Lab) preLabelNode(ctx context.Context, cs *kubernetes.Clientset, name string, labels map[string]string) error {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
+	_, err := cs.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create node %s: %w", name, err)
+	}
+	return nil
+}
+
+func (l *Lab) writeCNIConfig(node string) error {
+	dir := l.layout.CNIConfDir(node)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	conf := map[string]any{
+		"cniVersion": "1.1.0",
+		"name":       "glia",
+		"plugins": []any{map[string]any{
+			"type":       "glia-cni",
+			"socketPath": l.layout.AgentSocket(node),
+		}},
+	}
+	b, _ := json.MarshalIndent(conf, "", "  ")
+	return writeFileAtomic(filepath.Join(dir, "10-glia.conflist"), b, 0o644)
+}
+
+func (l *Lab) spawnRunner(node string, i int) (Proc, error) {
+	return spawn(node+"/runner", NodeNetns(node), filepath.Join(l.layout.NodeCgroup(node), "_runner"),
+		filepath.Join(l.layout.LogDir(), node+"-runner.log"), []string{l.layout.Bin("glia"), "lab", "_runner",
+			"--node", node, "--node-ip", NodeIP(i).String(),
+			"--kubeconfig", l.layout.Kubeconfig(),
+			"--cni-conf-dir", l.layout.CNIConfDir(node), "--cni-bin-dir", l.layout.BinDir,
+			"--state-dir", l.layout.RunnerStateDir(node),
+			"--cgroup", l.layout.NodeCgroup(node),
+			"--cluster-dns", ClusterDNS.String(), "--cluster-domain", ClusterDomain,
+		}, nil)
+}
+
+func (l *Lab) agentArgs(node string) []string {
+	return []string{l.layout.Bin("glia-agent"),
+		"--node-name", node,
+		"--kubeconfig", l.layout.Kubeconfig(),
+		"--namespace", AgentNamespace,
+		"--state-dir", l.layout.AgentStateDir(node),
+		"--socket", l.layout.AgentSocket(node),
+		"--bpffs-dir", l.layout.NodeBPFDir(node),
+		"--device", "eth0",
+	}
+}
+
+func (l *Lab) spawnAgent(node string) (Proc, error) {
+	return spawn(node+"/agent", NodeNetns(node), filepath.Join(l.layout.NodeCgroup(node), "_agent"),
+		filepath.Join(l.layout.LogDir(), node+"-agent.log"), l.agentArgs(node), nil)
+}
+
+// AgentClient returns an API client for a node's agent.
+func (l *Lab) AgentClient(node string) *api.Client { return api.NewClient(l.layout.AgentSocket(node)) }
+
+func (l *Lab) waitAgent(ctx context.Context, node string, timeout time.Duration) error {
+	c := &http.Client{Transport: unixTransport(l.layout.AgentSocket(node)), Timeout: 2 * time.Second}
+	if err := waitHTTP(ctx, c, "http://glia-agent"+api.PathHealthz, "", timeout); err != nil {
+		return fmt.Errorf("glia-agent on %s is not healthy (log: %s): %w", node,
+			filepath.Join(l.layout.LogDir(), node+"-agent.log"), err)
+	}
+	return nil
+}
+
+// reconcileKubeProxy runs kube-proxy on a node whose agent does not replace
+// it, and stops it (cleaning its rules) where the agent does.
+func (l *Lab) reconcileKubeProxy(ctx context.Context, st *State, node string) error {
+	var s api.Status
+	if err := l.AgentClient(node).Status(ctx, &s); err != nil {
+		return fmt.Errorf("status of glia-agent on %s: %w", node, err)
+	}
+	key := node + "/kube-proxy"
+	p, running := st.Procs[key]
+	running = running && p.Alive()
+	want := !s.KubeProxyReplacement.Enabled
+	switch {
+	case want && !running:
+		l.progress("starting kube-proxy (iptables mode) on %s: kube-proxy-replacement is off there", node)
+		np, err := spawn(key, NodeNetns(node), filepath.Join(l.layout.NodeCgroup(node), "_kube-proxy"),
+			filepath.Join(l.layout.LogDir(), node+"-kube-proxy.log"), []string{l.layout.Bin("glia-k8s"), "proxy",
+				"--kubeconfig=" + l.layout.Kubeconfig(), "--hostname-override=" + node,
+				"--proxy-mode=iptables", "--cluster-cidr=" + ClusterCIDR.String(),
+				"--healthz-bind-address=0.0.0.0:10256", "--metrics-bind-address=127.0.0.1:10249",
+				"--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0", "--conntrack-tcp-timeout-close-wait=0",
+				"--v=1",
+			}, nil)
+		if err != nil {
+			return err
+		}
+		st.add(np)
+	case !want && running:
+		l.progress("stopping kube-proxy on %s: glia replaces it there", node)
+		if err := p.Stop(5 * time.Second); err != nil {
+			return err
+		}
+		delete(st.Procs, key)
+		fallthrough
+	case !want:
+		// Remove KUBE-* rules a kube-proxy may have left in this node.
+		cmd := exec.CommandContext(ctx, l.layout.Bin("glia-k8s"), "proxy", "--cleanup", "--proxy-mode=iptables")
+		out, err := runInNetns(NodeNetns(node), cmd)
+		if err != nil {
+			return fmt.Errorf("clean kube-proxy rules on %s: %v: %s", node, err, out)
+		}
+	}
+	return nil
+}
+
+func unixTransport(sock string) *http.Transport {
+	return &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}
+}
+
+func runInNetns(netnsName string, cmd *exec.Cmd) ([]byte, error) {
+	var out []byte
+	err := inNetns(netnsName, func() error {
+		var err error
+		out, err = cmd.CombinedOutput()
+		return err
+	})
+	return out, err
+}
+
+func (l *Lab) waitReady(ctx context.Context, cs *kubernetes.Clientset, nodes int, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last string
+	for {
+		last = ""
+		nl, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err == nil {
+			ready := 0
+			for _, n := range nl.Items {
+				for _, c := range n.Status.Conditions {
+					if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue && n.Spec.PodCIDR != "" {
+						ready++
+					}
+				}
+			}
+			if ready < nodes {
+				last = fmt.Sprintf("%d/%d nodes Ready with a pod CIDR", ready, nodes)
+			}
+		} else {
+			last = err.Error()
+		}
+		if last == "" {
+			dep, err := cs.AppsV1().Deployments("kube-system").Get(ctx, "coredns", metav1.GetOptions{})
+			if err != nil {
+				last = err.Error()
+			} else if dep.Status.ReadyReplicas < 1 {
+				last = "CoreDNS has no ready replica"
+			} else {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("lab not ready after %s: %s (logs: %s)", timeout, last, l.layout.LogDir())
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// Down removes everything the lab made. It is safe to run at any time.
+func (l *Lab) Down(ctx context.Context) error {
+	unlock, err := l.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return l.down(ctx, false)
+}
+
+func (l *Lab) down(ctx context.Context, quiet bool) error {
+	var errs []error
+	st, err := l.loadState()
+	if err != nil && !errors.Is(err, ErrNoLab) {
+		l.log.Warn("lab state unreadable; cleaning up by name", "error", err)
+	}
+	if st != nil {
+		if !quiet {
+			l.progress("stopping lab processes")
+		}
+		// Agents and runners first (they may call CNI), then the control plane.
+		names := st.procNames()
+		sort.SliceStable(names, func(i, j int) bool { return strings.Contains(names[i], "/") && !strings.Contains(names[j], "/") })
+		for _, n := range names {
+			if err := st.Procs[n].Stop(3 * time.Second); err != nil {
+				errs = append(errs, fmt.Errorf("stop %s: %w", n, err))
+			}
+		}
+	}
+	// Everything the lab started — pods included — lives under its cgroup.
+	if err := killCgroupTree(l.layout.CgroupRoot); err != nil {
+		errs = append(errs, err)
+	}
+	for _, pfx := range []string{PodNetnsPfx, NodeNetnsPfx} {
+		names, err := listNamedNetns(pfx)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, n := range names {
+			if err := deleteNamedNetns(n); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := teardownRootNetwork(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := os.RemoveAll(l.layout.BPFRoot); err != nil {
+		errs = append(errs, err)
+	}
+	if st != nil && st.MountedBPFFS {
+		if out, err := exec.Command("umount", "/sys/fs/bpf").CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("unmount /sys/fs/bpf: %v: %s", err, out))
+		}
+	}
+	// Unmount anything left under the lab's directory before removing it.
+	if err := unmountUnder(l.layout.Base); err != nil {
+		errs = append(errs, err)
+	}
+	if err := os.RemoveAll(l.layout.Base); err != nil {
+		errs = append(errs, err)
+	}
+	if !quiet && len(errs) == 0 {
+		l.progress("lab removed")
+	}
+	return errors.Join(errs...)
+}
+
+// Status describes the lab for `glia lab status`.
+func (l *Lab) Status(ctx context.Context, w io.Writer) error {
+	st, err := l.loadState()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "Lab:          %d nodes, kubeconfig %s\n", st.Nodes, l.layout.Kubeconfig())
+	fmt.Fprintf(w, "Bridge:       %s %s/%d\n", BridgeName, BridgeAddr, UnderlayCIDR.Bits())
+	fmt.Fprintf(w, "Processes:\n")
+	for _, n := range st.procNames() {
+		p := st.Procs[n]
+		state := "running"
+		if !p.Alive() {
+			state = "NOT RUNNING"
+		}
+		fmt.Fprintf(w, "  %-28s pid %-8d %s\n", n, p.PID, state)
+	}
+	cs, _, err := l.clients()
+	if err != nil {
+		return err
+	}
+	nl, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list nodes: %w", err)
+	}
+	fmt.Fprintf(w, "Nodes:\n")
+	for _, n := range nl.Items {
+		ready := "NotReady"
+		for _, c := range n.Status.Conditions {
+			if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+				ready = "Ready"
+			}
+		}
+		fmt.Fprintf(w, "  %-12s %-9s podCIDR %s\n", n.Name, ready, n.Spec.PodCIDR)
+	}
+	return nil
+}
+
+// AgentAction is what `glia lab agent ACTION NODE` does.
+func (l *Lab) AgentAction(ctx context.Context, action, node string) error {
+	unlock, err := l.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	st, err := l.loadState()
+	if err != nil {
+		return err
+	}
+	if !l.hasNode(st, node) {
+		return fmt.Errorf("no node %q in the lab: nodes are lab-node-1 … lab-node-%d", node, st.Nodes)
+	}
+	key := node + "/agent"
+	p := st.Procs[key]
+	switch action {
+	case "stop":
+		err = p.Stop(5 * time.Second)
+	case "kill":
+		if err = p.Signal(9); err == nil {
+			err = p.WaitGone(5 * time.Second)
+		}
+	case "start", "restart":
+		if action == "restart" {
+			if err = p.Stop(5 * time.Second); err == nil {
+				err = p.WaitGone(5 * time.Second)
+			}
+			if err != nil {
+				return err
+			}
+		} else if p.Alive() {
+			return fmt.Errorf("glia-agent on %s is already running (pid %d)", node, p.PID)
+		}
+		np, err := l.spawnAgent(node)
+		if err != nil {
+			return err
+		}
+		st.add(np)
+		if err := l.saveState(st); err != nil {
+			return err
+		}
+		if err := l.waitAgent(ctx, node, 90*time.Second); err != nil {
+			return err
+		}
+		err = l.reconcileKubeProxy(ctx, st, node)
+	default:
+		return fmt.Errorf("unknown agent action %q: use stop, start, restart or kill", action)
+	}
+	if err != nil {
+		return err
+	}
+	return l.saveState(st)
+}
+
+func (l *Lab) hasNode(st *State, node string) bool {
+	for i := 1; i <= st.Nodes; i++ {
+		if NodeName(i) == node {
+			return true
+		}
+	}
+	return false
+}
+
+// NodeIndex returns i for lab-node-i.
+func NodeIndex(node string) (int, error) {
+	s, ok := strings.CutPrefix(node, "lab-node-")
+	if !ok {
+		return 0, fmt.Errorf("%q is not a lab node name (lab-node-N)", node)
+	}
+	return strconv.Atoi(s)
+}

@@ -1,0 +1,115 @@
+package lab
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"golang.org/x/sys/unix"
+)
+
+// State is what `lab up` made, written atomically to lab.json so that
+// later commands (and `lab down` after a crash) know what to act on.
+type State struct {
+	Nodes        int               `json:"nodes"`
+	Set          map[string]string `json:"set,omitempty"`
+	Token        string            `json:"token"`
+	Procs        map[string]Proc   `json:"procs"`
+	MountedBPFFS bool              `json:"mountedBPFFS,omitempty"`
+}
+
+func (s *State) add(p Proc) {
+	if s.Procs == nil {
+		s.Procs = map[string]Proc{}
+	}
+	s.Procs[p.Name] = p
+}
+
+// procNames returns the recorded process names, sorted.
+func (s *State) procNames() []string {
+	var names []string
+	for n := range s.Procs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// writeFileAtomic writes data to path through a temporary file in the same
+// directory, fsynced and renamed, so a crash leaves the old or the new file.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, werr := f.Write(data)
+	if werr == nil {
+		werr = f.Chmod(mode)
+	}
+	if werr == nil {
+		werr = f.Sync()
+	}
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		werr = os.Rename(tmp, path)
+	}
+	if werr != nil {
+		os.Remove(tmp)
+		return werr
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+func (l *Lab) saveState(s *State) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(l.layout.StateFile(), b, 0o600)
+}
+
+// ErrNoLab is returned when no lab is up.
+var ErrNoLab = errors.New("no lab is up: run `glia lab up` (or `make lab`)")
+
+func (l *Lab) loadState() (*State, error) {
+	b, err := os.ReadFile(l.layout.StateFile())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, ErrNoLab
+	}
+	if err != nil {
+		return nil, err
+	}
+	var s State
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("lab state %s is unreadable (%v): run `glia lab down` to clean up", l.layout.StateFile(), err)
+	}
+	return &s, nil
+}
+
+// lock takes an exclusive lock on the lab for commands that change it.
+func (l *Lab) lock() (func(), error) {
+	if err := os.MkdirAll(filepath.Dir(l.layout.Base), 0o755); err != nil {
+		return nil, err
+	}
+	p := l.layout.Base + ".lock"
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another glia lab command holds %s: wait for it to finish", p)
+	}
+	return func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
+}
