@@ -1,0 +1,104 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestLegacyLab is the skeleton issue's acceptance: a 3-node lab on the
+// legacy datapath runs the story's DaemonSet and Service, every path works,
+// and each node says why it runs legacy host routing.
+func TestLegacyLab(t *testing.T) {
+	l := upLab(t, 3)
+	l.ApplyStory()
+	for i := 1; i <= 3; i++ {
+		node := fmt.Sprintf("lab-node-%d", i)
+		out := l.Glia("status", "--node", node)
+		for _, want := range []string{
+			"Host Routing:            Legacy   (BPF host routing requires kube-proxy-replacement=true",
+			"Masquerading:            IPTables [IPv4: Enabled, IPv6: Disabled]",
+			"KubeProxyReplacement:    False",
+			"Kubernetes:              Ok",
+			"Routing:                 Network: Native   Host: Legacy",
+			"IPAM:                    IPv4: ",
+			"Controller Status:       ",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("glia status --node %s lacks %q:\n%s", node, want, out)
+			}
+		}
+	}
+	l.CheckConnectivity()
+	t.Run("RootNamespaceHoldsOnlyTheLab", l.checkRootNamespace)
+	t.Run("AgentKillNoFailedRequest", func(t *testing.T) { l.checkAgentKillLoop(t, 2*time.Minute) })
+}
+
+// checkRootNamespace: the root namespace routes none of the lab's ranges
+// outward and does not forward what arrives from the lab.
+func (l *Lab) checkRootNamespace(t *testing.T) {
+	out, err := exec.Command("ip", "-4", "route", "show", "type", "blackhole").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip route: %v: %s", err, out)
+	}
+	for _, want := range []string{"198.19.0.0/16", "198.18.128.0/17", "203.0.113.0/24"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("root namespace lacks blackhole route for %s:\n%s", want, out)
+		}
+	}
+	b, err := os.ReadFile("/proc/sys/net/ipv4/conf/glia-lab0/forwarding")
+	if err != nil || strings.TrimSpace(string(b)) != "0" {
+		t.Errorf("forwarding on glia-lab0 = %q (%v), want 0", b, err)
+	}
+}
+
+// checkAgentKillLoop runs a curl loop across pods on other nodes and the
+// Service for d while one node's agent is SIGKILLed and restarted, and
+// fails on any failed request.
+func (l *Lab) checkAgentKillLoop(t *testing.T, d time.Duration) {
+	web := l.Pods("app=simple-webserver")
+	var targets []string
+	for _, p := range web {
+		targets = append(targets, "http://"+p.Status.PodIP+":8081")
+	}
+	targets = append(targets, "http://simple-webserver-service:8081")
+	// One curl per target every 250 ms, bounded by d; a failure prints FAIL.
+	script := fmt.Sprintf(`end=$(( $(date +%%s) + %d )); n=0; f=0
+while [ $(date +%%s) -lt $end ]; do
+  for u in %s; do n=$((n+1)); curl -sf --max-time 2 -o /dev/null "$u" || { f=$((f+1)); echo "FAIL $(date +%%T.%%N) $u"; }; done
+  sleep 0.25
+done
+echo "requests=$n failed=$f"`, int(d.Seconds()), strings.Join(targets, " "))
+	ctx, cancel := context.WithTimeout(context.Background(), d+time.Minute)
+	defer cancel()
+	type result struct {
+		out string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, err := run(ctx, l.glia(), "lab", "exec", "curler", "--", "sh", "-c", script)
+		done <- result{out, err}
+	}()
+	// Kill and restart the agent of a node other than the client's, then of the client's own.
+	time.Sleep(d / 6)
+	for _, node := range []string{"lab-node-2", "lab-node-1", "lab-node-3"} {
+		l.Glia("lab", "agent", "kill", node)
+		time.Sleep(2 * time.Second)
+		l.Glia("lab", "agent", "start", node)
+		time.Sleep(d / 6)
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("curl loop: %v\n%s", r.err, r.out)
+	}
+	last := r.out[strings.LastIndex(strings.TrimSpace(r.out), "\n")+1:]
+	t.Logf("curl loop across 3 agent kills: %s", strings.TrimSpace(last))
+	if !strings.Contains(r.out, "failed=0") || strings.Contains(r.out, "FAIL") {
+		t.Errorf("requests failed while agents were killed and restarted:\n%s", r.out)
+	}
+}
