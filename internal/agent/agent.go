@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -335,5 +336,6 @@ type keepExtra struct {
 }
 
 func (k keepExtra) SyncEndpoints(ctx context.Context, eps []api.Endpoint) error {
-	return k.Datapath.SyncEndpoints(ctx, append(eps, k.extra()...))
+	// A new slice: appending to eps could write into the caller's array.
+	return k.Datapath.SyncEndpoints(ctx, slices.Concat(eps, k.extra()))
 }

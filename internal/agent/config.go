@@ -52,9 +52,12 @@ func (c *Config) Validate() error {
 	if c.NodeName == "" {
 		errs = append(errs, errors.New("--node-name is required: the name of this node's Node object"))
 	}
-	for flag, p := range map[string]string{"--state-dir": c.StateDir, "--socket": c.Socket, "--bpffs-dir": c.BPFFSDir} {
-		if !filepath.IsAbs(p) {
-			errs = append(errs, fmt.Errorf("%s %q must be an absolute path", flag, p))
+	// A slice, not a map: the errors come in flag order, the same every run.
+	for _, f := range []struct{ flag, path string }{
+		{"--state-dir", c.StateDir}, {"--socket", c.Socket}, {"--bpffs-dir", c.BPFFSDir},
+	} {
+		if !filepath.IsAbs(f.path) {
+			errs = append(errs, fmt.Errorf("%s %q must be an absolute path", f.flag, f.path))
 		}
 	}
 	if c.Device == "" {

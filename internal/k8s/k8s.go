@@ -57,17 +57,20 @@ func NewClients(kubeconfig string) (*Clients, error) {
 	return &Clients{Kube: kc, Dynamic: dc, Rest: cfg}, nil
 }
 
-// WaitForNode waits until the Node exists and has a pod CIDR (allocated by
-// kube-controller-manager after the node registers).
+// WaitForNode waits until the Node exists with an InternalIP (set when it
+// registers) and a pod CIDR (allocated by kube-controller-manager).
 func WaitForNode(ctx context.Context, log *slog.Logger, c kubernetes.Interface, name string) (*corev1.Node, error) {
 	logged := false
 	for {
 		n, err := c.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
-		switch {
-		case err == nil && n.Spec.PodCIDR != "":
-			return n, nil
-		case err == nil:
-			err = errors.New("node has no spec.podCIDR yet")
+		if err == nil {
+			if _, aerr := NodeAddress(n); aerr != nil {
+				err = aerr
+			} else if n.Spec.PodCIDR == "" {
+				err = errors.New("node has no spec.podCIDR yet")
+			} else {
+				return n, nil
+			}
 		}
 		if !logged {
 			log.Info("Waiting for Node and its pod CIDR", "node", name, "reason", err)

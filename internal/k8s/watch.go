@@ -128,7 +128,8 @@ func (w *Watcher) Services() []datapath.Service {
 }
 
 // TranslateService turns one Service and its EndpointSlices into frontends.
-// Headless Services and those without a ClusterIP have none.
+// Headless Services and those without a ClusterIP have none; only IPv4
+// slices and addresses become backends.
 func TranslateService(s *corev1.Service, slices []*discoveryv1.EndpointSlice) []datapath.Service {
 	vip, err := netip.ParseAddr(s.Spec.ClusterIP)
 	if err != nil || !vip.Is4() {
@@ -149,6 +150,9 @@ func TranslateService(s *corev1.Service, slices []*discoveryv1.EndpointSlice) []
 		}
 		seen := map[netip.AddrPort]bool{}
 		for _, es := range slices {
+			if es.AddressType != discoveryv1.AddressTypeIPv4 {
+				continue // an IPv4 frontend balances to IPv4 backends only
+			}
 			var port int32 = -1
 			for _, ep := range es.Ports {
 				if ep.Port == nil || (ep.Protocol != nil && *ep.Protocol != p.Protocol) {
@@ -170,7 +174,7 @@ func TranslateService(s *corev1.Service, slices []*discoveryv1.EndpointSlice) []
 				}
 				for _, a := range e.Addresses {
 					ip, err := netip.ParseAddr(a)
-					if err != nil {
+					if err != nil || !ip.Is4() {
 						continue
 					}
 					ap := netip.AddrPortFrom(ip, uint16(port))

@@ -613,11 +613,14 @@ func (l *Lab) hasNode(st *State, node string) bool {
 	return false
 }
 
-// NodeIndex returns i for lab-node-i.
+// NodeIndex returns i for lab-node-i. Only the names NodeName gives are
+// accepted (1 to MaxNodes, no sign, no leading zero), so a name always maps
+// back to the same node's paths.
 func NodeIndex(node string) (int, error) {
 	s, ok := strings.CutPrefix(node, "lab-node-")
-	if !ok {
-		return 0, fmt.Errorf("%q is not a lab node name (lab-node-N)", node)
+	i, err := strconv.Atoi(s)
+	if !ok || err != nil || i < 1 || i > MaxNodes || NodeName(i) != node {
+		return 0, fmt.Errorf("%q is not a lab node name (lab-node-N, N from 1 to %d)", node, MaxNodes)
 	}
-	return strconv.Atoi(s)
+	return i, nil
 }

@@ -1,0 +1,315 @@
+package k8s
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"glia.dev/glia/internal/datapath"
+)
+
+func ptr[T any](v T) *T { return &v }
+
+// equateNetip compares netip values by ==.
+var equateNetip = cmpopts.EquateComparable(netip.Addr{}, netip.AddrPort{}, netip.Prefix{})
+
+func svc(name, clusterIP string, typ corev1.ServiceType, ports ...corev1.ServicePort) *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
+		Spec:       corev1.ServiceSpec{ClusterIP: clusterIP, Type: typ, Ports: ports},
+	}
+}
+
+func slice(name, svcName string, at discoveryv1.AddressType, ports []discoveryv1.EndpointPort, eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
+	return &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name,
+			Labels: map[string]string{discoveryv1.LabelServiceName: svcName}},
+		AddressType: at,
+		Ports:       ports,
+		Endpoints:   eps,
+	}
+}
+
+func ep(node string, ready, terminating *bool, addrs ...string) discoveryv1.Endpoint {
+	e := discoveryv1.Endpoint{Addresses: addrs, Conditions: discoveryv1.EndpointConditions{Ready: ready, Terminating: terminating}}
+	if node != "" {
+		e.NodeName = ptr(node)
+	}
+	return e
+}
+
+func tcpPort(name string, port int32) discoveryv1.EndpointPort {
+	return discoveryv1.EndpointPort{Name: ptr(name), Protocol: ptr(corev1.ProtocolTCP), Port: ptr(port)}
+}
+
+func be(addrPort, node string, ready, terminating bool) datapath.Backend {
+	return datapath.Backend{Addr: netip.MustParseAddrPort(addrPort), NodeName: node, Ready: ready, Terminating: terminating}
+}
+
+func TestTranslateService(t *testing.T) {
+	http := corev1.ServicePort{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}
+	unnamed := corev1.ServicePort{Protocol: corev1.ProtocolTCP, Port: 80}
+	tests := []struct {
+		name   string
+		svc    *corev1.Service
+		slices []*discoveryv1.EndpointSlice
+		want   []datapath.Service
+	}{{
+		name: "ClusterIP with named port",
+		svc:  svc("web", "198.18.128.20", corev1.ServiceTypeClusterIP, http),
+		slices: []*discoveryv1.EndpointSlice{slice("web-1", "web", discoveryv1.AddressTypeIPv4,
+			[]discoveryv1.EndpointPort{tcpPort("http", 8080)},
+			ep("n2", ptr(true), nil, "198.19.2.5"), ep("n1", ptr(true), ptr(false), "198.19.1.5"))},
+		want: []datapath.Service{{Namespace: "default", Name: "web", PortName: "http", Protocol: "TCP",
+			Frontend: netip.MustParseAddrPort("198.18.128.20:80"),
+			Backends: []datapath.Backend{be("198.19.1.5:8080", "n1", true, false), be("198.19.2.5:8080", "n2", true, false)}}},
+	}, {
+		name: "unnamed port matches a slice port named empty or unnamed",
+		svc:  svc("web", "198.18.128.20", corev1.ServiceTypeClusterIP, unnamed),
+		slices: []*discoveryv1.EndpointSlice{
+			slice("web-1", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("", 8080)}, ep("n1", nil, nil, "198.19.1.5")),
+			slice("web-2", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{{Port: ptr(int32(8081))}}, ep("n1", nil, nil, "198.19.1.6")),
+			slice("web-3", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("other", 9)}, ep("n1", nil, nil, "198.19.1.7")),
+		},
+		want: []datapath.Service{{Namespace: "default", Name: "web", Protocol: "TCP",
+			Frontend: netip.MustParseAddrPort("198.18.128.20:80"),
+			Backends: []datapath.Backend{be("198.19.1.5:8080", "n1", true, false), be("198.19.1.6:8081", "n1", true, false)}}},
+	}, {
+		name:   "headless",
+		svc:    svc("db", corev1.ClusterIPNone, corev1.ServiceTypeClusterIP, http),
+		slices: []*discoveryv1.EndpointSlice{slice("db-1", "db", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 80)}, ep("n1", nil, nil, "198.19.1.5"))},
+		want:   nil,
+	}, {
+		name: "no ClusterIP (ExternalName)",
+		svc:  svc("ext", "", corev1.ServiceTypeExternalName, http),
+		want: nil,
+	}, {
+		name: "IPv6 ClusterIP",
+		svc:  svc("v6", "fd00::1", corev1.ServiceTypeClusterIP, http),
+		want: nil,
+	}, {
+		name: "NodePort",
+		svc: func() *corev1.Service {
+			p := http
+			p.NodePort = 30080
+			return svc("web", "198.18.128.20", corev1.ServiceTypeNodePort, p)
+		}(),
+		want: []datapath.Service{{Namespace: "default", Name: "web", PortName: "http", Protocol: "TCP",
+			Frontend: netip.MustParseAddrPort("198.18.128.20:80"), NodePort: 30080}},
+	}, {
+		name: "ClusterIP ignores a stray nodePort",
+		svc: func() *corev1.Service {
+			p := http
+			p.NodePort = 30080
+			return svc("web", "198.18.128.20", corev1.ServiceTypeClusterIP, p)
+		}(),
+		want: []datapath.Service{{Namespace: "default", Name: "web", PortName: "http", Protocol: "TCP",
+			Frontend: netip.MustParseAddrPort("198.18.128.20:80")}},
+	}, {
+		name: "session affinity ClientIP",
+		svc: func() *corev1.Service {
+			s := svc("web", "198.18.128.20", corev1.ServiceTypeClusterIP, http)
+			s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+			return s
+		}(),
+		want: []datapath.Service{{Namespace: "default", Name: "web", PortName: "http", Protocol: "TCP",
+			Frontend: netip.MustParseAddrPort("198.18.128.20:80"), SessionAffinity: true}},
+	}, {
+		name: "multiple slices, not-ready and terminating endpoints, duplicates across slices",
+		svc:  svc("web", "198.18.128.20", corev1.ServiceTypeClusterIP, http),
+		slices: []*discoveryv1.EndpointSlice{
+			slice("web-1", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 8080)},
+				ep("n1", ptr(false), nil, "198.19.1.5"),
+				ep("n1", ptr(false), ptr(true), "198.19.1.6")),
+			slice("web-2", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 8080)},
+				ep("n1", ptr(false), nil, "198.19.1.5"), // the same endpoint, listed twice while it moves
+				ep("", ptr(true), nil, "198.19.3.7", "not-an-ip")),
+		},
+		want: []datapath.Service{{Namespace: "default", Name: "web", PortName: "http", Protocol: "TCP",
+			Frontend: netip.MustParseAddrPort("198.18.128.20:80"),
+			Backends: []datapath.Backend{
+				be("198.19.1.5:8080", "n1", false, false),
+				be("198.19.1.6:8080", "n1", false, true),
+				be("198.19.3.7:8080", "", true, false),
+			}}},
+	}, {
+		name: "UDP and TCP on the same port number",
+		svc: svc("dns", "198.18.128.10", corev1.ServiceTypeClusterIP,
+			corev1.ServicePort{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53},
+			corev1.ServicePort{Name: "dns-tcp", Protocol: corev1.ProtocolTCP, Port: 53},
+			corev1.ServicePort{Name: "sctp", Protocol: corev1.ProtocolSCTP, Port: 99}),
+		slices: []*discoveryv1.EndpointSlice{slice("dns-1", "dns", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{
+			{Name: ptr("dns"), Protocol: ptr(corev1.ProtocolUDP), Port: ptr(int32(5353))},
+			{Name: ptr("dns-tcp"), Protocol: ptr(corev1.ProtocolTCP), Port: ptr(int32(5354))},
+			{Name: ptr("sctp"), Protocol: ptr(corev1.ProtocolSCTP), Port: ptr(int32(99))},
+		}, ep("n1", ptr(true), nil, "198.19.1.9"))},
+		want: []datapath.Service{{
+			Namespace: "default", Name: "dns", PortName: "dns", Protocol: "UDP",
+			Frontend: netip.MustParseAddrPort("198.18.128.10:53"),
+			Backends: []datapath.Backend{be("198.19.1.9:5353", "n1", true, false)},
+		}, {
+			Namespace: "default", Name: "dns", PortName: "dns-tcp", Protocol: "TCP",
+			Frontend: netip.MustParseAddrPort("198.18.128.10:53"),
+			Backends: []datapath.Backend{be("198.19.1.9:5354", "n1", true, false)},
+		}},
+	}, {
+		name: "slice port name matches but protocol differs",
+		svc:  svc("web", "198.18.128.20", corev1.ServiceTypeClusterIP, http),
+		slices: []*discoveryv1.EndpointSlice{slice("web-1", "web", discoveryv1.AddressTypeIPv4,
+			[]discoveryv1.EndpointPort{{Name: ptr("http"), Protocol: ptr(corev1.ProtocolUDP), Port: ptr(int32(8080))}},
+			ep("n1", nil, nil, "198.19.1.5"))},
+		want: []datapath.Service{{Namespace: "default", Name: "web", PortName: "http", Protocol: "TCP",
+			Frontend: netip.MustParseAddrPort("198.18.128.20:80")}},
+	}, {
+		name: "IPv6 and FQDN slices are ignored",
+		svc:  svc("web", "198.18.128.20", corev1.ServiceTypeClusterIP, http),
+		slices: []*discoveryv1.EndpointSlice{
+			slice("web-v6", "web", discoveryv1.AddressTypeIPv6, []discoveryv1.EndpointPort{tcpPort("http", 8080)}, ep("n1", nil, nil, "fd00::5")),
+			slice("web-fqdn", "web", discoveryv1.AddressTypeFQDN, []discoveryv1.EndpointPort{tcpPort("http", 8080)}, ep("n1", nil, nil, "example.test")),
+			slice("web-v4", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 8080)}, ep("n1", nil, nil, "198.19.1.5")),
+		},
+		want: []datapath.Service{{Namespace: "default", Name: "web", PortName: "http", Protocol: "TCP",
+			Frontend: netip.MustParseAddrPort("198.18.128.20:80"),
+			Backends: []datapath.Backend{be("198.19.1.5:8080", "n1", true, false)}}},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := TranslateService(tt.svc, tt.slices)
+			if diff := cmp.Diff(tt.want, got, equateNetip); diff != "" {
+				t.Errorf("TranslateService (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func node(name, podCIDR string, addrs ...corev1.NodeAddress) *corev1.Node {
+	return &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec:       corev1.NodeSpec{PodCIDR: podCIDR},
+		Status:     corev1.NodeStatus{Addresses: addrs},
+	}
+}
+
+func internalIP(ip string) corev1.NodeAddress {
+	return corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: ip}
+}
+
+// startWatcher starts a Watcher on a fake clientset holding objs.
+func startWatcher(t *testing.T, withServices bool, objs ...runtime.Object) (*Watcher, *fake.Clientset) {
+	t.Helper()
+	cs := fake.NewClientset(objs...)
+	w := NewWatcher(&Clients{Kube: cs}, withServices)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() {
+		cancel()
+		w.Stop()
+	})
+	if err := w.Start(ctx); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	return w, cs
+}
+
+func TestWatcherRemoteNodes(t *testing.T) {
+	w, _ := startWatcher(t, false,
+		node("lab-node-1", "198.19.1.0/24", internalIP("198.18.0.11")),
+		node("lab-node-3", "198.19.3.0/24", corev1.NodeAddress{Type: corev1.NodeHostName, Address: "lab-node-3"}, internalIP("198.18.0.13")),
+		node("lab-node-2", "198.19.2.0/24", internalIP("198.18.0.12")),
+		node("no-cidr", "", internalIP("198.18.0.14")),
+		node("no-address", "198.19.5.0/24"),
+		node("v6-only", "198.19.6.0/24", internalIP("fd00::6")),
+	)
+	got := w.RemoteNodes("lab-node-1")
+	want := []datapath.RemoteNode{
+		{Name: "lab-node-2", IP: netip.MustParseAddr("198.18.0.12"), PodCIDR: netip.MustParsePrefix("198.19.2.0/24")},
+		{Name: "lab-node-3", IP: netip.MustParseAddr("198.18.0.13"), PodCIDR: netip.MustParsePrefix("198.19.3.0/24")},
+	}
+	if diff := cmp.Diff(want, got, equateNetip); diff != "" {
+		t.Errorf("RemoteNodes (-want +got):\n%s", diff)
+	}
+	if n := w.NodeCount(); n != 6 {
+		t.Errorf("NodeCount = %d, want 6", n)
+	}
+	var names []string
+	for _, n := range w.Nodes() {
+		names = append(names, n.Name)
+	}
+	if diff := cmp.Diff([]string{"lab-node-1", "lab-node-2", "lab-node-3", "no-address", "no-cidr", "v6-only"}, names); diff != "" {
+		t.Errorf("Nodes (-want +got):\n%s", diff)
+	}
+	if got := w.Services(); got != nil {
+		t.Errorf("Services without the service informers = %v, want nil", got)
+	}
+}
+
+func TestWatcherSeesChanges(t *testing.T) {
+	w, cs := startWatcher(t, false, node("lab-node-1", "198.19.1.0/24", internalIP("198.18.0.11")))
+	// Drain the pokes of the initial list.
+	select {
+	case <-w.Changed:
+	default:
+	}
+	ctx := context.Background()
+	if _, err := cs.CoreV1().Nodes().Create(ctx, node("lab-node-2", "198.19.2.0/24", internalIP("198.18.0.12")), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Changed is poked once the informer has the new node in its store.
+	for {
+		<-w.Changed
+		if len(w.RemoteNodes("lab-node-1")) == 1 {
+			break
+		}
+	}
+	want := []datapath.RemoteNode{{Name: "lab-node-2", IP: netip.MustParseAddr("198.18.0.12"), PodCIDR: netip.MustParsePrefix("198.19.2.0/24")}}
+	if diff := cmp.Diff(want, w.RemoteNodes("lab-node-1"), equateNetip); diff != "" {
+		t.Errorf("RemoteNodes after create (-want +got):\n%s", diff)
+	}
+}
+
+func TestWatcherServices(t *testing.T) {
+	http := corev1.ServicePort{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}
+	web := svc("web", "198.18.128.20", corev1.ServiceTypeClusterIP, http)
+	otherNS := svc("web", "198.18.128.21", corev1.ServiceTypeClusterIP, http)
+	otherNS.Namespace = "prod"
+	webSlice := slice("web-abc", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 8080)}, ep("n1", ptr(true), nil, "198.19.1.5"))
+	webSlice2 := slice("web-def", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 8080)}, ep("n2", ptr(true), nil, "198.19.2.5"))
+	webV6 := slice("web-v6", "web", discoveryv1.AddressTypeIPv6, []discoveryv1.EndpointPort{tcpPort("http", 8080)}, ep("n1", ptr(true), nil, "fd00::5"))
+	prodSlice := slice("web-prod", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 9090)}, ep("n3", ptr(true), nil, "198.19.3.5"))
+	prodSlice.Namespace = "prod"
+	orphan := slice("orphan", "", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 8080)}, ep("n1", ptr(true), nil, "198.19.1.99"))
+	orphan.Labels = nil
+	dns := svc("kube-dns", "198.18.128.10", corev1.ServiceTypeClusterIP,
+		corev1.ServicePort{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53},
+		corev1.ServicePort{Name: "dns-tcp", Protocol: corev1.ProtocolTCP, Port: 53})
+	headless := svc("db", corev1.ClusterIPNone, corev1.ServiceTypeClusterIP, http)
+
+	w, _ := startWatcher(t, true, web, otherNS, webSlice, webSlice2, webV6, prodSlice, orphan, dns, headless)
+	got := w.Services()
+	want := []datapath.Service{{
+		Namespace: "default", Name: "kube-dns", PortName: "dns-tcp", Protocol: "TCP",
+		Frontend: netip.MustParseAddrPort("198.18.128.10:53"),
+	}, {
+		Namespace: "default", Name: "web", PortName: "http", Protocol: "TCP",
+		Frontend: netip.MustParseAddrPort("198.18.128.20:80"),
+		Backends: []datapath.Backend{be("198.19.1.5:8080", "n1", true, false), be("198.19.2.5:8080", "n2", true, false)},
+	}, {
+		Namespace: "prod", Name: "web", PortName: "http", Protocol: "TCP",
+		Frontend: netip.MustParseAddrPort("198.18.128.21:80"),
+		Backends: []datapath.Backend{be("198.19.3.5:9090", "n3", true, false)},
+	}, {
+		Namespace: "default", Name: "kube-dns", PortName: "dns", Protocol: "UDP",
+		Frontend: netip.MustParseAddrPort("198.18.128.10:53"),
+	}}
+	// Services are sorted by Key (protocol/frontend).
+	if diff := cmp.Diff(want, got, equateNetip); diff != "" {
+		t.Errorf("Services (-want +got):\n%s", diff)
+	}
+}
