@@ -66,7 +66,7 @@ test: deps build
 	@echo "==> lab end-to-end tests"
 	@GLIA_E2E=1 GLIA_BIN=$(BIN) $(GO) test -count=1 -timeout 60m -v ./test/e2e/
 
-FUZZ_TARGETS :=
+FUZZ_TARGETS := ./internal/cni:FuzzParseConfig ./internal/api:FuzzDecodeRequest
 FUZZTIME ?= 10s
 fuzz:
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \

@@ -1,0 +1,162 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+var bpfSet = []string{"--set", "kube-proxy-replacement=true", "--set", "enable-bpf-masquerade=true"}
+
+// checkBPFNode: the node runs BPF host routing and masquerade, and holds no
+// kube-proxy rule and no MASQUERADE rule.
+func (l *Lab) checkBPFNode(t *testing.T, node string) {
+	t.Helper()
+	out := l.Glia("status", "--node", node)
+	for _, want := range []string{
+		"Host Routing:            BPF",
+		"Masquerading:            BPF   [eth0]   198.19.0.0/16",
+		"KubeProxyReplacement:    True",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("glia status --node %s lacks %q:\n%s", node, want, out)
+		}
+	}
+	rules, err := l.ExecNode(node, "iptables-save")
+	if err != nil {
+		t.Fatalf("iptables-save on %s: %v\n%s", node, err, rules)
+	}
+	for _, line := range strings.Split(rules, "\n") {
+		if strings.Contains(line, "KUBE-") || strings.Contains(line, "MASQUERADE") {
+			t.Errorf("%s runs the eBPF datapath but holds iptables rule %q", node, line)
+		}
+	}
+	nft, err := l.ExecNode(node, "nft", "list", "ruleset")
+	if err == nil && (strings.Contains(nft, "kube-proxy") || strings.Contains(nft, "masquerade")) {
+		t.Errorf("%s runs the eBPF datapath but its nftables ruleset has kube-proxy or masquerade rules:\n%s", node, nft)
+	}
+}
+
+func (l *Lab) checkLegacyNode(t *testing.T, node string) {
+	t.Helper()
+	out := l.Glia("status", "--node", node)
+	for _, want := range []string{"Host Routing:            Legacy   (", "Masquerading:            IPTables"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("glia status --node %s lacks %q:\n%s", node, want, out)
+		}
+	}
+}
+
+// TestBPFLab: every node on the eBPF datapath (native routing) passes the
+// skeleton's checks, spreads a Service's connections evenly, and stops
+// sending new connections to a deleted backend.
+func TestBPFLab(t *testing.T) {
+	l := upLab(t, 3, bpfSet...)
+	l.ApplyStory()
+	for i := 1; i <= 3; i++ {
+		l.checkBPFNode(t, fmt.Sprintf("lab-node-%d", i))
+	}
+	l.CheckConnectivity()
+	t.Run("EvenSpread", l.checkSpread)
+	t.Run("DeletedBackendGetsNoNewConnections", l.checkDeletedBackend)
+}
+
+// TestTunnelLab: the same checks with VXLAN between nodes.
+func TestTunnelLab(t *testing.T) {
+	l := upLab(t, 3, append(bpfSet, "--set", "routing-mode=tunnel")...)
+	l.ApplyStory()
+	for i := 1; i <= 3; i++ {
+		node := fmt.Sprintf("lab-node-%d", i)
+		l.checkBPFNode(t, node)
+		if out := l.Glia("status", "--node", node); !strings.Contains(out, "Tunnel") {
+			t.Errorf("glia status --node %s does not report tunnel routing:\n%s", node, out)
+		}
+	}
+	l.CheckConnectivity()
+}
+
+// TestMixedLab: two legacy nodes and two eBPF nodes (chosen by a
+// GliaNodeConfig on a label) interoperate in both directions, for pods,
+// the Service and the outside world.
+func TestMixedLab(t *testing.T) {
+	l := upLab(t, 4, "--apply", "../../examples/switch/glia-fix-full.yaml",
+		"--node-label", "lab-node-3:io.glia.enable-ebpf=true", "--node-label", "lab-node-4:io.glia.enable-ebpf=true")
+	l.ApplyStory()
+	l.checkLegacyNode(t, "lab-node-1")
+	l.checkLegacyNode(t, "lab-node-2")
+	l.checkBPFNode(t, "lab-node-3")
+	l.checkBPFNode(t, "lab-node-4")
+	l.CheckConnectivity()
+}
+
+// serviceHits makes n new connections from curler to the Service and
+// counts the answers per backend.
+func (l *Lab) serviceHits(t *testing.T, n int) map[string]int {
+	t.Helper()
+	script := fmt.Sprintf(`for i in $(seq %d); do curl -s --max-time 2 http://simple-webserver-service:8081 || echo FAILED; done`, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	out, err := run(ctx, l.glia(), "lab", "exec", "curler", "--", "sh", "-c", script)
+	if err != nil {
+		t.Fatalf("curl loop: %v\n%s", err, out)
+	}
+	hits := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		hits[strings.TrimPrefix(line, "hello from ")]++
+	}
+	return hits
+}
+
+func (l *Lab) checkSpread(t *testing.T) {
+	const n = 1000
+	hits := l.serviceHits(t, n)
+	web := l.Pods("app=simple-webserver")
+	want := float64(n) / float64(len(web))
+	t.Logf("1000 new connections to simple-webserver-service: %v", hits)
+	if hits["FAILED"] > 0 {
+		t.Errorf("%d of %d connections failed", hits["FAILED"], n)
+	}
+	for _, p := range web {
+		got := float64(hits[p.Name])
+		if got < want*0.9 || got > want*1.1 {
+			t.Errorf("backend %s got %d of %d connections, want %.0f ± 10%%", p.Name, hits[p.Name], n, want)
+		}
+	}
+}
+
+func (l *Lab) checkDeletedBackend(t *testing.T) {
+	web := l.Pods("app=simple-webserver")
+	victim := web[0]
+	ctx := context.Background()
+	if err := l.cs.CoreV1().Pods("default").Delete(ctx, victim.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the EndpointSlice no longer offers the victim as ready.
+	eventually(t, 30*time.Second, "EndpointSlice drops "+victim.Name, func() error {
+		sl, err := l.cs.DiscoveryV1().EndpointSlices("default").List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=simple-webserver-service"})
+		if err != nil {
+			return err
+		}
+		for _, s := range sl.Items {
+			for _, e := range s.Endpoints {
+				if e.TargetRef != nil && e.TargetRef.Name == victim.Name && (e.Conditions.Ready == nil || *e.Conditions.Ready) {
+					return fmt.Errorf("%s still ready in %s", victim.Name, s.Name)
+				}
+			}
+		}
+		return nil
+	})
+	hits := l.serviceHits(t, 200)
+	t.Logf("200 new connections after deleting %s: %v", victim.Name, hits)
+	if hits[victim.Name] > 0 {
+		t.Errorf("deleted backend %s still received %d new connections", victim.Name, hits[victim.Name])
+	}
+	if hits["FAILED"] > 0 {
+		t.Errorf("%d connections failed after a backend was deleted", hits["FAILED"])
+	}
+}
