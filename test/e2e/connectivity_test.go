@@ -55,13 +55,29 @@ func TestConnectivityLegacy(t *testing.T) {
 			t.Fatal(err)
 		}
 		cidr := n.Spec.PodCIDR
-		// The agent re-adds the route on its resync: run the test right after.
+		// The agent watches its routes and puts a deleted one back within
+		// a second or two: stop it first, so the broken path stays broken
+		// while the test runs; starting it again repairs the path.
+		l.Glia("lab", "agent", "stop", src)
+		started := false
+		startAgent := func() {
+			if !started {
+				started = true
+				l.Glia("lab", "agent", "start", src)
+			}
+		}
+		defer startAgent()
 		if out, err := l.ExecNode(src, "ip", "route", "del", cidr); err != nil {
 			t.Fatalf("ip route del %s on %s: %v\n%s", cidr, src, err, out)
 		}
 		out, err := l.connectivity(t, 2*time.Minute, "--keep-workloads", "--test", "^pod-to-pod-cross-node$")
 		if err == nil {
 			t.Fatalf("connectivity test passed with %s's route to %s (%s) deleted:\n%s", src, dst, cidr, out)
+		}
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Contains(line, "tests failed") || strings.Contains(line, "path: ") {
+				t.Logf("%s", strings.TrimSpace(line))
+			}
 		}
 		for _, want := range []string{
 			"1/1 tests failed (2/2 actions)",
@@ -73,6 +89,7 @@ func TestConnectivityLegacy(t *testing.T) {
 			}
 		}
 		// The agent restores the route; the test passes again.
+		startAgent()
 		eventually(t, 90*time.Second, "cross-node path restored by the agent", func() error {
 			out, err := l.connectivity(t, time.Minute, "--keep-workloads", "--test", "^pod-to-pod-cross-node$")
 			if err != nil {
@@ -86,6 +103,8 @@ func TestConnectivityLegacy(t *testing.T) {
 	})
 
 	t.Run("ConnDisruptAcrossAgentKill", func(t *testing.T) {
+		// lab-node-2's agent is SIGKILLed and restarted while connections
+		// cross it.
 		out := l.Glia("connectivity", "test", "--include-conn-disrupt-test", "--conn-disrupt-setup")
 		t.Logf("setup:\n%s", out)
 		l.Glia("lab", "agent", "kill", "lab-node-2")
