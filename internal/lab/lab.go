@@ -177,7 +177,7 @@ func (l *Lab) Up(ctx context.Context, o UpOptions) (err error) {
 	for i := 1; i <= o.Nodes; i++ {
 		name := NodeName(i)
 		l.progress("waiting for glia-agent on %s", name)
-		if err := l.waitAgent(ctx, name, 90*time.Second); err != nil {
+		if err := l.waitAgent(ctx, name, st.Procs[name+"/agent"], 90*time.Second); err != nil {
 			return err
 		}
 		if err := l.reconcileKubeProxy(ctx, st, name); err != nil {
@@ -333,13 +333,41 @@ func (l *Lab) spawnAgent(node string) (Proc, error) {
 // AgentClient returns an API client for a node's agent.
 func (l *Lab) AgentClient(node string) *api.Client { return api.NewClient(l.layout.AgentSocket(node)) }
 
-func (l *Lab) waitAgent(ctx context.Context, node string, timeout time.Duration) error {
+// waitAgent waits for the agent's API to answer healthy; it gives up at
+// once, quoting the agent's last log lines, when the process exits (an
+// agent refuses to start on a config it cannot honour).
+func (l *Lab) waitAgent(ctx context.Context, node string, p Proc, timeout time.Duration) error {
 	c := &http.Client{Transport: unixTransport(l.layout.AgentSocket(node)), Timeout: 2 * time.Second}
-	if err := waitHTTP(ctx, c, "http://glia-agent"+api.PathHealthz, "", timeout); err != nil {
-		return fmt.Errorf("glia-agent on %s is not healthy (log: %s): %w", node,
-			filepath.Join(l.layout.LogDir(), node+"-agent.log"), err)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	go func() {
+		for ctx.Err() == nil && p.Alive() {
+			time.Sleep(100 * time.Millisecond)
+		}
+		cancel()
+	}()
+	err := waitHTTP(ctx, c, "http://glia-agent"+api.PathHealthz, "", timeout)
+	if err == nil {
+		return nil
 	}
-	return nil
+	logPath := filepath.Join(l.layout.LogDir(), node+"-agent.log")
+	if !p.Alive() {
+		return fmt.Errorf("glia-agent on %s exited; the end of its log (%s):\n%s", node, logPath, logTail(logPath, 8))
+	}
+	return fmt.Errorf("glia-agent on %s is not healthy (log: %s): %w", node, logPath, err)
+}
+
+// logTail returns the last n lines of a file.
+func logTail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 // reconcileKubeProxy runs kube-proxy on a node whose agent does not replace
@@ -591,7 +619,7 @@ func (l *Lab) AgentAction(ctx context.Context, action, node string) error {
 		if err := l.saveState(st); err != nil {
 			return err
 		}
-		if err := l.waitAgent(ctx, node, 90*time.Second); err != nil {
+		if err := l.waitAgent(ctx, node, np, 90*time.Second); err != nil {
 			return err
 		}
 		err = l.reconcileKubeProxy(ctx, st, node)

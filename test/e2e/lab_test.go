@@ -316,3 +316,27 @@ func (l *Lab) CheckConnectivity() {
 		})
 	}
 }
+
+func (l *Lab) agentLog(t *testing.T, node string) string {
+	b, err := os.ReadFile("/run/glia-lab/logs/" + node + "-agent.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func writeTemp(t *testing.T, content string) string {
+	p := filepath.Join(t.TempDir(), "manifest.yaml")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

@@ -1,0 +1,241 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// TestNodeConfigSwitch is the users' story: a cluster with kube-proxy
+// replacement on but legacy host routing (no eBPF masquerade); the switch
+// is previewed, a GliaNodeConfig is applied, one node is labelled and its
+// agent restarted, and that node — only that node — moves to BPF while a
+// curl loop runs. Then health probing and bad config.
+func TestNodeConfigSwitch(t *testing.T) {
+	l := upLab(t, 3, "--set", "kube-proxy-replacement=true")
+	l.ApplyStory()
+	for i := 1; i <= 3; i++ {
+		l.checkLegacyNode(t, fmt.Sprintf("lab-node-%d", i))
+	}
+
+	// The switch is previewed before anyone labels the node.
+	prev := l.Glia("config", "preview", "--node", "lab-node-2", "-f", "../../examples/switch/glia-fix.yaml", "--label", "io.glia.enable-ebpf=true")
+	for _, want := range []string{
+		"Node configs:       glia-system/glia-switch-from-iptables-ebpf",
+		"Host Routing: Legacy -> BPF",
+		"Masquerading: IPTables -> BPF",
+		"enable-bpf-masquerade: false (default) -> true (GliaNodeConfig glia-system/glia-switch-from-iptables-ebpf)",
+		"needs an agent restart: true",
+	} {
+		if !strings.Contains(prev, want) {
+			t.Errorf("preview lacks %q:\n%s", want, prev)
+		}
+	}
+	// Previewing lab-node-1 (not to be labelled) predicts no change.
+	if p := l.Glia("config", "preview", "--node", "lab-node-1", "-f", "../../examples/switch/glia-fix.yaml"); !strings.Contains(p, "Changes:            none") {
+		t.Errorf("preview of an unlabelled node predicts a change:\n%s", p)
+	}
+
+	// The switch, with a curl loop across it.
+	loop := l.startCurlLoop(t, 25*time.Second)
+	l.Kubectl("apply", "-f", "../../examples/switch/glia-fix.yaml")
+	l.Kubectl("label", "node", "lab-node-2", "--overwrite", "io.glia.enable-ebpf=true")
+	l.Glia("lab", "agent", "restart", "lab-node-2")
+	res := loop()
+	t.Logf("curl loop across lab-node-2's switch to BPF: %s", res.summary)
+	if res.failed > 0 {
+		t.Errorf("requests failed across the switch:\n%s", res.out)
+	}
+
+	l.checkBPFNode(t, "lab-node-2")
+	l.checkLegacyNode(t, "lab-node-1")
+	l.checkLegacyNode(t, "lab-node-3")
+	if st := l.Glia("status", "--node", "lab-node-2"); !strings.Contains(st, "GliaNodeConfig glia-system/glia-switch-from-iptables-ebpf (1)") {
+		t.Errorf("status of lab-node-2 does not name the node config among its sources:\n%s", st)
+	}
+	if view := l.Glia("config", "view", "--node", "lab-node-2"); !strings.Contains(view, "GliaNodeConfig glia-system/glia-switch-from-iptables-ebpf") {
+		t.Errorf("config view of lab-node-2 does not name the node config:\n%s", view)
+	}
+	l.CheckConnectivity()
+
+	t.Run("Health", l.checkHealth)
+	t.Run("BadConfig", l.checkBadConfig)
+}
+
+type loopResult struct {
+	out, summary string
+	failed       int
+}
+
+// startCurlLoop runs a curl loop from curler to every web pod and the
+// Service for d; the returned function waits for it.
+func (l *Lab) startCurlLoop(t *testing.T, d time.Duration) func() loopResult {
+	var targets []string
+	for _, p := range l.Pods("app=simple-webserver") {
+		targets = append(targets, "http://"+p.Status.PodIP+":8081")
+	}
+	targets = append(targets, "http://simple-webserver-service:8081")
+	script := fmt.Sprintf(`end=$(( $(date +%%s) + %d )); n=0; f=0
+while [ $(date +%%s) -lt $end ]; do
+  for u in %s; do n=$((n+1)); curl -sf --max-time 2 -o /dev/null "$u" || { f=$((f+1)); echo "FAIL $(date +%%T.%%N) $u"; }; done
+  sleep 0.2
+done
+echo "requests=$n failed=$f"`, int(d.Seconds()), strings.Join(targets, " "))
+	done := make(chan loopResult, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), d+time.Minute)
+		defer cancel()
+		out, err := run(ctx, l.glia(), "lab", "exec", "curler", "--", "sh", "-c", script)
+		r := loopResult{out: out}
+		if err != nil {
+			r.failed = -1
+			r.summary = err.Error()
+		}
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		r.summary = lines[len(lines)-1]
+		var n int
+		if _, err := fmt.Sscanf(r.summary, "requests=%d failed=%d", &n, &r.failed); err != nil {
+			r.failed = -1
+		}
+		done <- r
+	}()
+	time.Sleep(2 * time.Second)
+	return func() loopResult { return <-done }
+}
+
+type healthReport struct {
+	Interval time.Duration `json:"interval"`
+	Nodes    []struct {
+		Name string `json:"name"`
+	} `json:"nodes"`
+}
+
+func (l *Lab) checkHealth(t *testing.T) {
+	var out string
+	eventually(t, 30*time.Second, "3/3 reachable with RTTs", func() error {
+		out = l.Glia("health", "status", "--node", "lab-node-1", "-v")
+		if !strings.Contains(out, "Cluster health:   3/3 reachable") {
+			return fmt.Errorf("not 3/3:\n%s", out)
+		}
+		return nil
+	})
+	if n := strings.Count(out, "ICMP to stack:   OK, RTT="); n != 6 {
+		t.Errorf("want 6 ICMP RTTs (3 nodes × host and endpoint), got %d:\n%s", n, out)
+	}
+	if n := strings.Count(out, "HTTP to agent:   OK, RTT="); n != 6 {
+		t.Errorf("want 6 HTTP RTTs, got %d:\n%s", n, out)
+	}
+	var rep healthReport
+	if err := json.Unmarshal([]byte(l.Glia("health", "status", "--node", "lab-node-1", "-o", "json")), &rep); err != nil {
+		t.Fatal(err)
+	}
+	// Stopping lab-node-3's agent makes it unreachable over HTTP within two
+	// probe intervals (plus one probe timeout), named in the output.
+	l.Glia("lab", "agent", "stop", "lab-node-3")
+	defer l.Glia("lab", "agent", "start", "lab-node-3")
+	eventually(t, 2*rep.Interval+5*time.Second, "lab-node-3 unreachable over HTTP", func() error {
+		out = l.Glia("health", "status", "--node", "lab-node-1")
+		if !strings.Contains(out, "Cluster health:   2/3 reachable") || !strings.Contains(out, "lab-node-3") || !strings.Contains(out, "HTTP to agent") {
+			return fmt.Errorf("not reported yet:\n%s", out)
+		}
+		return nil
+	})
+	t.Logf("with lab-node-3's agent stopped:\n%s", out)
+}
+
+// gliaErr runs glia expecting a failure and returns its output.
+func (l *Lab) gliaErr(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := run(ctx, l.glia(), args...)
+	if err == nil {
+		t.Fatalf("glia %s succeeded, want an error:\n%s", strings.Join(args, " "), out)
+	}
+	return out
+}
+
+func (l *Lab) setConfigMap(t *testing.T, data map[string]string) {
+	t.Helper()
+	ctx := context.Background()
+	cm, err := l.cs.CoreV1().ConfigMaps("glia-system").Get(ctx, "glia-config", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm.Data = data
+	if _, err := l.cs.CoreV1().ConfigMaps("glia-system").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (l *Lab) checkBadConfig(t *testing.T) {
+	good := map[string]string{"kube-proxy-replacement": "true"}
+	defer l.setConfigMap(t, good)
+	for _, tc := range []struct {
+		name string
+		data map[string]string
+		want []string
+	}{
+		{"bad value", map[string]string{"kube-proxy-replacement": "true", "enable-bpf-masquerade": "maybe"},
+			[]string{"enable-bpf-masquerade", `"maybe"`, "ConfigMap glia-system/glia-config", `"true" or "false"`}},
+		{"unknown key", map[string]string{"kube-proxy-replacement": "true", "enable-bpf-masq": "true"},
+			[]string{`unknown config key "enable-bpf-masq"`, "enable-bpf-masquerade"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l.setConfigMap(t, tc.data)
+			out := l.gliaErr(t, "config", "preview", "--node", "lab-node-1")
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("preview error lacks %q:\n%s", w, out)
+				}
+			}
+			// The running agent is untouched; a restarted one refuses to start and says why.
+			l.Glia("status", "--node", "lab-node-1")
+			out = l.gliaErr(t, "lab", "agent", "restart", "lab-node-1")
+			b := l.agentLog(t, "lab-node-1")
+			if !strings.Contains(b, "refusing to start") || !strings.Contains(b, tc.want[0]) {
+				t.Errorf("agent log does not say why it refused to start (%s):\n%s", tc.want[0], tail(b, 10))
+			}
+			l.setConfigMap(t, good)
+			l.Glia("lab", "agent", "start", "lab-node-1")
+		})
+	}
+	t.Run("selector matching no node", func(t *testing.T) {
+		f := writeTemp(t, `apiVersion: glia.dev/v1alpha1
+kind: GliaNodeConfig
+metadata: {namespace: glia-system, name: nobody}
+spec:
+  nodeSelector: {matchLabels: {io.glia.pool: "does-not-exist"}}
+  defaults: {debug: "true"}
+`)
+		out := l.Glia("config", "preview", "--node", "lab-node-1", "-f", f)
+		if !strings.Contains(out, "GliaNodeConfig glia-system/nobody selects no node") {
+			t.Errorf("preview does not warn about a selector matching nothing:\n%s", out)
+		}
+	})
+	t.Run("two node configs set one key", func(t *testing.T) {
+		f := writeTemp(t, `apiVersion: glia.dev/v1alpha1
+kind: GliaNodeConfig
+metadata: {namespace: glia-system, name: a-first}
+spec:
+  nodeSelector: {matchLabels: {kubernetes.io/hostname: lab-node-1}}
+  defaults: {bpf-lb-algorithm: "maglev"}
+---
+apiVersion: glia.dev/v1alpha1
+kind: GliaNodeConfig
+metadata: {namespace: glia-system, name: b-second}
+spec:
+  nodeSelector: {matchLabels: {kubernetes.io/hostname: lab-node-1}}
+  defaults: {bpf-lb-algorithm: "random"}
+`)
+		out := l.Glia("config", "preview", "--node", "lab-node-1", "-f", f)
+		if !strings.Contains(out, "a-first") || !strings.Contains(out, "b-second") || !strings.Contains(out, "Warning:") {
+			t.Errorf("preview does not warn naming both node configs:\n%s", out)
+		}
+	})
+}
