@@ -283,6 +283,7 @@ func (a *Agent) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc(api.PathHealth, a.serveHealth)
 	mux.HandleFunc(api.PathConfig, a.serveConfig)
+	mux.HandleFunc(api.PathServices, a.serveServices)
 	mux.Handle("/", api.NewHandler(a.log, a.eps, func(ctx context.Context) (any, error) { return a.status(ctx) }))
 	return mux
 }

@@ -174,3 +174,36 @@ func (a *Agent) serveConfig(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(config.Report{Node: a.node.Name, Inputs: a.inputs, Probe: a.probe})
 }
+
+// serveServices lists the Service frontends as the agent sees them.
+func (a *Agent) serveServices(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		http.Error(w, "GET only", http.StatusMethodNotAllowed)
+		return
+	}
+	if !a.modes.KubeProxyReplacement {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusConflict)
+		json.NewEncoder(w).Encode(api.Error{Code: "not-found", Message: "kube-proxy handles Services on " + a.node.Name +
+			" (kube-proxy-replacement=false): see its iptables rules (glia lab exec --node " + a.node.Name + " -- iptables-save -t nat)"})
+		return
+	}
+	out := []api.Service{}
+	for _, s := range a.watcher.Services() {
+		name := s.Namespace + "/" + s.Name
+		if s.PortName != "" {
+			name += ":" + s.PortName
+		}
+		typ := "ClusterIP"
+		if s.NodePort != 0 {
+			typ = "NodePort"
+		}
+		as := api.Service{Name: name, Type: typ, Frontend: s.Frontend.String(), NodePort: s.NodePort, Protocol: s.Protocol, Backends: []api.ServiceBackend{}}
+		for _, b := range s.Backends {
+			as.Backends = append(as.Backends, api.ServiceBackend{Address: b.Addr.String(), Node: b.NodeName, Ready: b.Ready, Terminating: b.Terminating})
+		}
+		out = append(out, as)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(out)
+}
