@@ -91,7 +91,7 @@ func (l *Lab) Up(ctx context.Context, o UpOptions) (err error) {
 			return err
 		}
 	}
-	st := &State{Nodes: o.Nodes, Set: o.Set}
+	st := &State{Nodes: o.Nodes, Set: o.Set, NetnsDirWasMount: isMountPoint(netnsRunDir)}
 	st.MountedBPFFS, err = ensureBPFFS()
 	if err != nil {
 		return err
@@ -513,6 +513,13 @@ func (l *Lab) down(ctx context.Context, quiet bool) error {
 			if err := deleteNamedNetns(n); err != nil {
 				errs = append(errs, err)
 			}
+		}
+	}
+	// The lab made /var/run/netns a mount point (as `ip netns add` does):
+	// undo that when it was not one before and nothing else lives there.
+	if st != nil && !st.NetnsDirWasMount && isMountPoint(netnsRunDir) {
+		if rest, _ := os.ReadDir(netnsRunDir); len(rest) == 0 {
+			unmountUnder(netnsRunDir)
 		}
 	}
 	if err := teardownRootNetwork(); err != nil {

@@ -3,6 +3,7 @@ package lab
 import (
 	"bufio"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -19,6 +20,9 @@ func isBPFFS(path string) (bool, error) {
 
 // unmountUnder unmounts every mount point under dir, deepest first.
 func unmountUnder(dir string) error {
+	if r, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = r
+	}
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return err
@@ -37,4 +41,23 @@ func unmountUnder(dir string) error {
 		unix.Unmount(p, unix.MNT_DETACH)
 	}
 	return sc.Err()
+}
+
+// isMountPoint reports whether path is a mount point (listed in mountinfo).
+func isMountPoint(path string) bool {
+	if r, err := filepath.EvalSymlinks(path); err == nil {
+		path = r
+	}
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if fields := strings.Fields(sc.Text()); len(fields) > 4 && fields[4] == path {
+			return true
+		}
+	}
+	return false
 }

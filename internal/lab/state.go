@@ -19,6 +19,9 @@ type State struct {
 	Token        string            `json:"token"`
 	Procs        map[string]Proc   `json:"procs"`
 	MountedBPFFS bool              `json:"mountedBPFFS,omitempty"`
+	// NetnsDirWasMount records whether /var/run/netns was a mount point
+	// before the lab (iproute2 and the lab make it one).
+	NetnsDirWasMount bool `json:"netnsDirWasMount,omitempty"`
 }
 
 func (s *State) add(p Proc) {

@@ -46,11 +46,11 @@ func binDir(t *testing.T) string {
 
 // Lab is a lab brought up for one test.
 type Lab struct {
-	t     *testing.T
-	bin   string
+	t         *testing.T
+	bin       string
 	NodeCount int
-	kc    string
-	cs    kubernetes.Interface
+	kc        string
+	cs        kubernetes.Interface
 }
 
 // run runs a command and returns its combined output.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -36,6 +37,43 @@ func TestLegacyLab(t *testing.T) {
 	l.CheckConnectivity()
 	t.Run("RootNamespaceHoldsOnlyTheLab", l.checkRootNamespace)
 	t.Run("AgentKillNoFailedRequest", func(t *testing.T) { l.checkAgentKillLoop(t, 2*time.Minute) })
+	t.Run("DownLeavesNothing", l.checkDownLeavesNothing)
+}
+
+// checkDownLeavesNothing takes the lab down and looks for anything it made:
+// namespaces, links, routes, processes, pins, cgroups, mounts, files.
+func (l *Lab) checkDownLeavesNothing(t *testing.T) {
+	l.Glia("lab", "down")
+	var left []string
+	if out, _ := exec.Command("ip", "netns", "list").CombinedOutput(); strings.Contains(string(out), "glia-") {
+		left = append(left, "namespaces: "+string(out))
+	}
+	if out, _ := exec.Command("ip", "-o", "link").CombinedOutput(); strings.Contains(string(out), "glab-") || strings.Contains(string(out), "glia-lab0") {
+		left = append(left, "links: "+string(out))
+	}
+	out, _ := exec.Command("ip", "-4", "route", "show", "type", "blackhole").CombinedOutput()
+	for _, p := range []string{"198.19.0.0/16", "198.18.128.0/17", "203.0.113.0/24"} {
+		if strings.Contains(string(out), p) {
+			left = append(left, "blackhole route "+p)
+		}
+	}
+	for _, p := range []string{"/run/glia-lab", "/sys/fs/bpf/glia", "/sys/fs/cgroup/unified/glia-lab"} {
+		if _, err := os.Stat(p); err == nil {
+			left = append(left, "path "+p)
+		}
+	}
+	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), "glia-") {
+		left = append(left, "mounts:\n"+string(b))
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), "/run/glia-lab") {
+			left = append(left, "process "+p+": "+strings.ReplaceAll(string(b), "\x00", " "))
+		}
+	}
+	if len(left) > 0 {
+		t.Errorf("glia lab down left behind:\n%s", strings.Join(left, "\n"))
+	}
 }
 
 // checkRootNamespace: the root namespace routes none of the lab's ranges
