@@ -2,7 +2,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* from_container: ingress of each pod's host-side veth, i.e. every packet a
  * pod sends. Reverse-translates replies of Service flows, load-balances new
- * ones, then routes. Replies it translated are forwarded by the programs
+ * ones (to a ClusterIP, or to a NodePort on any node's address), then
+ * routes. Replies it translated are forwarded by the programs
  * whatever the host routing mode (their source can be the node's own
  * address, a martian to the stack). */
 #include "lib/common.h"
@@ -17,7 +18,7 @@ int from_container(struct __sk_buff *ctx)
 {
 	struct svc_value *svc;
 	struct pkt p;
-	int r;
+	int r, kind;
 
 	r = parse(ctx, &p);
 	if (r == PARSE_NOT_IPV4)
@@ -31,9 +32,19 @@ int from_container(struct __sk_buff *ctx)
 			return drop(ctx, METRIC_DROP_INVALID);
 		if (r > 0)
 			return route_direct(ctx, &p);
+		kind = LB_CLUSTER_IP;
 		svc = lb_lookup(&p, p.daddr, SVC_SCOPE_CLUSTER_IP);
+		if (!svc && !in_cluster_cidr(p.daddr) && is_node_addr(p.daddr)) {
+			/* a NodePort on this node's address (which the stack
+			 * would deliver to nothing) or another node's: served
+			 * here, as from that node's device */
+			kind = LB_NODEPORT_POD;
+			svc = lb_lookup(&p, 0, SVC_SCOPE_NODE_PORT);
+			if (svc && !lb_may_open(&p))
+				svc = 0;
+		}
 		if (svc) {
-			r = lb_forward(ctx, &p, svc, 0);
+			r = lb_forward(ctx, &p, svc, kind);
 			if (r != LB_CONTINUE)
 				return r;
 			/* a hairpinned flow goes back out where it came in: the

@@ -37,7 +37,7 @@ int from_netdev(struct __sk_buff *ctx)
 		if (!r && cfg_has(CFG_KPR)) {
 			svc = lb_lookup(&p, 0, SVC_SCOPE_NODE_PORT);
 			if (svc) {
-				r = lb_forward(ctx, &p, svc, 1);
+				r = lb_forward(ctx, &p, svc, LB_NODEPORT);
 				if (r != LB_CONTINUE)
 					return r;
 				return route_direct(ctx, &p);

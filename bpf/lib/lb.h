@@ -159,11 +159,44 @@ static __always_inline int is_local_endpoint(__be32 addr)
 	return bpf_map_lookup_elem(&glia_endpoints, &k) != 0;
 }
 
+/* What a frontend was reached as, and from where (lb_forward's kind). */
+#define LB_CLUSTER_IP 0    /* a ClusterIP, from a local pod */
+#define LB_NODEPORT 1      /* a NodePort of this node, from its device */
+#define LB_NODEPORT_POD 2  /* a NodePort of a node's address, from a local pod */
+
+/* is_node_addr says whether addr is this node's address or another
+ * node's of the cluster. */
+static __always_inline int is_node_addr(__be32 addr)
+{
+	struct node_key k = { .addr = addr };
+
+	return addr == node_ip() || bpf_map_lookup_elem(&glia_node_ips, &k) != 0;
+}
+
+/* lb_may_open says whether p may open a Service flow, or continue one:
+ * a TCP segment other than a SYN only continues a tracked flow. Used for
+ * NodePorts reached by pods, whose port may also be the port of a client
+ * the pod answers (a node process bound to it). */
+static __always_inline int lb_may_open(struct pkt *p)
+{
+	struct tuple fk = {
+		.saddr = p->saddr, .daddr = p->daddr,
+		.sport = p->sport, .dport = p->dport,
+		.proto = p->proto, .dir = CT_SERVICE,
+	};
+
+	if (p->proto != IPPROTO_TCP || (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+		return 1;
+	return bpf_map_lookup_elem(&glia_ct, &fk) != 0;
+}
+
 /* lb_forward load-balances a packet to a Service frontend: an existing flow
  * keeps its backend, a new one gets a backend and CT entries. The packet is
- * DNATed (and SNATed for hairpin and remote NodePort backends). Returns
+ * DNATed (and SNATed for hairpin and, from the node's device, for remote
+ * NodePort backends). A pod's flow keeps the pod's address whatever it
+ * reached (its replies come back to this node anyway). Returns
  * LB_CONTINUE to go on routing, or a TC verdict. */
-static __always_inline int lb_forward(struct __sk_buff *ctx, struct pkt *p, struct svc_value *svc, int nodeport)
+static __always_inline int lb_forward(struct __sk_buff *ctx, struct pkt *p, struct svc_value *svc, int kind)
 {
 	struct tuple fk = {
 		.saddr = p->saddr, .daddr = p->daddr,
@@ -200,12 +233,12 @@ static __always_inline int lb_forward(struct __sk_buff *ctx, struct pkt *p, stru
 		fwd.last_seen = now;
 		fwd.backend_id = bid;
 		fwd.svc_id = svc->id;
-		fwd.flags = nodeport ? CT_F_NODEPORT : 0;
+		fwd.flags = kind != LB_CLUSTER_IP ? CT_F_NODEPORT : 0;
 		if (bpf_map_update_elem(&glia_ct, &fk, &fwd, BPF_ANY) < 0)
 			return drop(ctx, METRIC_DROP_INVALID);
 	}
 
-	hairpin = !nodeport && be->addr == client;
+	hairpin = kind != LB_NODEPORT && be->addr == client;
 
 	rk.saddr = be->addr;
 	rk.daddr = hairpin ? HAIRPIN_ADDR : client;
@@ -218,7 +251,7 @@ static __always_inline int lb_forward(struct __sk_buff *ctx, struct pkt *p, stru
 		rev.rev_saddr = frontend;
 		rev.rev_sport = frontend_port;
 		rev.rev_daddr = hairpin ? client : 0;
-		rev.flags = (hairpin ? CT_F_HAIRPIN : 0) | (nodeport ? CT_F_NODEPORT : 0);
+		rev.flags = (hairpin ? CT_F_HAIRPIN : 0) | (kind != LB_CLUSTER_IP ? CT_F_NODEPORT : 0);
 		if (bpf_map_update_elem(&glia_ct, &rk, &rev, BPF_ANY) < 0)
 			return drop(ctx, METRIC_DROP_INVALID);
 	}
@@ -227,7 +260,7 @@ static __always_inline int lb_forward(struct __sk_buff *ctx, struct pkt *p, stru
 		return drop(ctx, METRIC_DROP_INVALID);
 	if (hairpin && set_addr(ctx, p, 1, HAIRPIN_ADDR) < 0)
 		return drop(ctx, METRIC_DROP_INVALID);
-	if (nodeport && !is_local_endpoint(p->daddr)) {
+	if (kind == LB_NODEPORT && !is_local_endpoint(p->daddr)) {
 		/* The backend is elsewhere: make its replies come back here. */
 		if (snat(ctx, p, node_ip()) < 0)
 			return drop(ctx, METRIC_DROP_NAT_NO_PORT);

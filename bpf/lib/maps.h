@@ -193,6 +193,52 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } glia_tunnel SEC(".maps");
 
+/* ---- cluster nodes ---- */
+/* The addresses of the cluster's nodes (this one included): a pod reaching
+ * any of them on a NodePort is load-balanced by from_container, as
+ * kube-proxy does for its node's addresses. Filled from SyncNodes. */
+struct node_key {
+	__be32 addr;
+};
+
+struct node_value {
+	__u32 flags; /* NODE_F_* */
+};
+
+#define NODE_F_LOCAL (1 << 0)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct node_key);
+	__type(value, struct node_value);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} glia_node_ips SEC(".maps");
+
+/* ---- socket load balancing ---- */
+/* What a socket of the node's own processes was pointed at: (socket
+ * cookie, backend) -> the frontend it asked for, so getpeername and
+ * recvmsg report the frontend. */
+struct sock_key {
+	__u64 cookie;
+	__be32 addr; /* backend */
+	__be16 port;
+	__u16 pad;
+};
+
+struct sock_value {
+	__be32 addr; /* frontend */
+	__be16 port;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sock_key);
+	__type(value, struct sock_value);
+	__uint(max_entries, 65536);
+} glia_sock_revnat SEC(".maps");
+
 /* ---- metrics ---- */
 enum metric_reason {
 	METRIC_FORWARD = 0,

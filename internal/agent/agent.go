@@ -147,6 +147,7 @@ func (a *Agent) start(ctx context.Context) error {
 		StateDir:             filepath.Join(a.cfg.StateDir, "datapath"),
 		BPFFSDir:             a.cfg.BPFFSDir,
 		MTU:                  mtu,
+		SocketLBCgroup:       a.cfg.SocketLBCgroup,
 	}
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return err

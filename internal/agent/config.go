@@ -21,6 +21,10 @@ type Config struct {
 	Socket     string
 	BPFFSDir   string
 	Device     string // the node's uplink
+	// SocketLBCgroup is the cgroup v2 directory whose processes get
+	// socket-level load balancing of ClusterIPs (kube-proxy replacement
+	// only); "" leaves node processes' Service traffic to the host stack.
+	SocketLBCgroup string
 
 	// keyFlags returns the config-key flags set explicitly.
 	keyFlags func() map[string]string
@@ -35,6 +39,7 @@ func (c *Config) Flags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Socket, "socket", "/var/run/glia/glia.sock", "unix socket of the local API (mode 0600)")
 	fs.StringVar(&c.BPFFSDir, "bpffs-dir", "/sys/fs/bpf/glia", "directory under bpffs for this node's pinned maps and links")
 	fs.StringVar(&c.Device, "device", "eth0", "the node's network device")
+	fs.StringVar(&c.SocketLBCgroup, "socket-lb-cgroup", "", "cgroup v2 directory (e.g. /sys/fs/cgroup) whose processes in the node's network namespace reach ClusterIPs through socket load balancing, with kube-proxy replacement; empty: off")
 	c.keyFlags = config.AddFlags(fs)
 }
 

@@ -34,6 +34,13 @@ type Options struct {
 	StateDir             string // per-node directory for datapath state
 	BPFFSDir             string // per-node pin directory under bpffs
 	MTU                  int
+	// SocketLBCgroup is the cgroup v2 directory the eBPF datapath
+	// attaches its socket load balancer to (connect/sendmsg/recvmsg/
+	// getpeername), so that the node's own processes in it reach
+	// ClusterIPs (and NodePorts on node addresses) with kube-proxy
+	// replacement. Only sockets of the node's network namespace are
+	// touched. "" = off.
+	SocketLBCgroup string
 }
 
 // RemoteNode is another node of the cluster.

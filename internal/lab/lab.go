@@ -322,6 +322,9 @@ func (l *Lab) agentArgs(node string) []string {
 		"--socket", l.layout.AgentSocket(node),
 		"--bpffs-dir", l.layout.NodeBPFDir(node),
 		"--device", "eth0",
+		// Node processes (host-network pods, daemons) reach ClusterIPs
+		// through socket load balancing where the agent replaces kube-proxy.
+		"--socket-lb-cgroup", l.layout.NodeCgroup(node),
 	}
 }
 

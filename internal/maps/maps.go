@@ -16,16 +16,18 @@ import (
 
 // Pinned map names, as in bpf/lib/maps.h.
 const (
-	NameEndpoints = "glia_endpoints"
-	NameServices  = "glia_services"
-	NameBackends  = "glia_backends"
-	NameSvcSlots  = "glia_svc_slots"
-	NameMaglev    = "glia_maglev"
-	NameCT        = "glia_ct"
-	NameNAT       = "glia_nat"
-	NameTunnel    = "glia_tunnel"
-	NameAffinity  = "glia_affinity"
-	NameMetrics   = "glia_metrics"
+	NameEndpoints  = "glia_endpoints"
+	NameServices   = "glia_services"
+	NameBackends   = "glia_backends"
+	NameSvcSlots   = "glia_svc_slots"
+	NameMaglev     = "glia_maglev"
+	NameCT         = "glia_ct"
+	NameNAT        = "glia_nat"
+	NameTunnel     = "glia_tunnel"
+	NameAffinity   = "glia_affinity"
+	NameMetrics    = "glia_metrics"
+	NameNodeIPs    = "glia_node_ips"
+	NameSockRevNAT = "glia_sock_revnat"
 )
 
 // MaglevM is the size of every maglev lookup table (a prime).

@@ -490,6 +490,108 @@ func (t *Tunnel) List() ([]TunnelEntry, error) {
 	return out, nil
 }
 
+// NodeKey keys glia_node_ips.
+type NodeKey struct {
+	Addr IPv4
+}
+
+// Node flags.
+const (
+	NodeFlagLocal = 1 << 0 // this node's own address
+)
+
+// NodeValue describes a node address.
+type NodeValue struct {
+	Flags uint32
+}
+
+// NodeEntry is one row of glia_node_ips.
+type NodeEntry struct {
+	Addr netip.Addr
+	NodeValue
+}
+
+func (e NodeEntry) String() string {
+	if e.Flags&NodeFlagLocal != 0 {
+		return fmt.Sprintf("%-15s local", e.Addr)
+	}
+	return e.Addr.String()
+}
+
+// NodeIPs wraps glia_node_ips: the addresses of the cluster's nodes, on
+// which pods reach NodePorts.
+type NodeIPs struct{ table[NodeKey, NodeValue] }
+
+// NewNodeIPs wraps m.
+func NewNodeIPs(m *ebpf.Map) *NodeIPs { return &NodeIPs{table[NodeKey, NodeValue]{m}} }
+
+// Update inserts or replaces the node address addr.
+func (n *NodeIPs) Update(addr netip.Addr, v NodeValue) error {
+	return n.update(NodeKey{IPv4From(addr)}, v)
+}
+
+// Delete removes addr; a missing one is not an error.
+func (n *NodeIPs) Delete(addr netip.Addr) error { return n.delete(NodeKey{IPv4From(addr)}) }
+
+// List returns every node address.
+func (n *NodeIPs) List() ([]NodeEntry, error) {
+	ks, vs, err := n.list()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]NodeEntry, len(ks))
+	for i := range ks {
+		out[i] = NodeEntry{ks[i].Addr.Addr(), vs[i]}
+	}
+	return out, nil
+}
+
+// SockKey keys glia_sock_revnat: a socket (its cookie) of a node process
+// the socket load balancer pointed at a backend.
+type SockKey struct {
+	Cookie uint64
+	Addr   IPv4 // backend
+	Port   Port
+	Pad    uint16
+}
+
+// SockValue is the frontend the socket asked for.
+type SockValue struct {
+	Addr IPv4
+	Port Port
+	Pad  uint16
+}
+
+// SockRevNATEntry is one row of glia_sock_revnat.
+type SockRevNATEntry struct {
+	Key   SockKey
+	Value SockValue
+}
+
+func (e SockRevNATEntry) String() string {
+	return fmt.Sprintf("socket=%d backend=%s:%d frontend=%s:%d", e.Key.Cookie, e.Key.Addr, e.Key.Port.Uint16(),
+		e.Value.Addr, e.Value.Port.Uint16())
+}
+
+// SockRevNAT wraps glia_sock_revnat.
+type SockRevNAT struct{ table[SockKey, SockValue] }
+
+// NewSockRevNAT wraps m.
+func NewSockRevNAT(m *ebpf.Map) *SockRevNAT { return &SockRevNAT{table[SockKey, SockValue]{m}} }
+
+// List returns every entry.
+func (s *SockRevNAT) List() ([]SockRevNATEntry, error) {
+	ks, vs, err := s.list()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]SockRevNATEntry, len(ks))
+	for i := range ks {
+		out[i] = SockRevNATEntry{ks[i], vs[i]}
+	}
+	return out, nil
+}
+
 // Metric reasons, the index of glia_metrics.
 const (
 	MetricForward       = 0

@@ -55,6 +55,7 @@ type Datapath struct {
 	objs     *objects
 	eps      *maps.Endpoints
 	tunnel   *maps.Tunnel
+	nodeIPs  *maps.NodeIPs
 	lb       *lbWriter
 	devIndex int
 	forceTC  bool // tests: use the tc fallback even where tcx exists
@@ -155,6 +156,16 @@ func (d *Datapath) Init(ctx context.Context) error {
 		NodeIP: d.node.IP, PodCIDR: d.node.PodCIDR, ClusterCIDR: d.node.ClusterCIDR,
 		NodeMAC: dev.Attrs().HardwareAddr, NodeIfIndex: uint32(d.devIndex), Flags: d.flags(),
 	}
+	socketLB := d.opts.SocketLBCgroup != "" && d.opts.KubeProxyReplacement
+	if d.opts.SocketLBCgroup != "" && !socketLB {
+		d.log.Info("socket load balancing off: Services are kube-proxy's (kube-proxy-replacement=false)")
+	}
+	if socketLB {
+		if cfg.NetnsCookie, err = netnsCookie(); err != nil {
+			return err
+		}
+		cfg.SocketLB = true
+	}
 	var vxlan netlink.Link
 	if d.opts.RoutingMode == "tunnel" {
 		if vxlan, err = d.ensureVXLAN(dev); err != nil {
@@ -173,6 +184,10 @@ func (d *Datapath) Init(ctx context.Context) error {
 	d.objs = objs
 	d.eps = maps.NewEndpoints(objs.Maps[maps.NameEndpoints])
 	d.tunnel = maps.NewTunnel(objs.Maps[maps.NameTunnel])
+	d.nodeIPs = maps.NewNodeIPs(objs.Maps[maps.NameNodeIPs])
+	if err := d.syncNodeIPs(nil, true); err != nil {
+		return err
+	}
 	d.lb = newLBWriter(maps.NewServices(objs.Maps[maps.NameServices]), maps.NewBackends(objs.Maps[maps.NameBackends]),
 		maps.NewSlots(objs.Maps[maps.NameSvcSlots]), maps.NewSlots(objs.Maps[maps.NameMaglev]), d.opts.LBAlgorithm == "maglev")
 	d.lb.affinity = maps.NewAffinity(objs.Maps[maps.NameAffinity])
@@ -215,6 +230,13 @@ func (d *Datapath) Init(ctx context.Context) error {
 			return err
 		}
 	}
+	if socketLB {
+		if err := d.attachSocketLB(d.opts.SocketLBCgroup); err != nil {
+			return err
+		}
+	} else if err := d.detachSocketLB(); err != nil {
+		return err
+	}
 	if !d.opts.Masquerade || d.opts.BPFMasquerade {
 		if err := legacy.RemoveMasquerade(); err != nil {
 			return fmt.Errorf("remove iptables masquerade rule: %w", err)
@@ -243,7 +265,7 @@ func (d *Datapath) Init(ctx context.Context) error {
 	}
 	d.log.Info("eBPF datapath ready", "device", d.node.Device, "routing-mode", d.opts.RoutingMode,
 		"host-routing-bpf", d.opts.HostRoutingBPF, "bpf-masquerade", d.opts.BPFMasquerade,
-		"kube-proxy-replacement", d.opts.KubeProxyReplacement, "tcx", feats.TCX)
+		"kube-proxy-replacement", d.opts.KubeProxyReplacement, "tcx", feats.TCX, "socket-lb-cgroup", map[bool]string{true: d.opts.SocketLBCgroup}[socketLB])
 	return nil
 }
 
@@ -509,7 +531,7 @@ func (d *Datapath) SyncNodes(ctx context.Context, nodes []datapath.RemoteNode) e
 			want[n.PodCIDR.Masked()] = n.IP
 		}
 	}
-	var errs []error
+	errs := []error{d.syncNodeIPs(nodes, false)}
 	tunnel := d.opts.RoutingMode == "tunnel"
 	var vxIndex int
 	if tunnel {
@@ -582,6 +604,35 @@ func (d *Datapath) SyncNodes(ctx context.Context, nodes []datapath.RemoteNode) e
 		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
 			errs = append(errs, fmt.Errorf("remove route %s: %w", r.Dst, err))
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// syncNodeIPs makes glia_node_ips hold this node's address and those of
+// nodes. With keepRemote (at Init, before the nodes are known) the
+// entries of other nodes stay as an earlier run left them.
+func (d *Datapath) syncNodeIPs(nodes []datapath.RemoteNode, keepRemote bool) error {
+	want := map[netip.Addr]uint32{d.node.IP: maps.NodeFlagLocal}
+	for _, n := range nodes {
+		if n.IP.Is4() && n.IP != d.node.IP {
+			want[n.IP] = 0
+		}
+	}
+	var errs []error
+	for ip, flags := range want {
+		if err := d.nodeIPs.Update(ip, maps.NodeValue{Flags: flags}); err != nil {
+			errs = append(errs, fmt.Errorf("node address %s: %w", ip, err))
+		}
+	}
+	cur, err := d.nodeIPs.List()
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for _, e := range cur {
+		if _, ok := want[e.Addr]; ok || (keepRemote && e.Flags&maps.NodeFlagLocal == 0) {
+			continue
+		}
+		errs = append(errs, d.nodeIPs.Delete(e.Addr))
 	}
 	return errors.Join(errs...)
 }

@@ -73,10 +73,35 @@ type FromNetdevNatEntry struct {
 	Pad      uint16
 }
 
+type FromNetdevNodeKey struct {
+	_    structs.HostLayout
+	Addr uint32
+}
+
+type FromNetdevNodeValue struct {
+	_     structs.HostLayout
+	Flags uint32
+}
+
 type FromNetdevSlotKey struct {
 	_     structs.HostLayout
 	SvcId uint32
 	Slot  uint32
+}
+
+type FromNetdevSockKey struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Addr   uint32
+	Port   uint16
+	Pad    uint16
+}
+
+type FromNetdevSockValue struct {
+	_    structs.HostLayout
+	Addr uint32
+	Port uint16
+	Pad  uint16
 }
 
 type FromNetdevSvcKey struct {
@@ -129,7 +154,9 @@ const (
 	FromNetdevMapGliaMaglev      = "glia_maglev"
 	FromNetdevMapGliaMetrics     = "glia_metrics"
 	FromNetdevMapGliaNat         = "glia_nat"
+	FromNetdevMapGliaNodeIps     = "glia_node_ips"
 	FromNetdevMapGliaServices    = "glia_services"
+	FromNetdevMapGliaSockRevnat  = "glia_sock_revnat"
 	FromNetdevMapGliaSvcSlots    = "glia_svc_slots"
 	FromNetdevMapGliaTunnel      = "glia_tunnel"
 	FromNetdevProgFromNetdev     = "from_netdev"
@@ -193,16 +220,18 @@ type FromNetdevProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type FromNetdevMapSpecs struct {
-	GliaAffinity  *ebpf.MapSpec `ebpf:"glia_affinity"`
-	GliaBackends  *ebpf.MapSpec `ebpf:"glia_backends"`
-	GliaCt        *ebpf.MapSpec `ebpf:"glia_ct"`
-	GliaEndpoints *ebpf.MapSpec `ebpf:"glia_endpoints"`
-	GliaMaglev    *ebpf.MapSpec `ebpf:"glia_maglev"`
-	GliaMetrics   *ebpf.MapSpec `ebpf:"glia_metrics"`
-	GliaNat       *ebpf.MapSpec `ebpf:"glia_nat"`
-	GliaServices  *ebpf.MapSpec `ebpf:"glia_services"`
-	GliaSvcSlots  *ebpf.MapSpec `ebpf:"glia_svc_slots"`
-	GliaTunnel    *ebpf.MapSpec `ebpf:"glia_tunnel"`
+	GliaAffinity   *ebpf.MapSpec `ebpf:"glia_affinity"`
+	GliaBackends   *ebpf.MapSpec `ebpf:"glia_backends"`
+	GliaCt         *ebpf.MapSpec `ebpf:"glia_ct"`
+	GliaEndpoints  *ebpf.MapSpec `ebpf:"glia_endpoints"`
+	GliaMaglev     *ebpf.MapSpec `ebpf:"glia_maglev"`
+	GliaMetrics    *ebpf.MapSpec `ebpf:"glia_metrics"`
+	GliaNat        *ebpf.MapSpec `ebpf:"glia_nat"`
+	GliaNodeIps    *ebpf.MapSpec `ebpf:"glia_node_ips"`
+	GliaServices   *ebpf.MapSpec `ebpf:"glia_services"`
+	GliaSockRevnat *ebpf.MapSpec `ebpf:"glia_sock_revnat"`
+	GliaSvcSlots   *ebpf.MapSpec `ebpf:"glia_svc_slots"`
+	GliaTunnel     *ebpf.MapSpec `ebpf:"glia_tunnel"`
 }
 
 // FromNetdevVariableSpecs contains global variables before they are loaded into the kernel.
@@ -240,16 +269,18 @@ func (o *FromNetdevObjects) Close() error {
 //
 // It can be passed to LoadFromNetdevObjects or ebpf.CollectionSpec.LoadAndAssign.
 type FromNetdevMaps struct {
-	GliaAffinity  *ebpf.Map `ebpf:"glia_affinity"`
-	GliaBackends  *ebpf.Map `ebpf:"glia_backends"`
-	GliaCt        *ebpf.Map `ebpf:"glia_ct"`
-	GliaEndpoints *ebpf.Map `ebpf:"glia_endpoints"`
-	GliaMaglev    *ebpf.Map `ebpf:"glia_maglev"`
-	GliaMetrics   *ebpf.Map `ebpf:"glia_metrics"`
-	GliaNat       *ebpf.Map `ebpf:"glia_nat"`
-	GliaServices  *ebpf.Map `ebpf:"glia_services"`
-	GliaSvcSlots  *ebpf.Map `ebpf:"glia_svc_slots"`
-	GliaTunnel    *ebpf.Map `ebpf:"glia_tunnel"`
+	GliaAffinity   *ebpf.Map `ebpf:"glia_affinity"`
+	GliaBackends   *ebpf.Map `ebpf:"glia_backends"`
+	GliaCt         *ebpf.Map `ebpf:"glia_ct"`
+	GliaEndpoints  *ebpf.Map `ebpf:"glia_endpoints"`
+	GliaMaglev     *ebpf.Map `ebpf:"glia_maglev"`
+	GliaMetrics    *ebpf.Map `ebpf:"glia_metrics"`
+	GliaNat        *ebpf.Map `ebpf:"glia_nat"`
+	GliaNodeIps    *ebpf.Map `ebpf:"glia_node_ips"`
+	GliaServices   *ebpf.Map `ebpf:"glia_services"`
+	GliaSockRevnat *ebpf.Map `ebpf:"glia_sock_revnat"`
+	GliaSvcSlots   *ebpf.Map `ebpf:"glia_svc_slots"`
+	GliaTunnel     *ebpf.Map `ebpf:"glia_tunnel"`
 }
 
 func (m *FromNetdevMaps) Close() error {
@@ -261,7 +292,9 @@ func (m *FromNetdevMaps) Close() error {
 		m.GliaMaglev,
 		m.GliaMetrics,
 		m.GliaNat,
+		m.GliaNodeIps,
 		m.GliaServices,
+		m.GliaSockRevnat,
 		m.GliaSvcSlots,
 		m.GliaTunnel,
 	)

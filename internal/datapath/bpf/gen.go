@@ -7,3 +7,4 @@ package bpf
 //go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -I../../../bpf/include" -target bpfel FromContainer ../../../bpf/from_container.c
 //go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -I../../../bpf/include" -target bpfel FromNetdev ../../../bpf/from_netdev.c
 //go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -I../../../bpf/include" -target bpfel ToNetdev ../../../bpf/to_netdev.c
+//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -I../../../bpf/include" -target bpfel SockLB ../../../bpf/sock_lb.c

@@ -47,6 +47,10 @@ func TestMapTypesMatchBTF(t *testing.T) {
 		{"metric_value", FromContainerMetricValue{}, maps.MetricValue{}},
 		{"affinity_key", FromContainerAffinityKey{}, maps.AffinityKey{}},
 		{"affinity_value", FromContainerAffinityValue{}, maps.AffinityValue{}},
+		{"node_key", FromContainerNodeKey{}, maps.NodeKey{}},
+		{"node_value", FromContainerNodeValue{}, maps.NodeValue{}},
+		{"sock_key", SockLBSockKey{}, maps.SockKey{}},
+		{"sock_value", SockLBSockValue{}, maps.SockValue{}},
 	}
 	for _, p := range pairs {
 		g, o := reflect.TypeOf(p.generated), reflect.TypeOf(p.ours)
@@ -65,16 +69,18 @@ func TestMapTypesMatchBTF(t *testing.T) {
 		t.Fatal(err)
 	}
 	sizes := map[string][2]uintptr{
-		maps.NameEndpoints: {reflect.TypeOf(maps.EndpointKey{}).Size(), reflect.TypeOf(maps.EndpointInfo{}).Size()},
-		maps.NameServices:  {reflect.TypeOf(maps.SvcKey{}).Size(), reflect.TypeOf(maps.SvcValue{}).Size()},
-		maps.NameBackends:  {4, reflect.TypeOf(maps.Backend{}).Size()},
-		maps.NameSvcSlots:  {reflect.TypeOf(maps.SlotKey{}).Size(), 4},
-		maps.NameMaglev:    {reflect.TypeOf(maps.SlotKey{}).Size(), 4},
-		maps.NameCT:        {reflect.TypeOf(maps.Tuple{}).Size(), reflect.TypeOf(maps.CTEntry{}).Size()},
-		maps.NameNAT:       {reflect.TypeOf(maps.Tuple{}).Size(), reflect.TypeOf(maps.NATEntry{}).Size()},
-		maps.NameTunnel:    {reflect.TypeOf(maps.TunnelKey{}).Size(), reflect.TypeOf(maps.TunnelValue{}).Size()},
-		maps.NameMetrics:   {4, reflect.TypeOf(maps.MetricValue{}).Size()},
-		maps.NameAffinity:  {reflect.TypeOf(maps.AffinityKey{}).Size(), reflect.TypeOf(maps.AffinityValue{}).Size()},
+		maps.NameEndpoints:  {reflect.TypeOf(maps.EndpointKey{}).Size(), reflect.TypeOf(maps.EndpointInfo{}).Size()},
+		maps.NameServices:   {reflect.TypeOf(maps.SvcKey{}).Size(), reflect.TypeOf(maps.SvcValue{}).Size()},
+		maps.NameBackends:   {4, reflect.TypeOf(maps.Backend{}).Size()},
+		maps.NameSvcSlots:   {reflect.TypeOf(maps.SlotKey{}).Size(), 4},
+		maps.NameMaglev:     {reflect.TypeOf(maps.SlotKey{}).Size(), 4},
+		maps.NameCT:         {reflect.TypeOf(maps.Tuple{}).Size(), reflect.TypeOf(maps.CTEntry{}).Size()},
+		maps.NameNAT:        {reflect.TypeOf(maps.Tuple{}).Size(), reflect.TypeOf(maps.NATEntry{}).Size()},
+		maps.NameTunnel:     {reflect.TypeOf(maps.TunnelKey{}).Size(), reflect.TypeOf(maps.TunnelValue{}).Size()},
+		maps.NameMetrics:    {4, reflect.TypeOf(maps.MetricValue{}).Size()},
+		maps.NameAffinity:   {reflect.TypeOf(maps.AffinityKey{}).Size(), reflect.TypeOf(maps.AffinityValue{}).Size()},
+		maps.NameNodeIPs:    {reflect.TypeOf(maps.NodeKey{}).Size(), reflect.TypeOf(maps.NodeValue{}).Size()},
+		maps.NameSockRevNAT: {reflect.TypeOf(maps.SockKey{}).Size(), reflect.TypeOf(maps.SockValue{}).Size()},
 	}
 	for name, ms := range spec.Maps {
 		if name[0] == '.' {

@@ -31,6 +31,10 @@ type Config struct {
 	NodeIfIndex  uint32
 	VXLANIfIndex uint32
 	Flags        uint32
+	// SocketLB loads the socket load-balancing programs too, acting on
+	// sockets of the network namespace whose cookie is NetnsCookie.
+	SocketLB    bool
+	NetnsCookie uint64
 }
 
 func prefixMask(p netip.Prefix) [4]byte {
@@ -69,6 +73,7 @@ func (c Config) variables() map[string]any {
 		"cfg_node_ifindex":  c.NodeIfIndex,
 		"cfg_vxlan_ifindex": c.VXLANIfIndex,
 		"cfg_flags":         c.Flags,
+		"cfg_netns_cookie":  c.NetnsCookie,
 	}
 }
 
@@ -77,7 +82,21 @@ type objects struct {
 	FromContainer *ebpf.Program
 	FromNetdev    *ebpf.Program
 	ToNetdev      *ebpf.Program
-	Maps          map[string]*ebpf.Map
+	// Sock holds the socket load-balancing programs by name (sockProgs),
+	// when Config.SocketLB asked for them.
+	Sock map[string]*ebpf.Program
+	Maps map[string]*ebpf.Map
+}
+
+// sockProgs are the programs of bpf/sock_lb.c and their cgroup hooks.
+var sockProgs = []struct {
+	name   string
+	attach ebpf.AttachType
+}{
+	{"sock4_connect", ebpf.AttachCGroupInet4Connect},
+	{"sock4_sendmsg", ebpf.AttachCGroupUDP4Sendmsg},
+	{"sock4_recvmsg", ebpf.AttachCGroupUDP4Recvmsg},
+	{"sock4_getpeername", ebpf.AttachCgroupInet4GetPeername},
 }
 
 func (o *objects) Close() error {
@@ -87,12 +106,16 @@ func (o *objects) Close() error {
 			errs = append(errs, p.Close())
 		}
 	}
+	for _, p := range o.Sock {
+		errs = append(errs, p.Close())
+	}
 	for _, m := range o.Maps {
 		errs = append(errs, m.Close())
 	}
 	return errors.Join(errs...)
 }
 
+// specs returns the collection specs of the tc programs.
 func specs() (map[string]*ebpf.CollectionSpec, error) {
 	out := map[string]*ebpf.CollectionSpec{}
 	for name, load := range map[string]func() (*ebpf.CollectionSpec, error){
@@ -173,6 +196,11 @@ func loadObjects(log *slog.Logger, cfg Config, pinDir string) (*objects, error) 
 	if err != nil {
 		return nil, err
 	}
+	if cfg.SocketLB {
+		if all["sock_lb"], err = LoadSockLB(); err != nil {
+			return nil, fmt.Errorf("load sock_lb spec: %w", err)
+		}
+	}
 	maps, err := openMaps(log, all["from_container"], pinDir)
 	if err != nil {
 		return nil, err
@@ -204,6 +232,20 @@ func loadObjects(log *slog.Logger, cfg Config, pinDir string) (*objects, error) 
 				return nil, fmt.Errorf("load %s: %w\nverifier log:\n%+v", name, err, verr)
 			}
 			return nil, fmt.Errorf("load %s: %w", name, err)
+		}
+		if name == "sock_lb" {
+			o.Sock = map[string]*ebpf.Program{}
+			for _, sp := range sockProgs {
+				if prog := coll.DetachProgram(sp.name); prog != nil {
+					o.Sock[sp.name] = prog
+				}
+			}
+			coll.Close()
+			if len(o.Sock) != len(sockProgs) {
+				o.Close()
+				return nil, fmt.Errorf("object %s lacks socket programs: has %d of %d", name, len(o.Sock), len(sockProgs))
+			}
+			continue
 		}
 		prog := coll.DetachProgram(name)
 		coll.Close()

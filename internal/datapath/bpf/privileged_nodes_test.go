@@ -2,24 +2,32 @@ package bpf
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"glia.dev/glia/internal/api"
 	"glia.dev/glia/internal/datapath"
 	"glia.dev/glia/internal/maps"
 )
 
-// Two nodes wired eth0 to eth0, one pod each: pod traffic between nodes,
-// natively routed (auto-direct-node-routes) or through the VXLAN tunnel,
-// and a Service whose backend is on the other node.
+// Two nodes wired eth0 to eth0, one pod each (and a second pod on node
+// 1): pod traffic between nodes, natively routed (auto-direct-node-routes)
+// or through the VXLAN tunnel, a Service whose backend is on the other
+// node, and pods reaching NodePorts on their own node's address and on
+// another node's, with a local and a remote backend.
 func TestPrivilegedTwoNodes(t *testing.T) {
 	requirePrivileged(t)
 	for _, mode := range []string{"native", "tunnel"} {
@@ -31,11 +39,12 @@ func TestPrivilegedTwoNodes(t *testing.T) {
 
 func testTwoNodes(t *testing.T, mode string, hostRouting bool) {
 	bpffs := privateBPFFS(t)
-	n1, n2, p1, p2 := newNS(t), newNS(t), newNS(t), newNS(t)
+	n1, n2, p1, p2, p3 := newNS(t), newNS(t), newNS(t), newNS(t), newNS(t)
 
-	var lxc1, lxc2 netlink.Link
+	var lxc1, lxc2, lxc3 netlink.Link
 	must(t, n1.Do(func(ns.NetNS) error {
 		lxc1 = vethInto(t, "lxc1", p1, "eth0")
+		lxc3 = vethInto(t, "lxc3", p3, "eth0")
 		eth0 := vethInto(t, "eth0", n2, "eth0")
 		a, _ := netlink.ParseAddr("198.18.0.11/24")
 		return netlink.AddrAdd(eth0, a)
@@ -51,6 +60,7 @@ func testTwoNodes(t *testing.T, mode string, hostRouting bool) {
 	}))
 	setupPod(t, p1, "198.19.1.10", lxc1.Attrs().HardwareAddr)
 	setupPod(t, p2, "198.19.2.20", lxc2.Attrs().HardwareAddr)
+	setupPod(t, p3, "198.19.1.30", lxc3.Attrs().HardwareAddr)
 	podMTU := 1500
 	if mode == "tunnel" {
 		// what the agent gives pods in tunnel mode: the device's MTU
@@ -58,8 +68,10 @@ func testTwoNodes(t *testing.T, mode string, hostRouting bool) {
 		podMTU = 1500 - vxlanOverhead
 		setMTU(t, p1, "eth0", podMTU)
 		setMTU(t, p2, "eth0", podMTU)
+		setMTU(t, p3, "eth0", podMTU)
 	}
 	echoServer(t, p2, "198.19.2.20:8080")
+	echoServer(t, p3, "198.19.1.30:8080")
 
 	nodes := []datapath.RemoteNode{
 		{Name: "n1", IP: netip.MustParseAddr("198.18.0.11"), PodCIDR: netip.MustParsePrefix("198.19.1.0/24")},
@@ -67,9 +79,18 @@ func testTwoNodes(t *testing.T, mode string, hostRouting bool) {
 	}
 	services := []datapath.Service{{Namespace: "default", Name: "echo", Protocol: "TCP",
 		Frontend: netip.MustParseAddrPort("198.18.128.10:80"), NodePort: 30080,
-		Backends: []datapath.Backend{{Addr: netip.MustParseAddrPort("198.19.2.20:8080"), Ready: true}}}}
+		Backends: []datapath.Backend{{Addr: netip.MustParseAddrPort("198.19.2.20:8080"), Ready: true}}},
+		{Namespace: "default", Name: "echo-n1", Protocol: "TCP",
+			Frontend: netip.MustParseAddrPort("198.18.128.11:80"), NodePort: 30081,
+			Backends: []datapath.Backend{{Addr: netip.MustParseAddrPort("198.19.1.30:8080"), Ready: true}}},
+		{Namespace: "default", Name: "empty", Protocol: "TCP",
+			Frontend: netip.MustParseAddrPort("198.18.128.12:80"), NodePort: 30082}}
 
-	start := func(netns ns.NetNS, i int, host, podIP string, pod ns.NetNS) *Datapath {
+	type pod struct {
+		host, ip string
+		netns    ns.NetNS
+	}
+	start := func(netns ns.NetNS, i int, pods ...pod) *Datapath {
 		t.Helper()
 		local := datapath.LocalNode{Name: nodes[i].Name, IP: nodes[i].IP, Device: "eth0", PodCIDR: nodes[i].PodCIDR,
 			ClusterCIDR: netip.MustParsePrefix("198.19.0.0/16"), ServiceCIDR: netip.MustParsePrefix("198.18.128.0/17")}
@@ -86,9 +107,11 @@ func testTwoNodes(t *testing.T, mode string, hostRouting bool) {
 			if err := dp.Init(ctx); err != nil {
 				return err
 			}
-			ep := api.Endpoint{Attachment: api.Attachment{ContainerID: "c", IfName: "eth0"}, IP: podIP, HostIfName: host, Netns: pod.Path()}
-			if err := dp.UpsertEndpoint(ctx, ep); err != nil {
-				return err
+			for _, p := range pods {
+				ep := api.Endpoint{Attachment: api.Attachment{ContainerID: p.host, IfName: "eth0"}, IP: p.ip, HostIfName: p.host, Netns: p.netns.Path()}
+				if err := dp.UpsertEndpoint(ctx, ep); err != nil {
+					return err
+				}
 			}
 			var others []datapath.RemoteNode
 			for j, n := range nodes {
@@ -103,8 +126,8 @@ func testTwoNodes(t *testing.T, mode string, hostRouting bool) {
 		}))
 		return dp
 	}
-	dp1 := start(n1, 0, "lxc1", "198.19.1.10", p1)
-	dp2 := start(n2, 1, "lxc2", "198.19.2.20", p2)
+	dp1 := start(n1, 0, pod{"lxc1", "198.19.1.10", p1}, pod{"lxc3", "198.19.1.30", p3})
+	dp2 := start(n2, 1, pod{"lxc2", "198.19.2.20", p2})
 	t.Cleanup(func() {
 		dp1.Close()
 		dp2.Close()
@@ -156,6 +179,66 @@ func testTwoNodes(t *testing.T, mode string, hostRouting bool) {
 			t.Errorf("server saw %s, want node 1's address (SNAT to a remote backend)", got)
 		}
 	})
+	// A pod reaching a NodePort on a node's address: kube-proxy serves
+	// its node's addresses; glia serves every node's, from the pod's
+	// node, keeping the pod's address as the source.
+	for _, tc := range []struct{ name, addr string }{
+		{"pod to its node's nodeport, local backend", "198.18.0.11:30081"},
+		{"pod to its node's nodeport, remote backend", "198.18.0.11:30080"},
+		{"pod to another node's nodeport, local backend", "198.18.0.12:30081"},
+		{"pod to another node's nodeport, remote backend", "198.18.0.12:30080"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dial(t, p1, tc.addr)
+			if got := c.roundTrip(t, "nodeport"); !strings.HasPrefix(got, "198.19.1.10:") {
+				t.Errorf("server saw %s, want the client pod's address", got)
+			}
+			if got := c.c.RemoteAddr().String(); got != tc.addr {
+				t.Errorf("client connected to %s, want %s", got, tc.addr)
+			}
+		})
+	}
+	t.Run("pod to its node's nodeport without backends", func(t *testing.T) {
+		// the host stack would refuse too (nothing listens): the
+		// reset must be node 1's program's
+		rejects := func() uint64 {
+			rows, err := maps.NewMetrics(dp1.objs.Maps[maps.NameMetrics]).List()
+			must(t, err)
+			for _, r := range rows {
+				if r.Reason == maps.MetricRejectRST {
+					return r.Packets
+				}
+			}
+			return 0
+		}
+		before := rejects()
+		err := p1.Do(func(ns.NetNS) error {
+			c, err := net.DialTimeout("tcp4", "198.18.0.11:30082", 5*time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+		if !errors.Is(err, unix.ECONNREFUSED) {
+			t.Errorf("dial: %v, want connection refused", err)
+		}
+		if after := rejects(); after != before+1 {
+			t.Errorf("reject-rst counter went from %d to %d, want one reset by the program", before, after)
+		}
+	})
+	var nodeIPs []string
+	must(t, n1.Do(func(ns.NetNS) error {
+		list, err := maps.NewNodeIPs(dp1.objs.Maps[maps.NameNodeIPs]).List()
+		for _, e := range list {
+			nodeIPs = append(nodeIPs, e.String())
+		}
+		return err
+	}))
+	sort.Strings(nodeIPs)
+	if d := cmp.Diff([]string{"198.18.0.11     local", "198.18.0.12"}, nodeIPs); d != "" {
+		t.Errorf("node addresses of node 1 (-want +got):\n%s", d)
+	}
+
 	want := "198.19.2.0/24 via 198.18.0.12"
 	if mode == "tunnel" {
 		want = "198.19.2.0/24 dev " + VXLANDevice + " src 198.18.0.11"

@@ -73,10 +73,35 @@ type ToNetdevNatEntry struct {
 	Pad      uint16
 }
 
+type ToNetdevNodeKey struct {
+	_    structs.HostLayout
+	Addr uint32
+}
+
+type ToNetdevNodeValue struct {
+	_     structs.HostLayout
+	Flags uint32
+}
+
 type ToNetdevSlotKey struct {
 	_     structs.HostLayout
 	SvcId uint32
 	Slot  uint32
+}
+
+type ToNetdevSockKey struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Addr   uint32
+	Port   uint16
+	Pad    uint16
+}
+
+type ToNetdevSockValue struct {
+	_    structs.HostLayout
+	Addr uint32
+	Port uint16
+	Pad  uint16
 }
 
 type ToNetdevSvcKey struct {
@@ -129,7 +154,9 @@ const (
 	ToNetdevMapGliaMaglev      = "glia_maglev"
 	ToNetdevMapGliaMetrics     = "glia_metrics"
 	ToNetdevMapGliaNat         = "glia_nat"
+	ToNetdevMapGliaNodeIps     = "glia_node_ips"
 	ToNetdevMapGliaServices    = "glia_services"
+	ToNetdevMapGliaSockRevnat  = "glia_sock_revnat"
 	ToNetdevMapGliaSvcSlots    = "glia_svc_slots"
 	ToNetdevMapGliaTunnel      = "glia_tunnel"
 	ToNetdevProgToNetdev       = "to_netdev"
@@ -193,16 +220,18 @@ type ToNetdevProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ToNetdevMapSpecs struct {
-	GliaAffinity  *ebpf.MapSpec `ebpf:"glia_affinity"`
-	GliaBackends  *ebpf.MapSpec `ebpf:"glia_backends"`
-	GliaCt        *ebpf.MapSpec `ebpf:"glia_ct"`
-	GliaEndpoints *ebpf.MapSpec `ebpf:"glia_endpoints"`
-	GliaMaglev    *ebpf.MapSpec `ebpf:"glia_maglev"`
-	GliaMetrics   *ebpf.MapSpec `ebpf:"glia_metrics"`
-	GliaNat       *ebpf.MapSpec `ebpf:"glia_nat"`
-	GliaServices  *ebpf.MapSpec `ebpf:"glia_services"`
-	GliaSvcSlots  *ebpf.MapSpec `ebpf:"glia_svc_slots"`
-	GliaTunnel    *ebpf.MapSpec `ebpf:"glia_tunnel"`
+	GliaAffinity   *ebpf.MapSpec `ebpf:"glia_affinity"`
+	GliaBackends   *ebpf.MapSpec `ebpf:"glia_backends"`
+	GliaCt         *ebpf.MapSpec `ebpf:"glia_ct"`
+	GliaEndpoints  *ebpf.MapSpec `ebpf:"glia_endpoints"`
+	GliaMaglev     *ebpf.MapSpec `ebpf:"glia_maglev"`
+	GliaMetrics    *ebpf.MapSpec `ebpf:"glia_metrics"`
+	GliaNat        *ebpf.MapSpec `ebpf:"glia_nat"`
+	GliaNodeIps    *ebpf.MapSpec `ebpf:"glia_node_ips"`
+	GliaServices   *ebpf.MapSpec `ebpf:"glia_services"`
+	GliaSockRevnat *ebpf.MapSpec `ebpf:"glia_sock_revnat"`
+	GliaSvcSlots   *ebpf.MapSpec `ebpf:"glia_svc_slots"`
+	GliaTunnel     *ebpf.MapSpec `ebpf:"glia_tunnel"`
 }
 
 // ToNetdevVariableSpecs contains global variables before they are loaded into the kernel.
@@ -240,16 +269,18 @@ func (o *ToNetdevObjects) Close() error {
 //
 // It can be passed to LoadToNetdevObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ToNetdevMaps struct {
-	GliaAffinity  *ebpf.Map `ebpf:"glia_affinity"`
-	GliaBackends  *ebpf.Map `ebpf:"glia_backends"`
-	GliaCt        *ebpf.Map `ebpf:"glia_ct"`
-	GliaEndpoints *ebpf.Map `ebpf:"glia_endpoints"`
-	GliaMaglev    *ebpf.Map `ebpf:"glia_maglev"`
-	GliaMetrics   *ebpf.Map `ebpf:"glia_metrics"`
-	GliaNat       *ebpf.Map `ebpf:"glia_nat"`
-	GliaServices  *ebpf.Map `ebpf:"glia_services"`
-	GliaSvcSlots  *ebpf.Map `ebpf:"glia_svc_slots"`
-	GliaTunnel    *ebpf.Map `ebpf:"glia_tunnel"`
+	GliaAffinity   *ebpf.Map `ebpf:"glia_affinity"`
+	GliaBackends   *ebpf.Map `ebpf:"glia_backends"`
+	GliaCt         *ebpf.Map `ebpf:"glia_ct"`
+	GliaEndpoints  *ebpf.Map `ebpf:"glia_endpoints"`
+	GliaMaglev     *ebpf.Map `ebpf:"glia_maglev"`
+	GliaMetrics    *ebpf.Map `ebpf:"glia_metrics"`
+	GliaNat        *ebpf.Map `ebpf:"glia_nat"`
+	GliaNodeIps    *ebpf.Map `ebpf:"glia_node_ips"`
+	GliaServices   *ebpf.Map `ebpf:"glia_services"`
+	GliaSockRevnat *ebpf.Map `ebpf:"glia_sock_revnat"`
+	GliaSvcSlots   *ebpf.Map `ebpf:"glia_svc_slots"`
+	GliaTunnel     *ebpf.Map `ebpf:"glia_tunnel"`
 }
 
 func (m *ToNetdevMaps) Close() error {
@@ -261,7 +292,9 @@ func (m *ToNetdevMaps) Close() error {
 		m.GliaMaglev,
 		m.GliaMetrics,
 		m.GliaNat,
+		m.GliaNodeIps,
 		m.GliaServices,
+		m.GliaSockRevnat,
 		m.GliaSvcSlots,
 		m.GliaTunnel,
 	)
