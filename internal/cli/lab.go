@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"glia.dev/glia/internal/lab"
@@ -164,12 +167,25 @@ func newLabExecCmd() *cobra.Command {
 				return err
 			}
 			var nsArgs []string
+			var attr *syscall.SysProcAttr
 			switch {
 			case node != "" && len(target) == 0:
 				if _, err := lab.NodeIndex(node); err != nil {
 					return err
 				}
 				nsArgs = []string{"--net=/var/run/netns/" + lab.NodeNetns(node)}
+				// Run it as a process of the node: in the node's cgroup too,
+				// so node-level hooks (socket load balancing) see it.
+				cg := filepath.Join(l.Layout().NodeCgroup(node), "_exec")
+				if err := os.MkdirAll(cg, 0o755); err != nil {
+					return fmt.Errorf("node cgroup: %w", err)
+				}
+				fd, err := unix.Open(cg, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+				if err != nil {
+					return fmt.Errorf("node cgroup: %w", err)
+				}
+				defer unix.Close(fd)
+				attr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
 			case node == "" && len(target) == 1:
 				ns, name := namespace, target[0]
 				if a, b, ok := strings.Cut(target[0], "/"); ok {
@@ -196,6 +212,7 @@ func newLabExecCmd() *cobra.Command {
 			}
 			c := exec.CommandContext(cmd.Context(), "nsenter", append(append(nsArgs, "--"), command...)...)
 			c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
+			c.SysProcAttr = attr
 			if err := c.Run(); err != nil {
 				var ee *exec.ExitError
 				if errors.As(err, &ee) {

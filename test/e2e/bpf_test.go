@@ -64,6 +64,18 @@ func TestBPFLab(t *testing.T) {
 	l.CheckConnectivity()
 	t.Run("EvenSpread", l.checkSpread)
 	t.Run("DeletedBackendGetsNoNewConnections", l.checkDeletedBackend)
+	t.Run("ConnectivityTest", l.connectivityPasses)
+	t.Run("ConnDisruptAcrossAgentKill", func(t *testing.T) {
+		line, ok := l.connDisrupt(t, func() {
+			l.Glia("lab", "agent", "kill", "lab-node-2")
+			time.Sleep(3 * time.Second)
+			l.Glia("lab", "agent", "start", "lab-node-2")
+		})
+		t.Logf("across a SIGKILL and restart of lab-node-2's agent (eBPF): %s", line)
+		if !ok || !strings.Contains(line, " 0 resets, 0 stalls > 1s; ") || !strings.Contains(line, " 0 failed") {
+			t.Errorf("connections were interrupted: %s", line)
+		}
+	})
 }
 
 // TestTunnelLab: the same checks with VXLAN between nodes.
@@ -92,6 +104,7 @@ func TestMixedLab(t *testing.T) {
 	l.checkBPFNode(t, "lab-node-3")
 	l.checkBPFNode(t, "lab-node-4")
 	l.CheckConnectivity()
+	t.Run("ConnectivityTest", l.connectivityPasses)
 }
 
 // serviceHits makes n new connections from curler to the Service and

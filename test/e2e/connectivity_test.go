@@ -132,3 +132,35 @@ func TestConnectivityLegacy(t *testing.T) {
 type errNoSummary string
 
 func (e errNoSummary) Error() string { return "no summary line in: " + string(e) }
+
+// connectivityPasses runs the whole connectivity suite and requires its
+// success summary line.
+func (l *Lab) connectivityPasses(t *testing.T) {
+	t.Helper()
+	out, err := l.connectivity(t, 5*time.Minute)
+	m := summaryLine.FindStringSubmatch(out)
+	if err != nil || m == nil {
+		t.Fatalf("glia connectivity test: %v\n%s", err, out)
+	}
+	t.Logf("%s", m[0])
+}
+
+// connDisrupt runs the conn-disrupt setup, then change(), then the check,
+// and returns the check's conn-disrupt line and whether it passed.
+func (l *Lab) connDisrupt(t *testing.T, change func()) (string, bool) {
+	t.Helper()
+	l.Glia("connectivity", "test", "--include-conn-disrupt-test", "--conn-disrupt-setup")
+	change()
+	time.Sleep(3 * time.Second)
+	out, err := l.connectivity(t, 3*time.Minute, "--include-conn-disrupt-test", "--conn-disrupt-check", "--test", "^no-interrupted-connections$")
+	line := ""
+	for _, s := range strings.Split(out, "\n") {
+		if strings.Contains(s, "conn-disrupt:") && strings.Contains(s, "resets") {
+			line = strings.TrimSpace(s)
+		}
+	}
+	if line == "" {
+		t.Fatalf("the conn-disrupt check reported no totals (%v):\n%s", err, out)
+	}
+	return line, err == nil
+}

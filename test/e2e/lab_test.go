@@ -295,6 +295,21 @@ func (l *Lab) CheckConnectivity() {
 			return nil
 		})
 	}
+	// Node to Service: processes in a node's namespace reach the ClusterIP
+	// (kube-proxy's rules on legacy nodes, socket load balancing on eBPF ones).
+	svc, err := l.cs.CoreV1().Services("default").Get(context.Background(), "simple-webserver-service", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		eventually(t, 20*time.Second, fmt.Sprintf("node %s → Service %s:8081", n.Name, svc.Spec.ClusterIP), func() error {
+			out, err := l.ExecNode(n.Name, "curl", "-sS", "--max-time", "5", "http://"+svc.Spec.ClusterIP+":8081")
+			if got := strings.TrimSpace(out); err != nil || !strings.HasPrefix(got, "hello from simple-webserver-daemonset-") {
+				return fmt.Errorf("got %q (%v)", got, err)
+			}
+			return nil
+		})
+	}
 	// Node to pod and pod to node (the host-network echo on 8082).
 	for _, n := range nodes {
 		for _, p := range web {
