@@ -52,6 +52,10 @@ func (l *Lab) progress(format string, args ...any) {
 	fmt.Fprintf(l.out, "[lab %s] %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 }
 
+// KubeProxyModeLabel on a node picks kube-proxy's mode there ("nftables";
+// anything else: iptables).
+const KubeProxyModeLabel = "lab.glia.dev/kube-proxy-mode"
+
 // UpOptions configure `lab up`.
 type UpOptions struct {
 	Nodes int
@@ -384,13 +388,21 @@ func (l *Lab) reconcileKubeProxy(ctx context.Context, st *State, node string) er
 	p, running := st.Procs[key]
 	running = running && p.Alive()
 	want := !s.KubeProxyReplacement.Enabled
+	// kube-proxy runs in iptables mode unless the node is labelled
+	// lab.glia.dev/kube-proxy-mode=nftables (the benchmarks compare both).
+	mode := "iptables"
+	if cs, _, err := l.clients(); err == nil {
+		if n, err := cs.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{}); err == nil && n.Labels[KubeProxyModeLabel] == "nftables" {
+			mode = "nftables"
+		}
+	}
 	switch {
 	case want && !running:
-		l.progress("starting kube-proxy (iptables mode) on %s: kube-proxy-replacement is off there", node)
+		l.progress("starting kube-proxy (%s mode) on %s: kube-proxy-replacement is off there", mode, node)
 		np, err := spawn(key, NodeNetns(node), filepath.Join(l.layout.NodeCgroup(node), "_kube-proxy"),
 			filepath.Join(l.layout.LogDir(), node+"-kube-proxy.log"), []string{l.layout.Bin("glia-k8s"), "proxy",
 				"--kubeconfig=" + l.layout.Kubeconfig(), "--hostname-override=" + node,
-				"--proxy-mode=iptables", "--cluster-cidr=" + ClusterCIDR.String(),
+				"--proxy-mode=" + mode, "--cluster-cidr=" + ClusterCIDR.String(),
 				"--healthz-bind-address=0.0.0.0:10256", "--metrics-bind-address=127.0.0.1:10249",
 				"--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0", "--conntrack-tcp-timeout-close-wait=0",
 				"--v=1",
@@ -407,11 +419,12 @@ func (l *Lab) reconcileKubeProxy(ctx context.Context, st *State, node string) er
 		delete(st.Procs, key)
 		fallthrough
 	case !want:
-		// Remove KUBE-* rules a kube-proxy may have left in this node.
-		cmd := exec.CommandContext(ctx, l.layout.Bin("glia-k8s"), "proxy", "--cleanup", "--proxy-mode=iptables")
-		out, err := runInNetns(NodeNetns(node), cmd)
-		if err != nil {
-			return fmt.Errorf("clean kube-proxy rules on %s: %v: %s", node, err, out)
+		// Remove the rules a kube-proxy may have left in this node, in either mode.
+		for _, m := range []string{"iptables", "nftables"} {
+			cmd := exec.CommandContext(ctx, l.layout.Bin("glia-k8s"), "proxy", "--cleanup", "--proxy-mode="+m)
+			if out, err := runInNetns(NodeNetns(node), cmd); err != nil {
+				return fmt.Errorf("clean kube-proxy %s rules on %s: %v: %s", m, node, err, out)
+			}
 		}
 	}
 	return nil

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -101,7 +100,8 @@ func (p Proc) WaitGone(timeout time.Duration) error {
 // closeInheritedFDs marks every descriptor above stderr close-on-exec, so
 // lab daemons inherit nothing from whoever started `glia lab` (a lock file
 // held by flock(1), a test harness's pipes).
-var closeInheritedFDs = sync.OnceFunc(func() {
+// It runs before every spawn: descriptors are few and it is cheap.
+func closeInheritedFDs() {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		return
@@ -111,7 +111,7 @@ var closeInheritedFDs = sync.OnceFunc(func() {
 			unix.CloseOnExec(fd)
 		}
 	}
-})
+}
 
 // spawn starts a daemon: its own session, stdin from /dev/null, output
 // appended to logPath, placed in cgroupDir (created if needed) and born in
