@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"glia.dev/glia/internal/procutil"
 )
 
 // Proc is a lab process: what was started, where, and how to recognise it
@@ -26,41 +28,11 @@ type Proc struct {
 	Log       string   `json:"log"`
 }
 
-// procStartTime reads field 22 of /proc/<pid>/stat (start time in clock ticks).
-func procStartTime(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 {
-		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
-	}
-	// f[0] is field 3 (state); start time is field 22.
-	return strconv.ParseUint(f[19], 10, 64)
-}
+func procStartTime(pid int) (uint64, error) { return procutil.StartTime(pid) }
 
-// Alive reports whether the recorded process is still the one we started.
-func (p Proc) Alive() bool {
-	if p.PID <= 0 {
-		return false
-	}
-	st, err := procStartTime(p.PID)
-	if err != nil || st != p.StartTime {
-		return false
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.PID))
-	if err != nil {
-		return false
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	return i > 0 && len(b) > i+2 && b[i+2] != 'Z'
-}
+// Alive reports whether the recorded process is still the one we started
+// (a zombie counts as gone).
+func (p Proc) Alive() bool { return p.StartTime != 0 && procutil.Alive(p.PID, p.StartTime) }
 
 // Signal sends sig to the process if it is still the one we started.
 func (p Proc) Signal(sig syscall.Signal) error {

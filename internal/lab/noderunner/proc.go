@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"glia.dev/glia/internal/procutil"
 )
 
 // Process is one running container process.
@@ -26,44 +26,9 @@ type Process interface {
 	Signal(sig syscall.Signal) error
 }
 
-// procStartTime reads field 22 (starttime) of /proc/PID/stat.
-func procStartTime(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("parse /proc/%d/stat: no comm", pid)
-	}
-	fields := strings.Fields(s[i+1:])
-	// fields[0] is field 3 (state); starttime is field 22.
-	if len(fields) < 20 {
-		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(fields))
-	}
-	if fields[0] == "Z" || fields[0] == "X" {
-		return 0, fmt.Errorf("process %d is a zombie", pid)
-	}
-	v, err := strconv.ParseUint(fields[19], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("parse /proc/%d/stat starttime: %w", pid, err)
-	}
-	return v, nil
-}
+func procStartTime(pid int) (uint64, error) { return procutil.StartTime(pid) }
 
-// processAlive reports whether pid runs and, if startTime is non-zero, is
-// the same process that started at startTime.
-func processAlive(pid int, startTime uint64) bool {
-	if pid <= 0 {
-		return false
-	}
-	st, err := procStartTime(pid)
-	if err != nil {
-		return false
-	}
-	return startTime == 0 || st == startTime
-}
+func processAlive(pid int, startTime uint64) bool { return procutil.Alive(pid, startTime) }
 
 // childProcess is a process this runner started.
 type childProcess struct {
