@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -65,6 +66,7 @@ func TestBPFLab(t *testing.T) {
 	t.Run("EvenSpread", l.checkSpread)
 	t.Run("DeletedBackendGetsNoNewConnections", l.checkDeletedBackend)
 	t.Run("ConnectivityTest", l.connectivityPasses)
+	t.Run("FlushedServiceMapFailsPodToService", l.checkFlushedServiceMap)
 	t.Run("ConnDisruptAcrossAgentKill", func(t *testing.T) {
 		line, ok := l.connDisrupt(t, func() {
 			l.Glia("lab", "agent", "kill", "lab-node-2")
@@ -172,4 +174,62 @@ func (l *Lab) checkDeletedBackend(t *testing.T) {
 	if hits["FAILED"] > 0 {
 		t.Errorf("%d connections failed after a backend was deleted", hits["FAILED"])
 	}
+}
+
+// checkFlushedServiceMap stops the connectivity client's node agent and
+// empties that node's service map: pod-to-service must fail, naming the
+// client; restarting the agent repairs it.
+func (l *Lab) checkFlushedServiceMap(t *testing.T) {
+	ctx := context.Background()
+	if out, err := l.connectivity(t, 3*time.Minute, "--keep-workloads", "--test", "^pod-to-service$"); err != nil {
+		t.Fatalf("pod-to-service before the break: %v\n%s", err, out)
+	}
+	pl, err := l.cs.CoreV1().Pods("glia-test").List(ctx, metav1.ListOptions{LabelSelector: "name=client"})
+	if err != nil || len(pl.Items) != 1 {
+		t.Fatalf("connectivity client pod: %v (%d)", err, len(pl.Items))
+	}
+	node := pl.Items[0].Spec.NodeName
+	l.Glia("lab", "agent", "stop", node)
+	started := false
+	defer func() {
+		if !started {
+			l.Glia("lab", "agent", "start", node)
+		}
+	}()
+	m, err := ebpf.LoadPinnedMap("/sys/fs/bpf/glia/"+node+"/glia_services", nil)
+	if err != nil {
+		t.Fatalf("open %s's service map: %v", node, err)
+	}
+	defer m.Close()
+	var keys [][]byte
+	k, v := make([]byte, m.KeySize()), make([]byte, m.ValueSize())
+	for it := m.Iterate(); it.Next(&k, &v); {
+		keys = append(keys, append([]byte(nil), k...))
+	}
+	for _, key := range keys {
+		if err := m.Delete(key); err != nil {
+			t.Fatalf("flush %s's service map: %v", node, err)
+		}
+	}
+	out, err := l.connectivity(t, 3*time.Minute, "--keep-workloads", "--test", "^pod-to-service$")
+	if err == nil {
+		t.Fatalf("pod-to-service passed with %s's service map flushed:\n%s", node, out)
+	}
+	if !strings.Contains(out, "Test [pod-to-service]:") || !strings.Contains(out, node) {
+		t.Errorf("the failure does not name pod-to-service and the client's node %s:\n%s", node, out)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, "tests failed") {
+			t.Logf("with %s's service map flushed: %s", node, strings.TrimSpace(line))
+		}
+	}
+	started = true
+	l.Glia("lab", "agent", "start", node)
+	eventually(t, 60*time.Second, "pod-to-service repaired by the restarted agent", func() error {
+		out, err := l.connectivity(t, 2*time.Minute, "--test", "^pod-to-service$")
+		if err != nil || !summaryLine.MatchString(out) {
+			return fmt.Errorf("%v\n%s", err, out)
+		}
+		return nil
+	})
 }
