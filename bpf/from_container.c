@@ -3,9 +3,10 @@
 /* from_container: ingress of each pod's host-side veth, i.e. every packet a
  * pod sends. Reverse-translates replies of Service flows, load-balances new
  * ones (to a ClusterIP, or to a NodePort on any node's address), then
- * routes. Replies it translated are forwarded by the programs
- * whatever the host routing mode (their source can be the node's own
- * address, a martian to the stack). */
+ * routes; a connection straight to a pod's address forgets the closing
+ * Service flow whose tuple it reuses. Replies it translated are forwarded
+ * by the programs whatever the host routing mode (their source can be the
+ * node's own address, a martian to the stack). */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/pkt.h"
@@ -43,6 +44,8 @@ int from_container(struct __sk_buff *ctx)
 			if (svc && !lb_may_open(&p))
 				svc = 0;
 		}
+		if (!svc)
+			lb_direct_syn(&p);
 		if (svc) {
 			r = lb_forward(ctx, &p, svc, kind);
 			if (r != LB_CONTINUE)

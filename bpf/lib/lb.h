@@ -9,6 +9,7 @@
 #include "maps.h"
 #include "pkt.h"
 #include "nat.h"
+#include "ct.h"
 
 #define LB_CONTINUE -1
 
@@ -184,10 +185,56 @@ static __always_inline int lb_may_open(struct pkt *p)
 		.sport = p->sport, .dport = p->dport,
 		.proto = p->proto, .dir = CT_SERVICE,
 	};
+	struct ct_entry *ct;
 
 	if (p->proto != IPPROTO_TCP || (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
 		return 1;
-	return bpf_map_lookup_elem(&glia_ct, &fk) != 0;
+	ct = bpf_map_lookup_elem(&glia_ct, &fk);
+	return ct && !ct_expired(ct->last_seen, p->proto, ct->flags, bpf_ktime_get_ns());
+}
+
+/* ct_reply_owner returns the live forward entry that reply entry rk
+ * (value rct) belongs to, or 0 when that flow is over: expired, gone, or
+ * replaced by a flow of another backend or service. */
+static __always_inline struct ct_entry *ct_reply_owner(struct tuple *rk, struct ct_entry *rct, __u64 now)
+{
+	struct tuple fk = {
+		.saddr = rct->rev_daddr ? rct->rev_daddr : rk->daddr,
+		.daddr = rct->rev_saddr,
+		.sport = rk->dport, .dport = rct->rev_sport,
+		.proto = rk->proto, .dir = CT_SERVICE,
+	};
+	struct ct_entry *ct = bpf_map_lookup_elem(&glia_ct, &fk);
+
+	if (!ct || ct->backend_id != rct->backend_id || ct->svc_id != rct->svc_id ||
+	    ct_expired(ct->last_seen, rk->proto, ct->flags, now))
+		return 0;
+	return ct;
+}
+
+/* lb_direct_syn: a pod opens a connection to an address that is not a
+ * frontend, from a port whose closing (or finished) Service flow went to
+ * that very address. The replies of the new connection are not the old
+ * flow's: its reply entry goes, so they reach the pod untranslated. A
+ * live Service flow with the same tuple is left alone. */
+static __always_inline void lb_direct_syn(struct pkt *p)
+{
+	struct tuple rk = {
+		.saddr = p->daddr, .daddr = p->saddr,
+		.sport = p->dport, .dport = p->sport,
+		.proto = p->proto, .dir = CT_REPLY,
+	};
+	struct ct_entry *rct, *ct;
+
+	if (!tcp_syn_only(p))
+		return;
+	rct = bpf_map_lookup_elem(&glia_ct, &rk);
+	if (!rct)
+		return;
+	ct = ct_reply_owner(&rk, rct, bpf_ktime_get_ns());
+	if (ct && !ct_closing(ct->flags))
+		return;
+	bpf_map_delete_elem(&glia_ct, &rk);
 }
 
 /* lb_forward load-balances a packet to a Service frontend: an existing flow
@@ -204,22 +251,25 @@ static __always_inline int lb_forward(struct __sk_buff *ctx, struct pkt *p, stru
 		.proto = p->proto, .dir = CT_SERVICE,
 	};
 	struct tuple rk = { .proto = p->proto, .dir = CT_REPLY };
-	struct ct_entry *ct, fwd = {}, rev = {};
+	struct ct_entry *ct, *rct, fwd = {}, rev = {};
 	__be32 client = p->saddr, frontend = p->daddr;
 	__be16 client_port = p->sport, frontend_port = p->dport;
+	__u16 kind_flags = kind != LB_CLUSTER_IP ? CT_F_NODEPORT : 0;
 	struct backend *be = 0;
 	__u64 now = bpf_ktime_get_ns();
 	__u32 bid = 0;
-	int hairpin;
+	int hairpin, fresh = 0, touched;
 
+	/* A live flow of this service keeps its backend while it is there;
+	 * an expired entry, or a SYN on a closing one, is a new flow. */
 	ct = bpf_map_lookup_elem(&glia_ct, &fk);
-	if (ct) {
+	if (ct && ct->svc_id == svc->id && ct_continues(ct->last_seen, ct->flags, p, now)) {
 		bid = ct->backend_id;
 		be = bpf_map_lookup_elem(&glia_backends, &bid);
-		if (be)
-			ct->last_seen = now;
 	}
-	if (!be) {
+	if (be) {
+		touched = ct_touch(ct, p, 0, now);
+	} else {
 		/* A new flow, or its backend is gone: pick one (the client's
 		 * own with session affinity). */
 		bid = svc->count ? affinity_backend(svc, p, now) : 0;
@@ -230,30 +280,41 @@ static __always_inline int lb_forward(struct __sk_buff *ctx, struct pkt *p, stru
 		if (!be)
 			return lb_reject(ctx, p);
 		affinity_update(svc, p, bid, now);
-		fwd.last_seen = now;
 		fwd.backend_id = bid;
 		fwd.svc_id = svc->id;
-		fwd.flags = kind != LB_CLUSTER_IP ? CT_F_NODEPORT : 0;
+		fwd.flags = kind_flags;
+		ct_touch(&fwd, p, 0, now);
 		if (bpf_map_update_elem(&glia_ct, &fk, &fwd, BPF_ANY) < 0)
 			return drop(ctx, METRIC_DROP_INVALID);
+		ct = &fwd;
+		fresh = 1;
+		touched = 1;
 	}
 
 	hairpin = kind != LB_NODEPORT && be->addr == client;
 
+	/* The reply entry of this flow: written anew for a new flow (an
+	 * older flow's entry for the same backend tuple, of another
+	 * frontend, must not translate its replies), refreshed with the
+	 * flow's state otherwise. */
 	rk.saddr = be->addr;
 	rk.daddr = hairpin ? HAIRPIN_ADDR : client;
 	rk.sport = be->port;
 	rk.dport = client_port;
-	if (!bpf_map_lookup_elem(&glia_ct, &rk)) {
-		rev.last_seen = now;
+	rct = bpf_map_lookup_elem(&glia_ct, &rk);
+	if (fresh || !rct || rct->backend_id != bid || rct->svc_id != svc->id ||
+	    rct->rev_saddr != frontend || rct->rev_sport != frontend_port) {
 		rev.backend_id = bid;
 		rev.svc_id = svc->id;
 		rev.rev_saddr = frontend;
 		rev.rev_sport = frontend_port;
 		rev.rev_daddr = hairpin ? client : 0;
-		rev.flags = (hairpin ? CT_F_HAIRPIN : 0) | (kind != LB_CLUSTER_IP ? CT_F_NODEPORT : 0);
+		rev.flags = (hairpin ? CT_F_HAIRPIN : 0) | kind_flags;
+		ct_mirror(&rev, ct);
 		if (bpf_map_update_elem(&glia_ct, &rk, &rev, BPF_ANY) < 0)
 			return drop(ctx, METRIC_DROP_INVALID);
+	} else if (touched) {
+		ct_mirror(rct, ct);
 	}
 
 	if (set_addr(ctx, p, 0, be->addr) < 0 || set_port(ctx, p, 0, be->port) < 0)
@@ -270,12 +331,16 @@ static __always_inline int lb_forward(struct __sk_buff *ctx, struct pkt *p, stru
 
 /* rev_dnat restores the frontend as the source of a reply from a backend
  * (and the client as destination of a hairpinned reply), and translates
- * ICMP errors about load-balanced packets. Returns 1 when translated, 0
- * when not a service flow, <0 on error. */
+ * ICMP errors about load-balanced packets. Only the reply entry of a live
+ * flow translates: one whose flow is over (expired, replaced, or closing
+ * when a new connection's SYN-ACK comes) is deleted and the packet left
+ * alone, for it belongs to a connection that reuses the tuple. Returns 1
+ * when translated, 0 when not a service flow, <0 on error. */
 static __always_inline int rev_dnat(struct __sk_buff *ctx, struct pkt *p)
 {
 	struct tuple rk = { .dir = CT_REPLY };
-	struct ct_entry *ct;
+	struct ct_entry *ct, *rct;
+	__u64 now = bpf_ktime_get_ns();
 
 	if (p->icmp_err) {
 		/* the quote is client -> backend, as we sent it */
@@ -284,16 +349,16 @@ static __always_inline int rev_dnat(struct __sk_buff *ctx, struct pkt *p)
 		rk.sport = p->in_dport;
 		rk.dport = p->in_sport;
 		rk.proto = p->in_proto;
-		ct = bpf_map_lookup_elem(&glia_ct, &rk);
-		if (!ct)
+		rct = bpf_map_lookup_elem(&glia_ct, &rk);
+		if (!rct || !ct_reply_owner(&rk, rct, now))
 			return 0;
-		if (p->saddr == p->in_daddr && set_addr(ctx, p, 1, ct->rev_saddr) < 0)
+		if (p->saddr == p->in_daddr && set_addr(ctx, p, 1, rct->rev_saddr) < 0)
 			return -1;
-		if (set_inner(ctx, p, 0, ct->rev_saddr, ct->rev_sport) < 0)
+		if (set_inner(ctx, p, 0, rct->rev_saddr, rct->rev_sport) < 0)
 			return -1;
-		if (ct->rev_daddr) {
-			if (set_inner(ctx, p, 1, ct->rev_daddr, 0) < 0 ||
-			    set_addr(ctx, p, 0, ct->rev_daddr) < 0)
+		if (rct->rev_daddr) {
+			if (set_inner(ctx, p, 1, rct->rev_daddr, 0) < 0 ||
+			    set_addr(ctx, p, 0, rct->rev_daddr) < 0)
 				return -1;
 		}
 		return 1;
@@ -305,13 +370,19 @@ static __always_inline int rev_dnat(struct __sk_buff *ctx, struct pkt *p)
 	rk.sport = p->sport;
 	rk.dport = p->dport;
 	rk.proto = p->proto;
-	ct = bpf_map_lookup_elem(&glia_ct, &rk);
-	if (!ct)
+	rct = bpf_map_lookup_elem(&glia_ct, &rk);
+	if (!rct)
 		return 0;
-	ct->last_seen = bpf_ktime_get_ns();
-	if (set_addr(ctx, p, 1, ct->rev_saddr) < 0 || set_port(ctx, p, 1, ct->rev_sport) < 0)
+	ct = ct_reply_owner(&rk, rct, now);
+	if (!ct || (p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_FLAG_SYN) && ct_closing(ct->flags))) {
+		bpf_map_delete_elem(&glia_ct, &rk);
+		return 0;
+	}
+	if (ct_touch(ct, p, 1, now))
+		ct_mirror(rct, ct);
+	if (set_addr(ctx, p, 1, rct->rev_saddr) < 0 || set_port(ctx, p, 1, rct->rev_sport) < 0)
 		return -1;
-	if (ct->rev_daddr && set_addr(ctx, p, 0, ct->rev_daddr) < 0)
+	if (rct->rev_daddr && set_addr(ctx, p, 0, rct->rev_daddr) < 0)
 		return -1;
 	return 1;
 }

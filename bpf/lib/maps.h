@@ -136,20 +136,34 @@ struct tuple {
 #define CT_REPLY 1   /* backend -> client, after DNAT (and hairpin SNAT) */
 #define CT_INBOUND 2 /* pod -> remote of a flow the remote opened: never masqueraded */
 
+/* A flow's state lives in its forward entry (CT_SERVICE, CT_INBOUND) and is
+ * mirrored into its CT_REPLY entry; bpf/lib/ct.h derives the entry's
+ * lifetime from it. Entries written before lifetimes existed have no
+ * CT_F_TRACKED and get the lifetime of an established flow. */
 struct ct_entry {
-	__u64 last_seen;
+	__u64 last_seen;  /* bpf_ktime_get_ns of the last refresh */
 	__u32 backend_id;
 	__u32 svc_id;
 	__be32 rev_saddr; /* reply: source to restore (the frontend) */
 	__be32 rev_daddr; /* reply: destination to restore (hairpin), or 0 */
 	__be16 rev_sport;
 	__u16 flags;      /* CT_F_* */
-	__u32 pad;
+	__u8 tx_flags_seen; /* TCP flags sent by the side that opened the flow */
+	__u8 rx_flags_seen; /* TCP flags sent by the other side */
+	__u16 pad;
 };
 
+/* what the flow is */
 #define CT_F_HAIRPIN (1 << 0)
 #define CT_F_NODEPORT (1 << 1)
 #define CT_F_SNAT (1 << 2)
+/* where it is (CT and NAT entries alike) */
+#define CT_F_TRACKED (1 << 8)      /* the state bits below are kept */
+#define CT_F_SEEN_NON_SYN (1 << 9) /* a TCP segment without SYN passed */
+#define CT_F_SEEN_REPLY (1 << 10)  /* a packet of the other side passed */
+#define CT_F_TX_CLOSING (1 << 11)  /* FIN or RST from the side that opened it */
+#define CT_F_RX_CLOSING (1 << 12)  /* FIN or RST from the other side */
+#define CT_F_STATE 0xff00
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -161,11 +175,13 @@ struct {
 #define NAT_EGRESS 0  /* original tuple leaving the node */
 #define NAT_INGRESS 1 /* reply tuple arriving at the node */
 
+/* The state of a translated flow lives in its NAT_EGRESS entry and is
+ * mirrored into its NAT_INGRESS entry, as for CT. */
 struct nat_entry {
 	__u64 last_seen;
 	__be32 to_addr;
 	__be16 to_port;
-	__u16 pad;
+	__u16 flags; /* CT_F_* state bits */
 };
 
 struct {

@@ -7,6 +7,7 @@
 #include "common.h"
 #include "maps.h"
 #include "pkt.h"
+#include "ct.h"
 
 /* Translated source ports. The node's own ephemeral ports stay below
  * (the loader lowers net.ipv4.ip_local_port_range to end at
@@ -17,9 +18,60 @@
 #define NAT_PORT_RANGE (NAT_PORT_MAX - NAT_PORT_MIN + 1)
 #define NAT_TRIES 32
 
+/* nat_egress_of returns the key of the NAT_EGRESS entry that the
+ * NAT_INGRESS entry rk (whose value is rne) belongs to. */
+static __always_inline struct tuple nat_egress_of(struct tuple *rk, struct nat_entry *rne)
+{
+	struct tuple ek = {
+		.saddr = rne->to_addr, .daddr = rk->saddr,
+		.sport = rne->to_port,
+		.dport = rk->proto == IPPROTO_ICMP ? 0 : rk->sport,
+		.proto = rk->proto, .dir = NAT_EGRESS,
+	};
+	return ek;
+}
+
+/* nat_owner returns the live NAT_EGRESS entry the ingress entry rk
+ * (value rne) translates for, or 0 when that flow is over: expired, its
+ * egress entry gone (LRU) or translated to another port. */
+static __always_inline struct nat_entry *nat_owner(struct tuple *rk, struct nat_entry *rne, __u64 now)
+{
+	struct tuple ek = nat_egress_of(rk, rne);
+	struct nat_entry *ne = bpf_map_lookup_elem(&glia_nat, &ek);
+
+	if (!ne || ne->to_addr != rk->daddr || ne->to_port != rk->dport ||
+	    ct_expired(ne->last_seen, rk->proto, ne->flags, now))
+		return 0;
+	return ne;
+}
+
+/* nat_reclaim frees the port of ingress entry rk unless a live flow holds
+ * it; the egress entry of an expired flow goes with it. Returns 1 when
+ * the port is free. */
+static __always_inline int nat_reclaim(struct tuple *rk, __u64 now)
+{
+	struct nat_entry *rne = bpf_map_lookup_elem(&glia_nat, rk), *ne;
+	struct tuple ek;
+
+	if (!rne)
+		return 1;
+	ek = nat_egress_of(rk, rne);
+	ne = bpf_map_lookup_elem(&glia_nat, &ek);
+	if (ne && ne->to_addr == rk->daddr && ne->to_port == rk->dport) {
+		if (!ct_expired(ne->last_seen, rk->proto, ne->flags, now))
+			return 0;
+		bpf_map_delete_elem(&glia_nat, &ek);
+	}
+	bpf_map_delete_elem(&glia_nat, rk);
+	return 1;
+}
+
 /* snat allocates (or finds) a translation of p's source to `to` and
- * rewrites the packet. Returns 0, or a negative value when no port is
- * free or the rewrite failed. */
+ * rewrites the packet. A flow keeps its translation while its entry
+ * lives; an expired one, or a SYN on a closing one, gets a new
+ * translation, and the port of a flow that is over can be given to
+ * another. Returns 0, or a negative value when no port is free or the
+ * rewrite failed. */
 static __always_inline int snat(struct __sk_buff *ctx, struct pkt *p, __be32 to)
 {
 	struct tuple ek = {
@@ -27,28 +79,57 @@ static __always_inline int snat(struct __sk_buff *ctx, struct pkt *p, __be32 to)
 		.sport = p->sport, .dport = p->dport,
 		.proto = p->proto, .dir = NAT_EGRESS,
 	};
-	struct nat_entry *ne, fwd = {}, rev = {};
+	/* The reply carries our port as its destination; for ICMP echo the
+	 * identifier travels in the same field both ways. */
+	struct tuple rk = {
+		.saddr = p->daddr, .daddr = to,
+		.sport = p->proto == IPPROTO_ICMP ? 0 : p->dport,
+		.proto = p->proto, .dir = NAT_INGRESS,
+	};
+	struct nat_entry *ne, *rne, fwd = {}, rev = {};
 	__u64 now = bpf_ktime_get_ns();
 	__be16 port = 0;
 	__u32 h, i;
 
 	ne = bpf_map_lookup_elem(&glia_nat, &ek);
-	if (ne && ne->to_addr == to) {
-		ne->last_seen = now;
+	if (ne && ne->to_addr == to && ct_continues(ne->last_seen, ne->flags, p, now)) {
+		int touched = nat_touch(ne, p, 0, now);
+
 		port = ne->to_port;
-	} else {
-		struct tuple rk = {
-			.saddr = p->daddr, .daddr = to,
-			.proto = p->proto, .dir = NAT_INGRESS,
-		};
-		/* The reply carries our port as its destination; for ICMP echo
-		 * the identifier travels in the same field both ways. A flow
-		 * keeps its own port when it is in the NAT range (and free);
-		 * ICMP identifiers are not ports, any is kept. */
+		if (touched || tcp_syn_only(p)) {
+			/* its ingress entry must still lead back here */
+			rk.dport = port;
+			rne = bpf_map_lookup_elem(&glia_nat, &rk);
+			if (!rne || rne->to_addr != p->saddr || rne->to_port != p->sport)
+				port = 0;
+			else if (touched) {
+				rne->flags = ne->flags;
+				rne->last_seen = ne->last_seen;
+			}
+		}
+	}
+	if (!port) {
+		/* A new flow, or this tuple's earlier one is over: release
+		 * the port the earlier one held. */
+		if (ne) {
+			struct tuple ok = rk;
+
+			ok.daddr = ne->to_addr;
+			ok.dport = ne->to_port;
+			rne = bpf_map_lookup_elem(&glia_nat, &ok);
+			if (rne && rne->to_addr == p->saddr && rne->to_port == p->sport)
+				bpf_map_delete_elem(&glia_nat, &ok);
+		}
+		/* A flow keeps its own port when it is in the NAT range (and
+		 * free); ICMP identifiers are not ports, any is kept. */
 		__be16 orig = p->sport;
 		__u16 horig = bpf_ntohs(orig);
 		int keep = p->proto == IPPROTO_ICMP || (horig >= NAT_PORT_MIN && horig <= NAT_PORT_MAX);
-		rev.last_seen = now;
+
+		fwd.to_addr = to;
+		nat_touch(&fwd, p, 0, now);
+		rev.last_seen = fwd.last_seen;
+		rev.flags = fwd.flags;
 		rev.to_addr = p->saddr;
 		rev.to_port = p->sport;
 		h = hash_tuple(p->saddr, p->daddr, p->sport, p->dport, p->proto);
@@ -56,17 +137,19 @@ static __always_inline int snat(struct __sk_buff *ctx, struct pkt *p, __be32 to)
 			__be16 cand = orig;
 			if (i > 0 || !keep)
 				cand = bpf_htons(NAT_PORT_MIN + mix32(h + i) % NAT_PORT_RANGE);
-			rk.sport = p->proto == IPPROTO_ICMP ? 0 : p->dport;
 			rk.dport = cand;
 			if (bpf_map_update_elem(&glia_nat, &rk, &rev, BPF_NOEXIST) == 0) {
+				port = cand;
+				break;
+			}
+			/* taken: by a live flow, or by one that is over */
+			if (nat_reclaim(&rk, now) && bpf_map_update_elem(&glia_nat, &rk, &rev, BPF_NOEXIST) == 0) {
 				port = cand;
 				break;
 			}
 		}
 		if (!port)
 			return -1;
-		fwd.last_seen = now;
-		fwd.to_addr = to;
 		fwd.to_port = port;
 		if (bpf_map_update_elem(&glia_nat, &ek, &fwd, BPF_ANY) < 0) {
 			bpf_map_delete_elem(&glia_nat, &rk);
@@ -80,11 +163,14 @@ static __always_inline int snat(struct __sk_buff *ctx, struct pkt *p, __be32 to)
 
 /* rev_snat translates a packet arriving for the node's address back to the
  * endpoint that opened the flow: a reply, or an ICMP error about a packet
- * we translated. Returns 1 when translated, 0 when not ours, <0 on error. */
+ * we translated. Only a live flow's ingress entry translates; one whose
+ * flow is over is deleted. Returns 1 when translated, 0 when not ours, <0
+ * on error. */
 static __always_inline int rev_snat(struct __sk_buff *ctx, struct pkt *p)
 {
 	struct tuple rk = { .dir = NAT_INGRESS };
-	struct nat_entry *ne;
+	struct nat_entry *ne, *rne;
+	__u64 now = bpf_ktime_get_ns();
 
 	if (p->icmp_err) {
 		/* the quote is our translated packet: node:port -> remote */
@@ -93,11 +179,11 @@ static __always_inline int rev_snat(struct __sk_buff *ctx, struct pkt *p)
 		rk.sport = p->in_dport;
 		rk.dport = p->in_sport;
 		rk.proto = p->in_proto;
-		ne = bpf_map_lookup_elem(&glia_nat, &rk);
-		if (!ne)
+		rne = bpf_map_lookup_elem(&glia_nat, &rk);
+		if (!rne || !nat_owner(&rk, rne, now))
 			return 0;
-		if (set_inner(ctx, p, 1, ne->to_addr, ne->to_port) < 0 ||
-		    set_addr(ctx, p, 0, ne->to_addr) < 0)
+		if (set_inner(ctx, p, 1, rne->to_addr, rne->to_port) < 0 ||
+		    set_addr(ctx, p, 0, rne->to_addr) < 0)
 			return -1;
 		return 1;
 	}
@@ -108,18 +194,27 @@ static __always_inline int rev_snat(struct __sk_buff *ctx, struct pkt *p)
 	rk.sport = p->sport;
 	rk.dport = p->dport;
 	rk.proto = p->proto;
-	ne = bpf_map_lookup_elem(&glia_nat, &rk);
-	if (!ne)
+	rne = bpf_map_lookup_elem(&glia_nat, &rk);
+	if (!rne)
 		return 0;
-	ne->last_seen = bpf_ktime_get_ns();
-	if (set_addr(ctx, p, 0, ne->to_addr) < 0 || set_port(ctx, p, 0, ne->to_port) < 0)
+	ne = nat_owner(&rk, rne, now);
+	if (!ne) {
+		bpf_map_delete_elem(&glia_nat, &rk);
+		return 0;
+	}
+	if (nat_touch(ne, p, 1, now)) {
+		rne->flags = ne->flags;
+		rne->last_seen = ne->last_seen;
+	}
+	if (set_addr(ctx, p, 0, rne->to_addr) < 0 || set_port(ctx, p, 0, rne->to_port) < 0)
 		return -1;
 	return 1;
 }
 
 /* note_inbound remembers that a remote outside the cluster opened a flow to
  * a local pod, so that the pod's replies keep its address (they are not a
- * flow to masquerade). */
+ * flow to masquerade). The entry is keyed by the pod's direction and
+ * lives as a CT entry does. */
 static __always_inline void note_inbound(struct pkt *p)
 {
 	struct tuple k = {
@@ -127,14 +222,21 @@ static __always_inline void note_inbound(struct pkt *p)
 		.sport = p->dport, .dport = p->sport,
 		.proto = p->proto, .dir = CT_INBOUND,
 	};
-	struct ct_entry e = {};
+	struct ct_entry *ct, e = {};
+	__u64 now = bpf_ktime_get_ns();
 
-	if (bpf_map_lookup_elem(&glia_ct, &k))
+	ct = bpf_map_lookup_elem(&glia_ct, &k);
+	if (ct && ct_continues(ct->last_seen, ct->flags, p, now)) {
+		ct_touch(ct, p, 0, now);
 		return;
-	e.last_seen = bpf_ktime_get_ns();
-	bpf_map_update_elem(&glia_ct, &k, &e, BPF_NOEXIST);
+	}
+	ct_touch(&e, p, 0, now);
+	bpf_map_update_elem(&glia_ct, &k, &e, BPF_ANY);
 }
 
+/* is_inbound_reply says whether p, from a local pod, belongs to a live
+ * flow a remote opened. A SYN from the pod opens a flow of its own: the
+ * inbound entry of that tuple is over. */
 static __always_inline int is_inbound_reply(struct pkt *p)
 {
 	struct tuple k = {
@@ -142,7 +244,17 @@ static __always_inline int is_inbound_reply(struct pkt *p)
 		.sport = p->sport, .dport = p->dport,
 		.proto = p->proto, .dir = CT_INBOUND,
 	};
-	return bpf_map_lookup_elem(&glia_ct, &k) != 0;
+	struct ct_entry *ct = bpf_map_lookup_elem(&glia_ct, &k);
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!ct)
+		return 0;
+	if (ct_expired(ct->last_seen, p->proto, ct->flags, now) || tcp_syn_only(p)) {
+		bpf_map_delete_elem(&glia_ct, &k);
+		return 0;
+	}
+	ct_touch(ct, p, 1, now);
+	return 1;
 }
 
 /* snat_icmp_err translates an ICMP error an endpoint sends about a packet
@@ -166,7 +278,7 @@ static __always_inline int snat_icmp_err(struct __sk_buff *ctx, struct pkt *p)
 		ek.dport = 0;
 	}
 	ne = bpf_map_lookup_elem(&glia_nat, &ek);
-	if (!ne)
+	if (!ne || ct_expired(ne->last_seen, ek.proto, ne->flags, bpf_ktime_get_ns()))
 		return 0;
 	if (set_inner(ctx, p, 0, ne->to_addr, ne->to_port) < 0 ||
 	    set_addr(ctx, p, 1, ne->to_addr) < 0)

@@ -299,9 +299,25 @@ type ctRow struct {
 	ServiceID uint32        `json:"serviceID,omitempty"`
 	RevSrc    string        `json:"revSrc,omitempty"`
 	RevDst    string        `json:"revDst,omitempty"`
-	Flags     []string      `json:"flags,omitempty"`
+	Flags     []string      `json:"flags,omitempty"` // what the flow is, then its state as cilium names it
+	TxFlags   uint8         `json:"txFlagsSeen,omitempty"`
+	RxFlags   uint8         `json:"rxFlagsSeen,omitempty"`
 	Age       time.Duration `json:"-"`
 	AgeSecs   int64         `json:"lastSeenSecondsAgo"`
+	Expires   time.Duration `json:"-"` // remaining lifetime; zero or less: expired
+	ExpSecs   int64         `json:"expiresInSeconds"`
+}
+
+// expiry is the remaining lifetime of an entry, truncated to seconds.
+func expiry(proto uint8, flags uint16, lastSeen, now uint64) time.Duration {
+	return max(maps.Remaining(proto, flags, lastSeen, now), 0).Truncate(time.Second)
+}
+
+func renderExpiry(d time.Duration) string {
+	if d <= 0 {
+		return "expires=expired"
+	}
+	return "expires=" + d.String()
 }
 
 // CT directions beyond those maps names (CT_INBOUND in bpf/lib/maps.h).
@@ -333,7 +349,9 @@ func ctRows(entries []maps.CTRow, now uint64) []ctRow {
 	for _, e := range entries {
 		src, dst := tupleEnds(e.Key)
 		age := maps.Age(e.Entry.LastSeen, now).Truncate(time.Second)
-		r := ctRow{Proto: maps.ProtoName(e.Key.Proto), Src: src, Dst: dst, Age: age, AgeSecs: int64(age / time.Second)}
+		exp := expiry(e.Key.Proto, e.Entry.Flags, e.Entry.LastSeen, now)
+		r := ctRow{Proto: maps.ProtoName(e.Key.Proto), Src: src, Dst: dst, Age: age, AgeSecs: int64(age / time.Second),
+			Expires: exp, ExpSecs: int64(exp / time.Second), TxFlags: e.Entry.TxFlagsSeen, RxFlags: e.Entry.RxFlagsSeen}
 		switch e.Key.Dir {
 		case maps.DirCTService:
 			r.Dir = "SVC"
@@ -356,6 +374,7 @@ func ctRows(entries []maps.CTRow, now uint64) []ctRow {
 		if e.Entry.Flags&maps.CTFlagNodePort != 0 {
 			r.Flags = append(r.Flags, "nodeport")
 		}
+		r.Flags = append(r.Flags, maps.StateNames(e.Entry.Flags)...)
 		rows = append(rows, r)
 	}
 	return rows
@@ -376,6 +395,10 @@ func renderCT(w io.Writer, rows []ctRow) error {
 		}
 		if len(r.Flags) > 0 {
 			line += " flags=" + strings.Join(r.Flags, ",")
+		}
+		line += " " + renderExpiry(r.Expires)
+		if r.TxFlags != 0 || r.RxFlags != 0 {
+			line += fmt.Sprintf(" TxFlagsSeen=0x%02x RxFlagsSeen=0x%02x", r.TxFlags, r.RxFlags)
 		}
 		line += fmt.Sprintf(" last-seen=%s ago", r.Age)
 		if _, err := fmt.Fprintln(w, line); err != nil {
@@ -415,8 +438,11 @@ type natRow struct {
 	Src   string        `json:"src"`
 	Dst   string        `json:"dst"`
 	To    string        `json:"to"` // XLATE_SRC for OUT, XLATE_DST for IN
+	Flags []string      `json:"flags,omitempty"`
 	Age   time.Duration `json:"-"`
 	AgeS  int64         `json:"lastSeenSecondsAgo"`
+	Exp   time.Duration `json:"-"`
+	ExpS  int64         `json:"expiresInSeconds"`
 }
 
 func natRows(entries []maps.NATRow, now uint64) []natRow {
@@ -435,9 +461,11 @@ func natRows(entries []maps.NATRow, now uint64) []natRow {
 			dir = "IN"
 		}
 		age := maps.Age(e.Entry.LastSeen, now).Truncate(time.Second)
+		exp := expiry(e.Key.Proto, e.Entry.Flags, e.Entry.LastSeen, now)
 		rows = append(rows, natRow{Proto: maps.ProtoName(e.Key.Proto), Dir: dir, Src: src, Dst: dst,
-			To:  netip.AddrPortFrom(e.Entry.ToAddr.Addr(), e.Entry.ToPort.Uint16()).String(),
-			Age: age, AgeS: int64(age / time.Second)})
+			To:    netip.AddrPortFrom(e.Entry.ToAddr.Addr(), e.Entry.ToPort.Uint16()).String(),
+			Flags: maps.StateNames(e.Entry.Flags),
+			Age:   age, AgeS: int64(age / time.Second), Exp: exp, ExpS: int64(exp / time.Second)})
 	}
 	return rows
 }
@@ -448,7 +476,12 @@ func renderNAT(w io.Writer, rows []natRow) error {
 		if r.Dir == "IN" {
 			xlate = "XLATE_DST"
 		}
-		if _, err := fmt.Fprintf(w, "%s %s %s -> %s %s %s last-seen=%s ago\n", r.Proto, r.Dir, r.Src, r.Dst, xlate, r.To, r.Age); err != nil {
+		line := fmt.Sprintf("%s %s %s -> %s %s %s", r.Proto, r.Dir, r.Src, r.Dst, xlate, r.To)
+		if len(r.Flags) > 0 {
+			line += " flags=" + strings.Join(r.Flags, ",")
+		}
+		line += fmt.Sprintf(" %s last-seen=%s ago", renderExpiry(r.Exp), r.Age)
+		if _, err := fmt.Fprintln(w, line); err != nil {
 			return err
 		}
 	}

@@ -86,10 +86,13 @@ func TestCTRows(t *testing.T) {
 	entries := []maps.CTRow{
 		{Key: maps.Tuple{SAddr: ip("198.19.2.20"), DAddr: ip("198.19.1.10"), SPort: maps.PortFrom(8080), DPort: maps.PortFrom(41000),
 			Proto: maps.ProtoTCP, Dir: maps.DirCTReply},
-			Entry: maps.CTEntry{LastSeen: uint64(97 * time.Second), BackendID: 8, SvcID: 1, RevSAddr: ip("198.18.128.10"), RevSPort: maps.PortFrom(80)}},
+			Entry: maps.CTEntry{LastSeen: uint64(97 * time.Second), BackendID: 8, SvcID: 1, RevSAddr: ip("198.18.128.10"), RevSPort: maps.PortFrom(80),
+				Flags: maps.CTFlagTracked | maps.CTFlagSeenNonSyn | maps.CTFlagSeenReply, TxFlagsSeen: 0x1a, RxFlagsSeen: 0x12}},
 		{Key: maps.Tuple{SAddr: ip("198.19.1.10"), DAddr: ip("198.18.128.10"), SPort: maps.PortFrom(41000), DPort: maps.PortFrom(80),
 			Proto: maps.ProtoTCP, Dir: maps.DirCTService},
-			Entry: maps.CTEntry{LastSeen: uint64(99*time.Second + 500*time.Millisecond), BackendID: 8, SvcID: 1, Flags: maps.CTFlagNodePort}},
+			Entry: maps.CTEntry{LastSeen: uint64(99*time.Second + 500*time.Millisecond), BackendID: 8, SvcID: 1,
+				Flags:       maps.CTFlagNodePort | maps.CTFlagTracked | maps.CTFlagTxClosing | maps.CTFlagSeenNonSyn | maps.CTFlagSeenReply,
+				TxFlagsSeen: 0x1b, RxFlagsSeen: 0x12}},
 		{Key: maps.Tuple{SAddr: ip("198.19.1.20"), DAddr: ip("169.254.42.1"), SPort: maps.PortFrom(8080), DPort: maps.PortFrom(42000),
 			Proto: maps.ProtoUDP, Dir: maps.DirCTReply},
 			Entry: maps.CTEntry{LastSeen: uint64(40 * time.Second), BackendID: 7, SvcID: 2, RevSAddr: ip("198.18.128.11"),
@@ -99,13 +102,15 @@ func TestCTRows(t *testing.T) {
 	}
 	got := ctRows(entries, now)
 	want := []ctRow{
-		{Proto: "TCP", Dir: "INBOUND", Src: "198.19.1.10:8080", Dst: "198.18.0.12:45000"},
+		{Proto: "TCP", Dir: "INBOUND", Src: "198.19.1.10:8080", Dst: "198.18.0.12:45000", Expires: 6 * time.Hour, ExpSecs: 21600},
 		{Proto: "TCP", Dir: "SVC", Src: "198.19.1.10:41000", Dst: "198.18.128.10:80", BackendID: 8, ServiceID: 1,
-			Flags: []string{"nodeport"}},
+			Flags: []string{"nodeport", "TxClosing", "SeenNonSyn", "SeenReply"}, TxFlags: 0x1b, RxFlags: 0x12,
+			Expires: 9 * time.Second, ExpSecs: 9},
 		{Proto: "UDP", Dir: "REPLY", Src: "198.19.1.20:8080", Dst: "169.254.42.1:42000", BackendID: 7, ServiceID: 2,
 			RevSrc: "198.18.128.11:53", RevDst: "198.19.1.20", Flags: []string{"hairpin"}, Age: 60 * time.Second, AgeSecs: 60},
 		{Proto: "TCP", Dir: "REPLY", Src: "198.19.2.20:8080", Dst: "198.19.1.10:41000", BackendID: 8, ServiceID: 1,
-			RevSrc: "198.18.128.10:80", Age: 3 * time.Second, AgeSecs: 3},
+			RevSrc: "198.18.128.10:80", Flags: []string{"SeenNonSyn", "SeenReply"}, TxFlags: 0x1a, RxFlags: 0x12,
+			Age: 3 * time.Second, AgeSecs: 3, Expires: 6*time.Hour - 3*time.Second, ExpSecs: 21597},
 	}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("rows (-want +got):\n%s", d)
@@ -114,10 +119,10 @@ func TestCTRows(t *testing.T) {
 	if err := renderCT(&b, got); err != nil {
 		t.Fatal(err)
 	}
-	wantText := `TCP INBOUND 198.19.1.10:8080 -> 198.18.0.12:45000 last-seen=0s ago
-TCP SVC 198.19.1.10:41000 -> 198.18.128.10:80 backend=8 service=1 flags=nodeport last-seen=0s ago
-UDP REPLY 198.19.1.20:8080 -> 169.254.42.1:42000 rev-src=198.18.128.11:53 rev-dst=198.19.1.20 backend=7 service=2 flags=hairpin last-seen=1m0s ago
-TCP REPLY 198.19.2.20:8080 -> 198.19.1.10:41000 rev-src=198.18.128.10:80 backend=8 service=1 last-seen=3s ago
+	wantText := `TCP INBOUND 198.19.1.10:8080 -> 198.18.0.12:45000 expires=6h0m0s last-seen=0s ago
+TCP SVC 198.19.1.10:41000 -> 198.18.128.10:80 backend=8 service=1 flags=nodeport,TxClosing,SeenNonSyn,SeenReply expires=9s TxFlagsSeen=0x1b RxFlagsSeen=0x12 last-seen=0s ago
+UDP REPLY 198.19.1.20:8080 -> 169.254.42.1:42000 rev-src=198.18.128.11:53 rev-dst=198.19.1.20 backend=7 service=2 flags=hairpin expires=expired last-seen=1m0s ago
+TCP REPLY 198.19.2.20:8080 -> 198.19.1.10:41000 rev-src=198.18.128.10:80 backend=8 service=1 flags=SeenNonSyn,SeenReply expires=5h59m57s TxFlagsSeen=0x1a RxFlagsSeen=0x12 last-seen=3s ago
 `
 	if d := cmp.Diff(wantText, b.String()); d != "" {
 		t.Errorf("text (-want +got):\n%s", d)
@@ -129,15 +134,19 @@ func TestNATRows(t *testing.T) {
 	entries := []maps.NATRow{
 		{Key: maps.Tuple{SAddr: ip("203.0.113.10"), DAddr: ip("198.18.0.11"), SPort: maps.PortFrom(80), DPort: maps.PortFrom(51234),
 			Proto: maps.ProtoTCP, Dir: maps.DirNATReply},
-			Entry: maps.NATEntry{LastSeen: uint64(8 * time.Second), ToAddr: ip("198.19.1.10"), ToPort: maps.PortFrom(40000)}},
+			Entry: maps.NATEntry{LastSeen: uint64(8 * time.Second), ToAddr: ip("198.19.1.10"), ToPort: maps.PortFrom(40000),
+				Flags: maps.CTFlagTracked | maps.CTFlagSeenNonSyn | maps.CTFlagSeenReply}},
 		{Key: maps.Tuple{SAddr: ip("198.19.1.10"), DAddr: ip("203.0.113.10"), SPort: maps.PortFrom(40000), DPort: maps.PortFrom(80),
 			Proto: maps.ProtoTCP, Dir: maps.DirNATEgress},
-			Entry: maps.NATEntry{LastSeen: uint64(8 * time.Second), ToAddr: ip("198.18.0.11"), ToPort: maps.PortFrom(51234)}},
+			Entry: maps.NATEntry{LastSeen: uint64(8 * time.Second), ToAddr: ip("198.18.0.11"), ToPort: maps.PortFrom(51234),
+				Flags: maps.CTFlagTracked | maps.CTFlagSeenNonSyn | maps.CTFlagSeenReply}},
 	}
 	got := natRows(entries, now)
 	want := []natRow{
-		{Proto: "TCP", Dir: "OUT", Src: "198.19.1.10:40000", Dst: "203.0.113.10:80", To: "198.18.0.11:51234", Age: 2 * time.Second, AgeS: 2},
-		{Proto: "TCP", Dir: "IN", Src: "203.0.113.10:80", Dst: "198.18.0.11:51234", To: "198.19.1.10:40000", Age: 2 * time.Second, AgeS: 2},
+		{Proto: "TCP", Dir: "OUT", Src: "198.19.1.10:40000", Dst: "203.0.113.10:80", To: "198.18.0.11:51234",
+			Flags: []string{"SeenNonSyn", "SeenReply"}, Age: 2 * time.Second, AgeS: 2, Exp: 6*time.Hour - 2*time.Second, ExpS: 21598},
+		{Proto: "TCP", Dir: "IN", Src: "203.0.113.10:80", Dst: "198.18.0.11:51234", To: "198.19.1.10:40000",
+			Flags: []string{"SeenNonSyn", "SeenReply"}, Age: 2 * time.Second, AgeS: 2, Exp: 6*time.Hour - 2*time.Second, ExpS: 21598},
 	}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("rows (-want +got):\n%s", d)
@@ -146,8 +155,8 @@ func TestNATRows(t *testing.T) {
 	if err := renderNAT(&b, got); err != nil {
 		t.Fatal(err)
 	}
-	wantText := `TCP OUT 198.19.1.10:40000 -> 203.0.113.10:80 XLATE_SRC 198.18.0.11:51234 last-seen=2s ago
-TCP IN 203.0.113.10:80 -> 198.18.0.11:51234 XLATE_DST 198.19.1.10:40000 last-seen=2s ago
+	wantText := `TCP OUT 198.19.1.10:40000 -> 203.0.113.10:80 XLATE_SRC 198.18.0.11:51234 flags=SeenNonSyn,SeenReply expires=5h59m58s last-seen=2s ago
+TCP IN 203.0.113.10:80 -> 198.18.0.11:51234 XLATE_DST 198.19.1.10:40000 flags=SeenNonSyn,SeenReply expires=5h59m58s last-seen=2s ago
 `
 	if d := cmp.Diff(wantText, b.String()); d != "" {
 		t.Errorf("text (-want +got):\n%s", d)

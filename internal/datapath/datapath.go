@@ -70,6 +70,12 @@ type Service struct {
 	SessionAffinity bool
 }
 
+// ServiceKey is the key ("namespace/name") of the Service the frontend
+// belongs to, as UpdateServices takes it.
+func (s Service) ServiceKey() string {
+	return s.Namespace + "/" + s.Name
+}
+
 // Key names a Service frontend uniquely.
 func (s Service) Key() string {
 	return s.Protocol + "/" + s.Frontend.String()
@@ -93,8 +99,16 @@ type Datapath interface {
 	// SyncNodes is given every other node and installs routes or tunnel entries,
 	// removing those of nodes that are gone.
 	SyncNodes(ctx context.Context, nodes []RemoteNode) error
-	// SyncServices is given every Service frontend (only used with kube-proxy replacement).
+	// SyncServices is given every Service frontend (only used with kube-proxy
+	// replacement): the full desired state, at start and on a periodic
+	// resync. It touches the kernel only where that state differs from
+	// what the datapath wrote.
 	SyncServices(ctx context.Context, svcs []Service) error
+	// UpdateServices applies the frontends of the named Services only: for
+	// each key ("namespace/name") in changed, the Service's frontends become
+	// exactly changed[key]; an empty or nil slice removes them. Frontends of
+	// Services not named are untouched. Cost is proportional to the change.
+	UpdateServices(ctx context.Context, changed map[string][]Service) error
 	// Close detaches nothing that carries traffic: a restarting agent must not
 	// drop packets. It releases file descriptors only.
 	Close() error

@@ -132,7 +132,16 @@ func (t table[K, V]) delete(k K) error {
 	return nil
 }
 
+// listBatch is how many entries list asks the kernel for at once.
+const listBatch = 512
+
+// list returns every entry: in batches of listBatch entries per system
+// call where the map type supports it (hash maps since 5.6), else one
+// entry at a time.
 func (t table[K, V]) list() ([]K, []V, error) {
+	if keys, vals, ok := t.listBatched(); ok {
+		return keys, vals, nil
+	}
 	var (
 		k    K
 		v    V
@@ -148,6 +157,29 @@ func (t table[K, V]) list() ([]K, []V, error) {
 		return nil, nil, fmt.Errorf("iterate %s: %w", t.name(), err)
 	}
 	return keys, vals, nil
+}
+
+// listBatched lists the map with batch lookups; ok is false when the
+// map cannot be listed so (then nothing is returned).
+func (t table[K, V]) listBatched() ([]K, []V, bool) {
+	var (
+		cursor ebpf.MapBatchCursor
+		keys   []K
+		vals   []V
+	)
+	kbuf, vbuf := make([]K, listBatch), make([]V, listBatch)
+	for {
+		n, err := t.m.BatchLookup(&cursor, kbuf, vbuf, nil)
+		keys = append(keys, kbuf[:n]...)
+		vals = append(vals, vbuf[:n]...)
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			return keys, vals, true
+		case err != nil:
+			// not supported, or a hash bucket larger than the batch
+			return nil, nil, false
+		}
+	}
 }
 
 func (t table[K, V]) name() string {

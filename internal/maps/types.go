@@ -242,6 +242,29 @@ func (s *Slots) UpdateBatch(svcID, base uint32, ids []uint32) error {
 // Delete removes a slot; a missing one is not an error.
 func (s *Slots) Delete(k SlotKey) error { return s.delete(k) }
 
+// DeleteBatch removes the slots base..base+n-1 of one service; missing
+// ones are not an error.
+func (s *Slots) DeleteBatch(svcID, base, n uint32) error {
+	if n == 0 {
+		return nil
+	}
+	keys := make([]SlotKey, n)
+	for i := range keys {
+		keys[i] = SlotKey{SvcID: svcID, Slot: base + uint32(i)}
+	}
+	if done, err := s.m.BatchDelete(keys, nil); err == nil && done == len(keys) {
+		return nil
+	}
+	// A missing key stops a batch delete (and hash maps support batch
+	// operations only since 5.6): delete one by one.
+	for i := range keys {
+		if err := s.delete(keys[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // List returns every slot.
 func (s *Slots) List() ([]SlotEntry, error) {
 	ks, vs, err := s.list()
@@ -329,22 +352,86 @@ func (t Tuple) String() string {
 	return fmt.Sprintf("%s %s:%d -> %s:%d", ProtoName(t.Proto), t.SAddr, t.SPort.Uint16(), t.DAddr, t.DPort.Uint16())
 }
 
-// CT flags.
+// CT flags: what a flow is (the low byte) and, in CT and NAT entries
+// alike, where it is (the state bits, CTFlagState).
 const (
 	CTFlagHairpin  = 1 << 0
 	CTFlagNodePort = 1 << 1
+
+	CTFlagTracked    = 1 << 8  // the state bits are kept (else: an entry from before lifetimes)
+	CTFlagSeenNonSyn = 1 << 9  // a TCP segment without SYN passed
+	CTFlagSeenReply  = 1 << 10 // a packet of the side that did not open the flow passed
+	CTFlagTxClosing  = 1 << 11 // FIN or RST from the side that opened the flow
+	CTFlagRxClosing  = 1 << 12 // FIN or RST from the other side
+	CTFlagState      = 0xff00
 )
 
-// CTEntry is a connection tracking entry of a Service flow.
+// Entry lifetimes, as bpf/lib/ct.h.
+const (
+	LifetimeTCP      = 21600 * time.Second // established
+	LifetimeTCPSyn   = 60 * time.Second    // no segment without SYN yet
+	LifetimeTCPClose = 10 * time.Second    // after a FIN or RST
+	LifetimeNonTCP   = 60 * time.Second    // UDP, ICMP echo
+)
+
+// Lifetime is how long after its last refresh the datapath keeps a CT or
+// NAT entry of proto with flags (ct_lifetime_ns in bpf/lib/ct.h).
+func Lifetime(proto uint8, flags uint16) time.Duration {
+	switch {
+	case flags&CTFlagTracked == 0:
+		if proto == ProtoTCP {
+			return LifetimeTCP
+		}
+		return LifetimeNonTCP
+	case proto != ProtoTCP:
+		return LifetimeNonTCP
+	case flags&(CTFlagTxClosing|CTFlagRxClosing) != 0:
+		return LifetimeTCPClose
+	case flags&CTFlagSeenNonSyn != 0:
+		return LifetimeTCP
+	}
+	return LifetimeTCPSyn
+}
+
+// Remaining is how long an entry last refreshed at lastSeen lives on at
+// now (both CLOCK_MONOTONIC nanoseconds); zero or less when it expired.
+func Remaining(proto uint8, flags uint16, lastSeen, now uint64) time.Duration {
+	return Lifetime(proto, flags) - time.Duration(now-lastSeen)
+}
+
+// StateNames names the state bits of flags as `cilium bpf ct list` does.
+func StateNames(flags uint16) []string {
+	var out []string
+	for _, f := range []struct {
+		bit  uint16
+		name string
+	}{
+		{CTFlagRxClosing, "RxClosing"},
+		{CTFlagTxClosing, "TxClosing"},
+		{CTFlagSeenNonSyn, "SeenNonSyn"},
+		{CTFlagSeenReply, "SeenReply"},
+	} {
+		if flags&f.bit != 0 {
+			out = append(out, f.name)
+		}
+	}
+	return out
+}
+
+// CTEntry is a connection tracking entry: a Service flow (its forward and
+// reply entries) or a flow a remote opened to a pod. The state lives in
+// the forward entry and is mirrored into the reply entry.
 type CTEntry struct {
-	LastSeen  uint64 // CLOCK_MONOTONIC nanoseconds
-	BackendID uint32
-	SvcID     uint32
-	RevSAddr  IPv4
-	RevDAddr  IPv4
-	RevSPort  Port
-	Flags     uint16
-	Pad       uint32
+	LastSeen    uint64 // CLOCK_MONOTONIC nanoseconds of the last refresh
+	BackendID   uint32
+	SvcID       uint32
+	RevSAddr    IPv4
+	RevDAddr    IPv4
+	RevSPort    Port
+	Flags       uint16
+	TxFlagsSeen uint8 // TCP flags sent by the side that opened the flow
+	RxFlagsSeen uint8 // TCP flags sent by the other side
+	Pad         uint16
 }
 
 // CTRow is one row of glia_ct.
@@ -392,12 +479,14 @@ func (c *CT) List() ([]CTRow, error) {
 	return out, nil
 }
 
-// NATEntry is the translation of one direction of a flow.
+// NATEntry is the translation of one direction of a flow, with the
+// flow's state (CTFlag* state bits), kept in the egress entry and mirrored
+// into the ingress one.
 type NATEntry struct {
-	LastSeen uint64
+	LastSeen uint64 // CLOCK_MONOTONIC nanoseconds of the last refresh
 	ToAddr   IPv4
 	ToPort   Port
-	Pad      uint16
+	Flags    uint16
 }
 
 // NATRow is one row of glia_nat.
@@ -422,6 +511,9 @@ func NewNAT(m *ebpf.Map) *NAT { return &NAT{table[Tuple, NATEntry]{m}} }
 
 // Lookup returns an entry.
 func (n *NAT) Lookup(k Tuple) (NATEntry, bool, error) { return n.lookup(k) }
+
+// Update inserts or replaces an entry.
+func (n *NAT) Update(k Tuple, e NATEntry) error { return n.update(k, e) }
 
 // Delete removes an entry; a missing one is not an error.
 func (n *NAT) Delete(k Tuple) error { return n.delete(k) }

@@ -191,6 +191,14 @@ func (d *Datapath) Init(ctx context.Context) error {
 	d.lb = newLBWriter(maps.NewServices(objs.Maps[maps.NameServices]), maps.NewBackends(objs.Maps[maps.NameBackends]),
 		maps.NewSlots(objs.Maps[maps.NameSvcSlots]), maps.NewSlots(objs.Maps[maps.NameMaglev]), d.opts.LBAlgorithm == "maglev")
 	d.lb.affinity = maps.NewAffinity(objs.Maps[maps.NameAffinity])
+	st, err := d.lb.restore()
+	if err != nil {
+		return fmt.Errorf("restore services from the pinned maps: %w", err)
+	}
+	if st.Frontends > 0 || st.Backends > 0 {
+		d.log.Info("Restored services from the pinned maps", "frontends", st.Frontends, "backends", st.Backends,
+			"to-rewrite", st.Rewrite, "stale-slots-removed", st.StaleSlots)
+	}
 
 	if err := os.MkdirAll(d.linksDir, 0o700); err != nil {
 		return fmt.Errorf("create link pin directory: %w", err)
@@ -637,8 +645,11 @@ func (d *Datapath) syncNodeIPs(nodes []datapath.RemoteNode, keepRemote bool) err
 	return errors.Join(errs...)
 }
 
-// SyncServices implements datapath.Datapath. Without kube-proxy
-// replacement it removes any service left in the maps.
+// SyncServices implements datapath.Datapath. It compares svcs with what
+// it wrote before (kept in memory, restored from the pinned maps by Init)
+// and touches only the entries that differ: with nothing changed it makes
+// no map operation at all. Without kube-proxy replacement it removes any
+// service left in the maps.
 func (d *Datapath) SyncServices(ctx context.Context, svcs []datapath.Service) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -649,6 +660,44 @@ func (d *Datapath) SyncServices(ctx context.Context, svcs []datapath.Service) er
 		svcs = nil
 	}
 	return d.lb.sync(svcs)
+}
+
+// UpdateServices implements datapath.Datapath: only the frontends of the
+// Services named in changed are written, removed or left as they are;
+// its cost is that of the change, whatever the number of Services. A
+// change that fails is retried by the next SyncServices or
+// UpdateServices. Without kube-proxy replacement it does nothing (the
+// next SyncServices empties the maps). After Init, what a previous run
+// left for Services never named stays until the first SyncServices: call
+// that once the informers have synced.
+func (d *Datapath) UpdateServices(ctx context.Context, changed map[string][]datapath.Service) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.ready(); err != nil {
+		return err
+	}
+	if !d.opts.KubeProxyReplacement {
+		return nil
+	}
+	return d.lb.update(changed)
+}
+
+// VerifyServices reads the service, backend, slot and affinity maps back
+// and repairs every entry that differs from what the datapath wrote
+// (someone deleted or changed an entry, a write failed unnoticed). It
+// costs a walk of every map: call it rarely, not on every sync.
+func (d *Datapath) VerifyServices(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.ready(); err != nil {
+		return err
+	}
+	st, err := d.lb.verify()
+	if st.total() > 0 {
+		d.log.Info("Repaired service maps that drifted from the written state",
+			"stray-services", st.Services, "backends", st.Backends, "stray-slots", st.Slots, "frontends-rewritten", st.Frontends)
+	}
+	return err
 }
 
 // Maps returns typed wrappers of the loaded maps (for the CLI and tests).

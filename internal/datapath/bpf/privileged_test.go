@@ -16,6 +16,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -369,9 +370,18 @@ func testDatapath(t *testing.T, forceTC bool) {
 			return id
 		}
 		id := linkID()
+		svcsBefore := snapshot(t, dp.objs)
 		must(t, dp.Close()) // the agent goes away...
 		long.roundTrip(t, "while-down")
 		dp = start() // ...and comes back
+		// it restored what it wrote from the pinned maps: the same
+		// services made no map operation and kept their ids
+		if ops := dp.lb.ops; ops.Writes+ops.Deletes != 0 {
+			t.Errorf("restart and sync of the same services made map changes: %+v", ops)
+		}
+		if d := cmp.Diff(svcsBefore, snapshot(t, dp.objs)); d != "" {
+			t.Errorf("service maps changed across the restart (-before +after):\n%s", d)
+		}
 		if linkID() != id {
 			t.Error("the pod's program link was recreated instead of updated in place")
 		}

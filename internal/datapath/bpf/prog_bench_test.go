@@ -298,15 +298,24 @@ func BenchmarkToNetdevSNAT(b *testing.B) {
 }
 
 // BenchmarkLBSync: programming services into the maps. "all" writes N
-// services into empty maps (b.N times, each into fresh maps' worth of
-// work: the maps are emptied between runs); "one-change" changes one
-// service's backends when N exist — what an endpoint change costs.
+// services into empty maps (the maps are emptied between runs, untimed);
+// "one-change" is a full sync (SyncServices) in which one service's
+// backends changed when N exist; "one-update" the same change given to
+// UpdateServices alone — what an endpoint change costs the agent;
+// "noop-sync" a periodic resync in which nothing changed; "restore"
+// rebuilding the writer's state from the maps, as Init does after a
+// restart. The map-ops metric is map entries read, written or deleted
+// per run.
 func BenchmarkLBSync(b *testing.B) {
 	for _, size := range benchSizes[:2] {
 		b.Run(size.name, func(b *testing.B) {
 			o := loadBench(b, FlagKPR)
 			w := benchLB(b, o)
 			svcs := benchServices(size.n)
+			reportOps := func(b *testing.B, before lbOps) {
+				ops := w.ops.Reads + w.ops.Writes + w.ops.Deletes - before.Reads - before.Writes - before.Deletes
+				b.ReportMetric(float64(ops)/float64(b.N), "map-ops/op")
+			}
 			b.Run("all", func(b *testing.B) {
 				for b.Loop() {
 					b.StopTimer()
@@ -320,23 +329,66 @@ func BenchmarkLBSync(b *testing.B) {
 				}
 				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(size.n), "ns/service")
 			})
+			last := len(svcs) - 1
+			orig := svcs[last].Backends
+			flip := func(i int) {
+				if i%2 == 0 {
+					svcs[last].Backends = orig[:1]
+				} else {
+					svcs[last].Backends = orig
+				}
+			}
 			b.Run("one-change", func(b *testing.B) {
 				if err := w.sync(svcs); err != nil {
 					b.Fatal(err)
 				}
-				last := len(svcs) - 1
-				orig := svcs[last].Backends
+				before := w.ops
 				for i := 0; b.Loop(); i++ {
-					if i%2 == 0 {
-						svcs[last].Backends = orig[:1]
-					} else {
-						svcs[last].Backends = orig
-					}
+					flip(i)
 					if err := w.sync(svcs); err != nil {
 						b.Fatal(err)
 					}
 				}
+				reportOps(b, before)
 				svcs[last].Backends = orig
+			})
+			b.Run("one-update", func(b *testing.B) {
+				if err := w.sync(svcs); err != nil {
+					b.Fatal(err)
+				}
+				key := svcs[last].ServiceKey()
+				before := w.ops
+				for i := 0; b.Loop(); i++ {
+					flip(i)
+					if err := w.update(map[string][]datapath.Service{key: {svcs[last]}}); err != nil {
+						b.Fatal(err)
+					}
+				}
+				reportOps(b, before)
+				svcs[last].Backends = orig
+			})
+			b.Run("noop-sync", func(b *testing.B) {
+				if err := w.sync(svcs); err != nil {
+					b.Fatal(err)
+				}
+				before := w.ops
+				for b.Loop() {
+					if err := w.sync(svcs); err != nil {
+						b.Fatal(err)
+					}
+				}
+				reportOps(b, before)
+			})
+			b.Run("restore", func(b *testing.B) {
+				if err := w.sync(svcs); err != nil {
+					b.Fatal(err)
+				}
+				r := benchLB(b, o)
+				for b.Loop() {
+					if _, err := r.restore(); err != nil {
+						b.Fatal(err)
+					}
+				}
 			})
 		})
 	}

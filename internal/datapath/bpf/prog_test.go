@@ -34,6 +34,9 @@ type env struct {
 	nat *maps.NAT
 	eps *maps.Endpoints
 	met *maps.Metrics
+	// viaUpdate: services() programs through UpdateServices (per
+	// Service) rather than a full sync.
+	viaUpdate bool
 }
 
 func newEnv(t *testing.T, flags uint32, maglev bool) *env {
@@ -62,6 +65,12 @@ func svc(proto, frontend string, nodePort uint16, backends ...string) datapath.S
 
 func (e *env) services(svcs ...datapath.Service) {
 	e.t.Helper()
+	if e.viaUpdate {
+		if err := e.lb.update(byService(svcs...)); err != nil {
+			e.t.Fatalf("update services: %v", err)
+		}
+		return
+	}
 	if err := e.lb.sync(svcs); err != nil {
 		e.t.Fatalf("sync services: %v", err)
 	}
@@ -206,7 +215,16 @@ func TestLBHairpin(t *testing.T) {
 }
 
 func TestLBBackendRemoval(t *testing.T) {
-	e := newEnv(t, FlagKPR, false)
+	for _, viaUpdate := range []bool{false, true} {
+		t.Run(map[bool]string{false: "sync", true: "update"}[viaUpdate], func(t *testing.T) {
+			e := newEnv(t, FlagKPR, false)
+			e.viaUpdate = viaUpdate
+			testLBBackendRemoval(t, e)
+		})
+	}
+}
+
+func testLBBackendRemoval(t *testing.T, e *env) {
 	e.services(svc("TCP", vip+":80", 0, podLocal+":8080", podFar+":8080"))
 	flows := map[uint16]string{}
 	for sport := uint16(40000); sport < 40040; sport++ {
@@ -247,9 +265,14 @@ func TestHostRoutingLocalDelivery(t *testing.T) {
 }
 
 func TestLBSessionAffinity(t *testing.T) {
-	for _, maglev := range []bool{false, true} {
-		t.Run(map[bool]string{false: "random", true: "maglev"}[maglev], func(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		maglev, viaUpdate bool
+	}{{"random", false, false}, {"maglev", true, false}, {"random-update", false, true}, {"maglev-update", true, true}} {
+		maglev := tc.maglev
+		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, FlagKPR, maglev)
+			e.viaUpdate = tc.viaUpdate
 			backends := []string{"198.19.1.21:8080", "198.19.1.22:8080", "198.19.1.23:8080", "198.19.1.24:8080"}
 			web := svc("TCP", vip+":80", 0, backends...)
 

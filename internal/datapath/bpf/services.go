@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
+	"strings"
 
 	"glia.dev/glia/internal/datapath"
 	"glia.dev/glia/internal/maps"
@@ -16,7 +18,29 @@ import (
 // reader never sees a half-written set of backends.
 const generationB = 1 << 31
 
-// lbWriter programs services and backends into the maps.
+// lbOps counts the map entries the writer read, wrote and deleted, so
+// tests and benchmarks can check that a change touches only what changed.
+type lbOps struct {
+	Reads, Writes, Deletes int
+}
+
+// lbWriter programs services and backends into the maps. It keeps what it
+// wrote in memory (rebuilt from the pinned maps by restore), so a change
+// costs map operations for the entries that differ only: a sync never
+// reads a map back.
+//
+// Ownership: every frontend belongs to the Service ("namespace/name")
+// whose ports produced it. Frontends restored from the maps have no owner
+// until a full sync names them (or removes them). Two Services claiming
+// one frontend: the smaller key wins, the other's claim takes over when
+// the winner lets go.
+//
+// Backends are reference-counted by the frontends whose entry keeps them
+// (active, not ready and terminating backends alike): a backend entry is
+// written before the first frontend that needs it, and deleted after the
+// last frontend that had it no longer does. Service and backend ids are
+// handed out in increasing order and wrap around only at 2^32, so a CT
+// entry of a removed backend does not resolve to an unrelated one soon.
 type lbWriter struct {
 	services *maps.Services
 	backends *maps.Backends
@@ -27,14 +51,43 @@ type lbWriter struct {
 
 	nextSvcID     uint32
 	nextBackendID uint32
-	// written remembers what was last programmed per frontend, so an
-	// unchanged service is not rewritten.
-	written map[maps.SvcKey]string
+
+	fes     map[maps.SvcKey]*feState // frontends in the maps
+	svcIDs  map[uint32]bool          // ids of fes (and ids being written)
+	bes     map[backendKey]*beState  // backends in the maps
+	beByID  map[uint32]backendKey    // ... by id
+	desired map[string][]frontend    // per Service, as last applied
+	inputs  map[svcName]*svcInput    // per Service, the ports last given
+	stamp   uint64                   // counts full syncs
+	owners  map[maps.SvcKey][]string // Services claiming a frontend, sorted
+	orphans map[maps.SvcKey]bool     // restored frontends no Service claimed yet
+	retry   map[maps.SvcKey]bool     // frontends whose last change failed
+	stale   map[uint32]bool          // backend ids whose delete failed
+	held    []backendKey             // references restore holds until the first full sync
+	heldIDs []uint32                 // duplicate backend entries restore found
+
+	ops lbOps
 }
 
 func newLBWriter(services *maps.Services, backends *maps.Backends, slots, maglev *maps.Slots, maglevOn bool) *lbWriter {
-	return &lbWriter{services: services, backends: backends, slots: slots, maglev: maglev, maglevOn: maglevOn,
-		nextSvcID: 1, nextBackendID: 1, written: map[maps.SvcKey]string{}}
+	w := &lbWriter{services: services, backends: backends, slots: slots, maglev: maglev, maglevOn: maglevOn}
+	w.reset()
+	return w
+}
+
+func (w *lbWriter) reset() {
+	w.nextSvcID, w.nextBackendID = 1, 1
+	w.fes = map[maps.SvcKey]*feState{}
+	w.svcIDs = map[uint32]bool{}
+	w.bes = map[backendKey]*beState{}
+	w.beByID = map[uint32]backendKey{}
+	w.desired = map[string][]frontend{}
+	w.inputs = map[svcName]*svcInput{}
+	w.owners = map[maps.SvcKey][]string{}
+	w.orphans = map[maps.SvcKey]bool{}
+	w.retry = map[maps.SvcKey]bool{}
+	w.stale = map[uint32]bool{}
+	w.held, w.heldIDs = nil, nil
 }
 
 type backendKey struct {
@@ -43,45 +96,93 @@ type backendKey struct {
 	proto uint8
 }
 
+func (b backendKey) String() string {
+	return maps.ProtoName(b.proto) + "/" + netip.AddrPortFrom(b.addr.Addr(), b.port.Uint16()).String()
+}
+
+// frontend is what one Service port wants programmed at one key.
 type frontend struct {
 	key      maps.SvcKey
-	active   []backendKey // receive new connections
+	active   []backendKey // receive new connections; sorted
+	refs     []backendKey // keep their entry (active, not ready, terminating); sorted
 	affinity bool
 }
 
-// sync makes the maps hold exactly svcs.
-func (w *lbWriter) sync(svcs []datapath.Service) error {
-	curSvcs, err := w.services.List()
-	if err != nil {
-		return err
-	}
-	curBackends, err := w.backends.List()
-	if err != nil {
-		return err
-	}
-	svcByKey := map[maps.SvcKey]maps.SvcValue{}
-	for _, s := range curSvcs {
-		svcByKey[s.Key] = s.Value
-		w.nextSvcID = max(w.nextSvcID, s.Value.ID+1)
-	}
-	backendIDs := map[backendKey]uint32{}
-	for _, b := range curBackends {
-		backendIDs[backendKey{b.Addr, b.Port, b.Proto}] = b.ID
-		w.nextBackendID = max(w.nextBackendID, b.ID+1)
-	}
+// feState is a frontend as it is in the maps.
+type feState struct {
+	val    maps.SvcValue
+	active []backendKey // what its slots point at; sorted
+	refs   []backendKey // the backend references it holds
+	dirty  bool         // its slots are not known to match active: rewrite
+}
 
-	// What we want.
-	var fronts []frontend
-	referenced := map[backendKey]bool{}
+type beState struct {
+	id   uint32
+	refs int
+}
+
+// svcName names a Service; a map key that needs no string built.
+type svcName struct{ ns, name string }
+
+func (n svcName) String() string { return n.ns + "/" + n.name }
+
+func nameOf(s datapath.Service) svcName { return svcName{s.Namespace, s.Name} }
+
+func parseName(key string) svcName {
+	ns, name, _ := strings.Cut(key, "/")
+	return svcName{ns, name}
+}
+
+// svcInput is what a Service was last given as, so that a sync skips
+// Services that did not change before computing anything.
+type svcInput struct {
+	ports []datapath.Service // a deep copy
+	bad   bool               // a port was refused: compute again next time
+	stamp uint64             // the full sync that last saw it
+}
+
+func portsEqual(a, b []datapath.Service) bool {
+	return slices.EqualFunc(a, b, func(x, y datapath.Service) bool {
+		return x.Namespace == y.Namespace && x.Name == y.Name && x.PortName == y.PortName &&
+			x.Protocol == y.Protocol && x.Frontend == y.Frontend && x.NodePort == y.NodePort &&
+			x.SessionAffinity == y.SessionAffinity && slices.Equal(x.Backends, y.Backends)
+	})
+}
+
+func clonePorts(ports []datapath.Service) []datapath.Service {
+	out := slices.Clone(ports)
+	for i := range out {
+		out[i].Backends = slices.Clone(out[i].Backends)
+	}
+	return out
+}
+
+// frontendsFor turns the ports of one Service into its frontends, sorted
+// by key; a key given twice takes the later port.
+func frontendsFor(svcs []datapath.Service) ([]frontend, error) {
+	var (
+		out  []frontend
+		errs []error
+	)
+	add := func(f frontend) {
+		for i := range out {
+			if out[i].key == f.key {
+				out[i] = f
+				return
+			}
+		}
+		out = append(out, f)
+	}
 	for _, s := range svcs {
 		proto, err := maps.ProtoNumber(s.Protocol)
 		if err != nil {
-			return fmt.Errorf("service %s/%s: %w", s.Namespace, s.Name, err)
+			errs = append(errs, fmt.Errorf("service %s/%s: %w", s.Namespace, s.Name, err))
+			continue
 		}
 		if !s.Frontend.Addr().Is4() {
 			continue // IPv4 only
 		}
-		var active []backendKey
+		var active, refs []backendKey
 		for _, b := range s.Backends {
 			if !b.Addr.Addr().Is4() {
 				continue
@@ -89,120 +190,363 @@ func (w *lbWriter) sync(svcs []datapath.Service) error {
 			bk := backendKey{maps.IPv4From(b.Addr.Addr()), maps.PortFrom(b.Addr.Port()), proto}
 			// Terminating backends keep their established flows
 			// (their entry stays) but get no new ones.
-			referenced[bk] = true
+			refs = append(refs, bk)
 			if b.Ready && !b.Terminating {
 				active = append(active, bk)
 			}
 		}
-		sort.Slice(active, func(i, j int) bool { return lessBackend(active[i], active[j]) })
-		fronts = append(fronts, frontend{
+		active, refs = sortedSet(active), sortedSet(refs)
+		add(frontend{
 			key:    maps.SvcKey{Addr: maps.IPv4From(s.Frontend.Addr()), Port: maps.PortFrom(s.Frontend.Port()), Proto: proto, Scope: maps.ScopeClusterIP},
-			active: active, affinity: s.SessionAffinity,
+			active: active, refs: refs, affinity: s.SessionAffinity,
 		})
 		if s.NodePort != 0 {
-			fronts = append(fronts, frontend{
+			add(frontend{
 				key:    maps.SvcKey{Port: maps.PortFrom(s.NodePort), Proto: proto, Scope: maps.ScopeNodePort},
-				active: active, affinity: s.SessionAffinity,
+				active: active, refs: refs, affinity: s.SessionAffinity,
 			})
 		}
 	}
-
-	// 1. Backends first, so every slot written below points at one.
-	for bk := range referenced {
-		if _, ok := backendIDs[bk]; ok {
-			continue
-		}
-		id := w.nextBackendID
-		w.nextBackendID++
-		if err := w.backends.Update(id, maps.Backend{Addr: bk.addr, Port: bk.port, Proto: bk.proto}); err != nil {
-			return err
-		}
-		backendIDs[bk] = id
-	}
-
-	// 2. Each frontend: slots of the next generation, then the entry.
-	want := map[maps.SvcKey]bool{}
-	var errs []error
-	for _, f := range fronts {
-		want[f.key] = true
-		if err := w.writeFrontend(f, svcByKey, backendIDs); err != nil {
-			errs = append(errs, err)
-		}
-	}
-
-	// 3. Frontends that are gone: entry first, then its slots.
-	for k, v := range svcByKey {
-		if want[k] {
-			continue
-		}
-		if err := w.services.Delete(k); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		delete(w.written, k)
-		errs = append(errs, w.deleteSlots(v))
-	}
-
-	// 4. Backends nobody references any more.
-	for bk, id := range backendIDs {
-		if !referenced[bk] {
-			errs = append(errs, w.backends.Delete(id))
-		}
-	}
-
-	// 5. Session affinity only to backends still taking new connections.
-	errs = append(errs, w.pruneAffinity(fronts, backendIDs))
-	return errors.Join(errs...)
+	slices.SortFunc(out, func(a, b frontend) int { return cmpSvcKey(a.key, b.key) })
+	return out, errors.Join(errs...)
 }
 
-// pruneAffinity deletes the affinity of clients whose backend no longer
-// takes new connections of the service (gone, not ready, terminating), or
-// whose service no longer has session affinity.
-func (w *lbWriter) pruneAffinity(fronts []frontend, ids map[backendKey]uint32) error {
-	if w.affinity == nil {
-		return nil
+func sortedSet(bs []backendKey) []backendKey {
+	slices.SortFunc(bs, cmpBackend)
+	return slices.Compact(bs)
+}
+
+func cmpBackend(a, b backendKey) int {
+	switch {
+	case a == b:
+		return 0
+	case lessBackend(a, b):
+		return -1
 	}
-	svcs, err := w.services.List()
-	if err != nil {
-		return err
+	return 1
+}
+
+func cmpSvcKey(a, b maps.SvcKey) int {
+	switch {
+	case a == b:
+		return 0
+	case lessSvcKey(a, b):
+		return -1
 	}
-	idOf := map[maps.SvcKey]uint32{}
-	for _, s := range svcs {
-		idOf[s.Key] = s.Value.ID
-	}
-	active := map[uint32]map[uint32]bool{} // service id -> backend ids
-	for _, f := range fronts {
-		id, ok := idOf[f.key]
-		if !ok || !f.affinity {
-			continue
-		}
-		set := map[uint32]bool{}
-		for _, bk := range f.active {
-			set[ids[bk]] = true
-		}
-		active[id] = set
-	}
-	entries, err := w.affinity.List()
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, e := range entries {
-		if !active[e.Key.SvcID][e.Value.BackendID] {
-			errs = append(errs, w.affinity.Delete(e.Key))
-		}
-	}
-	return errors.Join(errs...)
+	return 1
 }
 
 func lessBackend(a, b backendKey) bool {
 	if a.addr != b.addr {
 		return a.addr.Addr().Less(b.addr.Addr())
 	}
-	return a.port.Uint16() < b.port.Uint16()
+	if a.port != b.port {
+		return a.port.Uint16() < b.port.Uint16()
+	}
+	return a.proto < b.proto
 }
 
-func (w *lbWriter) writeFrontend(f frontend, cur map[maps.SvcKey]maps.SvcValue, ids map[backendKey]uint32) error {
+func lessSvcKey(a, b maps.SvcKey) bool {
+	if a.Scope != b.Scope {
+		return a.Scope < b.Scope
+	}
+	if a.Addr != b.Addr {
+		return a.Addr.Addr().Less(b.Addr.Addr())
+	}
+	if a.Port != b.Port {
+		return a.Port.Uint16() < b.Port.Uint16()
+	}
+	return a.Proto < b.Proto
+}
+
+func frontendsEqual(a, b []frontend) bool {
+	return slices.EqualFunc(a, b, func(x, y frontend) bool {
+		return x.key == y.key && x.affinity == y.affinity && slices.Equal(x.active, y.active) && slices.Equal(x.refs, y.refs)
+	})
+}
+
+// runs calls f with each run of consecutive ports of one Service.
+func runs(svcs []datapath.Service, f func(svcName, []datapath.Service)) {
+	for i := 0; i < len(svcs); {
+		n := nameOf(svcs[i])
+		j := i + 1
+		for j < len(svcs) && nameOf(svcs[j]) == n {
+			j++
+		}
+		f(n, svcs[i:j])
+		i = j
+	}
+}
+
+// sync makes the maps hold exactly svcs (every Service), writing only
+// what differs from what they hold. A Service given as it was last time
+// costs a comparison: no allocation, no map operation.
+func (w *lbWriter) sync(svcs []datapath.Service) error {
+	w.stamp++
+	// Ports of one Service usually come together; if not, group them.
+	var fresh map[svcName]bool
+	split := false
+	runs(svcs, func(n svcName, _ []datapath.Service) {
+		if in := w.inputs[n]; in != nil {
+			split = split || in.stamp == w.stamp
+			in.stamp = w.stamp
+			return
+		}
+		if fresh == nil {
+			fresh = map[svcName]bool{}
+		}
+		split = split || fresh[n]
+		fresh[n] = true
+	})
+	each := func(f func(svcName, []datapath.Service)) { runs(svcs, f) }
+	if split {
+		grouped := map[svcName][]datapath.Service{}
+		for _, s := range svcs {
+			grouped[nameOf(s)] = append(grouped[nameOf(s)], s)
+		}
+		each = func(f func(svcName, []datapath.Service)) {
+			for n, ports := range grouped {
+				f(n, ports)
+			}
+		}
+	}
+
+	changes := map[string][]frontend{}
+	var errs []error
+	each(func(n svcName, ports []datapath.Service) {
+		if err := w.given(n, ports, changes); err != nil {
+			errs = append(errs, err)
+		}
+	})
+	for n, in := range w.inputs {
+		if in.stamp != w.stamp {
+			delete(w.inputs, n)
+			changes[n.String()] = nil
+		}
+	}
+	return errors.Join(append(errs, w.apply(changes, true))...)
+}
+
+// given records the ports of Service n, and in changes its frontends if
+// they are not what they were last time.
+func (w *lbWriter) given(n svcName, ports []datapath.Service, changes map[string][]frontend) error {
+	in := w.inputs[n]
+	if in != nil && !in.bad && portsEqual(in.ports, ports) {
+		return nil
+	}
+	fronts, err := frontendsFor(ports)
+	w.inputs[n] = &svcInput{ports: clonePorts(ports), bad: err != nil, stamp: w.stamp}
+	changes[n.String()] = fronts
+	return err
+}
+
+// update applies the named Services only: each one's frontends become
+// exactly the ports given (none: removed).
+func (w *lbWriter) update(changed map[string][]datapath.Service) error {
+	changes := make(map[string][]frontend, len(changed))
+	var errs []error
+	for key, ports := range changed {
+		n := parseName(key)
+		if len(ports) == 0 {
+			delete(w.inputs, n)
+			changes[n.String()] = nil
+			continue
+		}
+		errs = append(errs, w.given(n, ports, changes))
+	}
+	return errors.Join(append(errs, w.apply(changes, false))...)
+}
+
+// change is one frontend to (re)write or to re-reference.
+type change struct {
+	key   maps.SvcKey
+	want  frontend
+	fe    *feState // nil: new
+	write bool     // slots and entry; otherwise references only
+}
+
+// apply makes the frontends of the Services in changes what they map to,
+// retries frontends that failed before and, with full, removes restored
+// frontends no Service claims and lets go of the backends restore held.
+func (w *lbWriter) apply(changes map[string][]frontend, full bool) error {
+	var errs []error
+	affected := map[maps.SvcKey]bool{}
+	for k := range w.retry {
+		affected[k] = true
+	}
+	clear(w.retry)
+	for s, fronts := range changes {
+		old := w.desired[s]
+		if frontendsEqual(old, fronts) {
+			continue
+		}
+		for _, f := range old {
+			affected[f.key] = true
+			w.disown(f.key, s)
+		}
+		for _, f := range fronts {
+			affected[f.key] = true
+			w.own(f.key, s)
+		}
+		if len(fronts) == 0 {
+			delete(w.desired, s)
+		} else {
+			w.desired[s] = fronts
+		}
+	}
+	if full {
+		for k := range w.orphans {
+			affected[k] = true
+		}
+	}
+	errs = append(errs, w.retryStale())
+
+	// 1. The backends each frontend needs, before any slot points at one.
+	var todo []change
+	var gone []maps.SvcKey
+	for k := range affected {
+		want, owned := w.want(k)
+		fe := w.fes[k]
+		if !owned {
+			if fe != nil && (full || !w.orphans[k]) {
+				gone = append(gone, k)
+			}
+			continue
+		}
+		delete(w.orphans, k)
+		c := change{key: k, want: want, fe: fe, write: true}
+		if fe != nil {
+			c.write = fe.dirty || fe.val.Flags != w.flagsOf(want) || !slices.Equal(fe.active, want.active)
+			if !c.write && slices.Equal(fe.refs, want.refs) {
+				continue
+			}
+		}
+		if err := w.acquire(want.refs); err != nil {
+			errs = append(errs, fmt.Errorf("service %s: %w", k, err))
+			w.retry[k] = true
+			continue
+		}
+		todo = append(todo, c)
+	}
+	slices.SortFunc(todo, func(a, b change) int { return cmpSvcKey(a.key, b.key) })
+
+	// 2. Each frontend: slots of the next generation, then the entry,
+	// then the old generation; then the backends it no longer needs.
+	prune := map[uint32][]uint32{} // affinity: service id -> backends that stay
+	for _, c := range todo {
+		fe := c.fe
+		var old feState
+		if fe != nil {
+			old = *fe
+		}
+		if c.write {
+			val, committed, err := w.writeFrontend(c.key, c.want, fe)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			if !committed {
+				errs = append(errs, w.release(c.want.refs))
+				w.retry[c.key] = true
+				continue
+			}
+			if fe == nil {
+				fe = &feState{}
+				w.fes[c.key] = fe
+			}
+			fe.val, fe.active, fe.dirty = val, c.want.active, false
+		}
+		fe.refs = c.want.refs
+		if c.fe != nil {
+			errs = append(errs, w.release(old.refs))
+			// Session affinity only to backends still taking new
+			// connections of the service.
+			if old.val.Flags&maps.SvcFlagAffinity != 0 {
+				switch {
+				case fe.val.Flags&maps.SvcFlagAffinity == 0:
+					prune[old.val.ID] = nil
+				case lostAny(old.active, fe.active):
+					prune[old.val.ID] = w.ids(fe.active)
+				}
+			}
+		}
+	}
+
+	// 3. Frontends that are gone: entry first, then its slots.
+	slices.SortFunc(gone, cmpSvcKey)
+	for _, k := range gone {
+		fe := w.fes[k]
+		if err := w.services.Delete(k); err != nil {
+			errs = append(errs, fmt.Errorf("service %s: %w", k, err))
+			w.retry[k] = true
+			continue
+		}
+		w.ops.Deletes++
+		errs = append(errs, w.deleteSlots(fe.val), w.release(fe.refs))
+		delete(w.fes, k)
+		delete(w.svcIDs, fe.val.ID)
+		delete(w.orphans, k)
+		if fe.val.Flags&maps.SvcFlagAffinity != 0 {
+			prune[fe.val.ID] = nil
+		}
+	}
+
+	// 4. After a full sync, what restore kept for it goes if unused.
+	if full && (w.held != nil || w.heldIDs != nil) {
+		errs = append(errs, w.release(w.held))
+		for _, id := range w.heldIDs {
+			if err := w.backends.Delete(id); err != nil {
+				w.stale[id] = true
+				errs = append(errs, err)
+			}
+			w.ops.Deletes++
+		}
+		w.held, w.heldIDs = nil, nil
+	}
+
+	// 5. Affinity of clients to backends their service no longer offers.
+	if len(prune) > 0 {
+		errs = append(errs, w.pruneAffinity(func(svc, backend uint32) bool {
+			keep, ok := prune[svc]
+			return !ok || slices.Contains(keep, backend)
+		}))
+	}
+	return errors.Join(errs...)
+}
+
+func (w *lbWriter) own(k maps.SvcKey, svc string) {
+	o := w.owners[k]
+	if i, found := slices.BinarySearch(o, svc); !found {
+		w.owners[k] = slices.Insert(o, i, svc)
+	}
+}
+
+func (w *lbWriter) disown(k maps.SvcKey, svc string) {
+	o := w.owners[k]
+	if i, found := slices.BinarySearch(o, svc); found {
+		o = slices.Delete(o, i, i+1)
+	}
+	if len(o) == 0 {
+		delete(w.owners, k)
+	} else {
+		w.owners[k] = o
+	}
+}
+
+// want is what frontend k should be, if any Service claims it.
+func (w *lbWriter) want(k maps.SvcKey) (frontend, bool) {
+	o := w.owners[k]
+	if len(o) == 0 {
+		return frontend{}, false
+	}
+	for _, f := range w.desired[o[0]] {
+		if f.key == k {
+			return f, true
+		}
+	}
+	return frontend{}, false
+}
+
+func (w *lbWriter) flagsOf(f frontend) uint16 {
 	var flags uint16
 	if w.maglevOn {
 		flags |= maps.SvcFlagMaglev
@@ -210,70 +554,458 @@ func (w *lbWriter) writeFrontend(f frontend, cur map[maps.SvcKey]maps.SvcValue, 
 	if f.affinity {
 		flags |= maps.SvcFlagAffinity
 	}
-	list := make([]uint32, len(f.active))
-	names := make([]string, len(f.active))
-	for i, bk := range f.active {
-		list[i] = ids[bk]
-		names[i] = netip.AddrPortFrom(bk.addr.Addr(), bk.port.Uint16()).String()
-	}
-	fingerprint := fmt.Sprint(flags, list)
-	old, exists := cur[f.key]
-	if exists && w.written[f.key] == fingerprint {
-		return nil
-	}
+	return flags
+}
 
-	val := maps.SvcValue{ID: w.nextSvcID, Count: uint16(len(list)), Flags: flags}
-	if exists {
-		val.ID = old.ID
-		val.SlotBase = old.SlotBase ^ generationB
-	} else {
-		w.nextSvcID++
-	}
-	val.RevNATID = val.ID
-
-	if len(list) > 0 {
-		if flags&maps.SvcFlagMaglev != 0 {
-			table := maglevTable(names, maps.MaglevM)
-			slots := make([]uint32, len(table))
-			for i, b := range table {
-				slots[i] = list[b]
-			}
-			if err := w.maglev.UpdateBatch(val.ID, val.SlotBase, slots); err != nil {
-				return fmt.Errorf("service %s: %w", f.key, err)
-			}
-		} else {
-			if err := w.slots.UpdateBatch(val.ID, val.SlotBase+1, list); err != nil {
-				return fmt.Errorf("service %s: %w", f.key, err)
-			}
+// lostAny says whether a backend of old is not in cur (both sorted).
+func lostAny(old, cur []backendKey) bool {
+	for _, b := range old {
+		if _, found := slices.BinarySearchFunc(cur, b, cmpBackend); !found {
+			return true
 		}
 	}
-	if err := w.services.Update(f.key, val); err != nil {
-		return fmt.Errorf("service %s: %w", f.key, err)
+	return false
+}
+
+func (w *lbWriter) ids(bs []backendKey) []uint32 {
+	out := make([]uint32, len(bs))
+	for i, b := range bs {
+		out[i] = w.bes[b].id
 	}
-	w.written[f.key] = fingerprint
-	if exists {
-		return w.deleteSlots(old)
+	return out
+}
+
+// allocID hands out the next id not in use, wrapping around at 2^32.
+func allocID(next *uint32, inUse int, used func(uint32) bool) (uint32, error) {
+	for range inUse + 2 {
+		id := *next
+		*next++
+		if *next == 0 {
+			*next = 1
+		}
+		if id != 0 && !used(id) {
+			return id, nil
+		}
+	}
+	return 0, errors.New("no free id")
+}
+
+// acquire takes a reference on each backend, writing the entry of those
+// no frontend had yet. On error it holds none of them.
+func (w *lbWriter) acquire(refs []backendKey) error {
+	for i, bk := range refs {
+		if b := w.bes[bk]; b != nil {
+			b.refs++
+			continue
+		}
+		id, err := allocID(&w.nextBackendID, len(w.beByID)+len(w.stale)+len(w.heldIDs), func(id uint32) bool {
+			_, ok := w.beByID[id]
+			return ok || w.stale[id] || slices.Contains(w.heldIDs, id)
+		})
+		if err == nil {
+			err = w.backends.Update(id, maps.Backend{Addr: bk.addr, Port: bk.port, Proto: bk.proto})
+			w.ops.Writes++
+		}
+		if err != nil {
+			return errors.Join(fmt.Errorf("backend %s: %w", bk, err), w.release(refs[:i]))
+		}
+		w.bes[bk] = &beState{id: id, refs: 1}
+		w.beByID[id] = bk
 	}
 	return nil
 }
 
-// deleteSlots removes the slots of one generation of a service.
-func (w *lbWriter) deleteSlots(v maps.SvcValue) error {
+// release drops a reference on each backend, deleting the entry of those
+// no frontend needs any more.
+func (w *lbWriter) release(refs []backendKey) error {
 	var errs []error
-	if v.Flags&maps.SvcFlagMaglev != 0 {
-		for i := uint32(0); i < maps.MaglevM; i++ {
-			if err := w.maglev.Delete(maps.SlotKey{SvcID: v.ID, Slot: v.SlotBase + i}); err != nil {
-				errs = append(errs, err)
-				break
-			}
+	for _, bk := range refs {
+		b := w.bes[bk]
+		if b == nil {
+			continue
 		}
-	} else {
-		for i := uint32(1); i <= uint32(v.Count); i++ {
-			if err := w.slots.Delete(maps.SlotKey{SvcID: v.ID, Slot: v.SlotBase + i}); err != nil {
-				errs = append(errs, err)
-				break
-			}
+		if b.refs--; b.refs > 0 {
+			continue
+		}
+		delete(w.bes, bk)
+		delete(w.beByID, b.id)
+		w.ops.Deletes++
+		if err := w.backends.Delete(b.id); err != nil {
+			w.stale[b.id] = true
+			errs = append(errs, fmt.Errorf("backend %s: %w", bk, err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// retryStale deletes the backends a failed delete left.
+func (w *lbWriter) retryStale() error {
+	var errs []error
+	for id := range w.stale {
+		w.ops.Deletes++
+		if err := w.backends.Delete(id); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		delete(w.stale, id)
+	}
+	return errors.Join(errs...)
+}
+
+// writeFrontend writes f's slots in the generation fe does not use, flips
+// the entry to them and deletes fe's generation. committed says whether
+// the entry now points at the new slots.
+func (w *lbWriter) writeFrontend(k maps.SvcKey, f frontend, fe *feState) (val maps.SvcValue, committed bool, err error) {
+	ids := w.ids(f.active)
+	val = maps.SvcValue{Count: uint16(len(ids)), Flags: w.flagsOf(f)}
+	if fe != nil {
+		val.ID = fe.val.ID
+		val.SlotBase = fe.val.SlotBase ^ generationB
+	} else {
+		if val.ID, err = allocID(&w.nextSvcID, len(w.svcIDs), func(id uint32) bool { return w.svcIDs[id] }); err != nil {
+			return val, false, fmt.Errorf("service %s: %w", k, err)
+		}
+		w.svcIDs[val.ID] = true
+	}
+	val.RevNATID = val.ID
+	fail := func(err error) (maps.SvcValue, bool, error) {
+		err = errors.Join(err, w.deleteSlots(val))
+		if fe == nil {
+			delete(w.svcIDs, val.ID)
+		}
+		return val, false, fmt.Errorf("service %s: %w", k, err)
+	}
+
+	if len(ids) > 0 {
+		if val.Flags&maps.SvcFlagMaglev != 0 {
+			names := make([]string, len(f.active))
+			for i, bk := range f.active {
+				names[i] = netip.AddrPortFrom(bk.addr.Addr(), bk.port.Uint16()).String()
+			}
+			table := maglevTable(names, maps.MaglevM)
+			slots := make([]uint32, len(table))
+			for i, b := range table {
+				slots[i] = ids[b]
+			}
+			w.ops.Writes += len(slots)
+			if err := w.maglev.UpdateBatch(val.ID, val.SlotBase, slots); err != nil {
+				return fail(err)
+			}
+		} else {
+			w.ops.Writes += len(ids)
+			if err := w.slots.UpdateBatch(val.ID, val.SlotBase+1, ids); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	w.ops.Writes++
+	if err := w.services.Update(k, val); err != nil {
+		return fail(err)
+	}
+	if fe != nil {
+		if err := w.deleteSlots(fe.val); err != nil {
+			return val, true, fmt.Errorf("service %s: old backend slots: %w", k, err)
+		}
+	}
+	return val, true, nil
+}
+
+// deleteSlots removes the slots of one generation of a service.
+func (w *lbWriter) deleteSlots(v maps.SvcValue) error {
+	if v.Count == 0 {
+		return nil
+	}
+	if v.Flags&maps.SvcFlagMaglev != 0 {
+		w.ops.Deletes += maps.MaglevM
+		return w.maglev.DeleteBatch(v.ID, v.SlotBase, maps.MaglevM)
+	}
+	w.ops.Deletes += int(v.Count)
+	return w.slots.DeleteBatch(v.ID, v.SlotBase+1, uint32(v.Count))
+}
+
+// pruneAffinity deletes the affinity entries keep refuses. It walks the
+// whole affinity map: only done when an affine service lost backends,
+// lost its affinity or went away.
+func (w *lbWriter) pruneAffinity(keep func(svc, backend uint32) bool) error {
+	if w.affinity == nil {
+		return nil
+	}
+	entries, err := w.affinity.List()
+	w.ops.Reads += len(entries)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		if !keep(e.Key.SvcID, e.Value.BackendID) {
+			w.ops.Deletes++
+			errs = append(errs, w.affinity.Delete(e.Key))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// keepAffinity says whether an affinity entry matches what is written:
+// an affine service whose slots offer the backend.
+func (w *lbWriter) keepAffinity() func(svc, backend uint32) bool {
+	offered := map[uint32][]uint32{}
+	for _, fe := range w.fes {
+		if fe.val.Flags&maps.SvcFlagAffinity != 0 {
+			offered[fe.val.ID] = w.ids(fe.active)
+		}
+	}
+	return func(svc, backend uint32) bool { return slices.Contains(offered[svc], backend) }
+}
+
+// restoreStats says what restore found in the maps.
+type restoreStats struct {
+	Frontends, Backends, Rewrite, StaleSlots int
+}
+
+// restore rebuilds the in-memory state from the maps a previous run
+// left, keeping every id. Frontends whose slots do not match their entry
+// are rewritten when a Service claims them; slots of no live generation
+// are deleted. Every backend entry stays until the first full sync.
+func (w *lbWriter) restore() (restoreStats, error) {
+	w.reset()
+	var st restoreStats
+	svcs, err := w.services.List()
+	if err != nil {
+		return st, err
+	}
+	bes, err := w.backends.List()
+	if err != nil {
+		return st, err
+	}
+	slotIdx, err := w.slotIndex()
+	if err != nil {
+		return st, err
+	}
+	w.ops.Reads += len(svcs) + len(bes)
+
+	sort.Slice(bes, func(i, j int) bool { return bes[i].ID < bes[j].ID })
+	for _, b := range bes {
+		w.nextBackendID = max(w.nextBackendID, b.ID+1)
+		bk := backendKey{b.Addr, b.Port, b.Proto}
+		if _, dup := w.bes[bk]; dup {
+			w.heldIDs = append(w.heldIDs, b.ID)
+			continue
+		}
+		w.bes[bk] = &beState{id: b.ID, refs: 1}
+		w.beByID[b.ID] = bk
+		w.held = append(w.held, bk)
+	}
+	st.Backends = len(w.bes)
+
+	used := map[maps.SlotKey]bool{}
+	for _, s := range svcs {
+		w.nextSvcID = max(w.nextSvcID, s.Value.ID+1)
+		fe := &feState{val: s.Value}
+		active, ok := w.slotBackends(s.Value, slotIdx)
+		fe.dirty = !ok
+		if ok {
+			fe.active = active
+			fe.refs = slices.Clone(active)
+			for _, bk := range active {
+				w.bes[bk].refs++
+			}
+		} else {
+			st.Rewrite++
+		}
+		for _, k := range slotRange(s.Value) {
+			used[k] = true
+		}
+		w.fes[s.Key] = fe
+		w.svcIDs[s.Value.ID] = true
+		w.orphans[s.Key] = true
+	}
+	st.Frontends = len(w.fes)
+
+	// Slots of no live generation: what a crash between the flip and the
+	// delete of the old generation left.
+	var errs []error
+	for k := range slotIdx {
+		if used[k.SlotKey] {
+			continue
+		}
+		st.StaleSlots++
+		w.ops.Deletes++
+		m := w.slots
+		if k.maglev {
+			m = w.maglev
+		}
+		errs = append(errs, m.Delete(k.SlotKey))
+	}
+	if w.affinity != nil {
+		errs = append(errs, w.pruneAffinity(w.keepAffinity()))
+	}
+	return st, errors.Join(errs...)
+}
+
+// slotRef is a slot of either slot map.
+type slotRef struct {
+	maps.SlotKey
+	maglev bool
+}
+
+func (w *lbWriter) slotIndex() (map[slotRef]uint32, error) {
+	idx := map[slotRef]uint32{}
+	for _, m := range []struct {
+		s      *maps.Slots
+		maglev bool
+	}{{w.slots, false}, {w.maglev, true}} {
+		entries, err := m.s.List()
+		if err != nil {
+			return nil, err
+		}
+		w.ops.Reads += len(entries)
+		for _, e := range entries {
+			idx[slotRef{e.Key, m.maglev}] = e.BackendID
+		}
+	}
+	return idx, nil
+}
+
+// slotRange lists the slots generation v of a service uses.
+func slotRange(v maps.SvcValue) []maps.SlotKey {
+	if v.Count == 0 {
+		return nil
+	}
+	first, n := v.SlotBase+1, uint32(v.Count)
+	if v.Flags&maps.SvcFlagMaglev != 0 {
+		first, n = v.SlotBase, maps.MaglevM
+	}
+	out := make([]maps.SlotKey, n)
+	for i := range out {
+		out[i] = maps.SlotKey{SvcID: v.ID, Slot: first + uint32(i)}
+	}
+	return out
+}
+
+// slotBackends reads the backends the slots of v point at, sorted; ok is
+// false when a slot is missing, names an unknown backend, or the slots do
+// not offer exactly Count backends.
+func (w *lbWriter) slotBackends(v maps.SvcValue, idx map[slotRef]uint32) ([]backendKey, bool) {
+	maglev := v.Flags&maps.SvcFlagMaglev != 0
+	var out []backendKey
+	for _, k := range slotRange(v) {
+		id, ok := idx[slotRef{k, maglev}]
+		if !ok {
+			return nil, false
+		}
+		bk, ok := w.beByID[id]
+		if !ok {
+			return nil, false
+		}
+		out = append(out, bk)
+	}
+	out = sortedSet(out)
+	if len(out) != int(v.Count) {
+		return nil, false
+	}
+	return out, true
+}
+
+// verifyStats says what verify repaired.
+type verifyStats struct {
+	Services, Backends, Slots, Frontends int
+}
+
+func (s verifyStats) total() int { return s.Services + s.Backends + s.Slots + s.Frontends }
+
+// verify compares the maps with what the writer wrote and repairs them:
+// entries nobody wrote go, backends are rewritten, frontends whose entry
+// or slots differ are rewritten. It reads every map: for a rare drift
+// check, not for every sync.
+func (w *lbWriter) verify() (verifyStats, error) {
+	var st verifyStats
+	var errs []error
+	svcs, err := w.services.List()
+	if err != nil {
+		return st, err
+	}
+	bes, err := w.backends.List()
+	if err != nil {
+		return st, err
+	}
+	slotIdx, err := w.slotIndex()
+	if err != nil {
+		return st, err
+	}
+	w.ops.Reads += len(svcs) + len(bes)
+
+	inKernel := map[maps.SvcKey]bool{}
+	for _, s := range svcs {
+		fe := w.fes[s.Key]
+		if fe == nil {
+			st.Services++
+			w.ops.Deletes++
+			errs = append(errs, w.services.Delete(s.Key))
+			continue
+		}
+		inKernel[s.Key] = true
+		if fe.val != s.Value {
+			fe.dirty = true
+		}
+	}
+	for _, b := range bes {
+		bk, ok := w.beByID[b.ID]
+		if !ok && !w.stale[b.ID] && !slices.Contains(w.heldIDs, b.ID) {
+			st.Backends++
+			w.ops.Deletes++
+			errs = append(errs, w.backends.Delete(b.ID))
+			continue
+		}
+		if ok && bk != (backendKey{b.Addr, b.Port, b.Proto}) {
+			st.Backends++
+			w.ops.Writes++
+			errs = append(errs, w.backends.Update(b.ID, maps.Backend{Addr: bk.addr, Port: bk.port, Proto: bk.proto}))
+		}
+	}
+	have := map[uint32]bool{}
+	for _, b := range bes {
+		have[b.ID] = true
+	}
+	for id, bk := range w.beByID {
+		if !have[id] {
+			st.Backends++
+			w.ops.Writes++
+			errs = append(errs, w.backends.Update(id, maps.Backend{Addr: bk.addr, Port: bk.port, Proto: bk.proto}))
+		}
+	}
+
+	used := map[maps.SlotKey]bool{}
+	for k, fe := range w.fes {
+		if !inKernel[k] {
+			fe.dirty = true
+		}
+		if !fe.dirty {
+			active, ok := w.slotBackends(fe.val, slotIdx)
+			fe.dirty = !ok || !slices.Equal(active, fe.active)
+		}
+		for _, s := range slotRange(fe.val) {
+			used[s] = true
+		}
+		if fe.dirty {
+			st.Frontends++
+			w.retry[k] = true
+		}
+	}
+	for k := range slotIdx {
+		if used[k.SlotKey] {
+			continue
+		}
+		st.Slots++
+		w.ops.Deletes++
+		m := w.slots
+		if k.maglev {
+			m = w.maglev
+		}
+		errs = append(errs, m.Delete(k.SlotKey))
+	}
+	errs = append(errs, w.pruneAffinity(w.keepAffinity()))
+	if len(w.retry) > 0 {
+		errs = append(errs, w.apply(nil, false))
+	}
+	return st, errors.Join(errs...)
 }

@@ -35,15 +35,17 @@ type SockLBBackend struct {
 }
 
 type SockLBCtEntry struct {
-	_         structs.HostLayout
-	LastSeen  uint64
-	BackendId uint32
-	SvcId     uint32
-	RevSaddr  uint32
-	RevDaddr  uint32
-	RevSport  uint16
-	Flags     uint16
-	Pad       uint32
+	_           structs.HostLayout
+	LastSeen    uint64
+	BackendId   uint32
+	SvcId       uint32
+	RevSaddr    uint32
+	RevDaddr    uint32
+	RevSport    uint16
+	Flags       uint16
+	TxFlagsSeen uint8
+	RxFlagsSeen uint8
+	Pad         uint16
 }
 
 type SockLBEndpointInfo struct {
@@ -70,7 +72,7 @@ type SockLBNatEntry struct {
 	LastSeen uint64
 	ToAddr   uint32
 	ToPort   uint16
-	Pad      uint16
+	Flags    uint16
 }
 
 type SockLBNodeKey struct {

@@ -35,15 +35,17 @@ type ToNetdevBackend struct {
 }
 
 type ToNetdevCtEntry struct {
-	_         structs.HostLayout
-	LastSeen  uint64
-	BackendId uint32
-	SvcId     uint32
-	RevSaddr  uint32
-	RevDaddr  uint32
-	RevSport  uint16
-	Flags     uint16
-	Pad       uint32
+	_           structs.HostLayout
+	LastSeen    uint64
+	BackendId   uint32
+	SvcId       uint32
+	RevSaddr    uint32
+	RevDaddr    uint32
+	RevSport    uint16
+	Flags       uint16
+	TxFlagsSeen uint8
+	RxFlagsSeen uint8
+	Pad         uint16
 }
 
 type ToNetdevEndpointInfo struct {
@@ -70,7 +72,7 @@ type ToNetdevNatEntry struct {
 	LastSeen uint64
 	ToAddr   uint32
 	ToPort   uint16
-	Pad      uint16
+	Flags    uint16
 }
 
 type ToNetdevNodeKey struct {

@@ -286,6 +286,12 @@ func (d *Datapath) SyncNodes(ctx context.Context, nodes []datapath.RemoteNode) e
 // SyncServices is kube-proxy's job in the legacy datapath.
 func (d *Datapath) SyncServices(ctx context.Context, svcs []datapath.Service) error { return nil }
 
+// UpdateServices is kube-proxy's job in the legacy datapath: it does
+// nothing.
+func (d *Datapath) UpdateServices(ctx context.Context, changed map[string][]datapath.Service) error {
+	return nil
+}
+
 // Close releases nothing that carries traffic: routes and rules stay.
 func (d *Datapath) Close() error { return nil }
 
