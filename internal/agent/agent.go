@@ -55,7 +55,6 @@ type Agent struct {
 	eps      *endpoint.Manager
 	watcher  *k8s.Watcher
 	ctrl     *controllers
-	services int
 
 	healthEP   *health.Endpoint
 	prober     *health.Prober
@@ -232,6 +231,9 @@ func (a *Agent) run(ctx context.Context) error {
 			a.log.Warn("Removing eBPF datapath leftovers failed", "error", err)
 		}
 	}
+	// Work follows change: a node's address or pod CIDR changing resyncs
+	// node routes; a Service or EndpointSlice changing updates that Service
+	// only. A full pass every resyncInterval repairs drift.
 	tick := time.NewTicker(resyncInterval)
 	defer tick.Stop()
 	for {
@@ -244,10 +246,15 @@ func (a *Agent) run(ctx context.Context) error {
 				return nil
 			}
 			return fmt.Errorf("agent API: %w", err)
-		case <-a.watcher.Changed:
-			// Coalesce bursts of events into one pass.
-			time.Sleep(50 * time.Millisecond)
-			a.reconcile(ctx)
+		case <-a.watcher.NodesChanged:
+			a.syncNodes(ctx)
+		case <-a.watcher.ServicesChanged:
+			changed := a.watcher.TakeDirtyServices()
+			if err := a.ctrl.run(ctx, "update-services", func(ctx context.Context) error {
+				return a.dp.UpdateServices(ctx, changed)
+			}); err != nil {
+				a.log.Warn("Service update failed; the next resync retries", "services", len(changed), "error", err)
+			}
 		case <-tick.C:
 			a.reconcile(ctx)
 			a.ctrl.run(ctx, "endpoint-gc", func(ctx context.Context) error {
@@ -261,21 +268,27 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 }
 
-// reconcile drives nodes and services toward the watched state.
-func (a *Agent) reconcile(ctx context.Context) {
+func (a *Agent) syncNodes(ctx context.Context) {
 	if err := a.ctrl.run(ctx, "sync-nodes", func(ctx context.Context) error {
 		return a.dp.SyncNodes(ctx, a.watcher.RemoteNodes(a.node.Name))
 	}); err != nil {
 		a.log.Warn("Node sync failed", "error", err)
 	}
+}
+
+// reconcile is the full pass: every node route and every Service, then the
+// metrics. The datapath diffs against what it wrote, so an unchanged
+// cluster costs no kernel writes.
+func (a *Agent) reconcile(ctx context.Context) {
+	a.syncNodes(ctx)
 	if a.modes.KubeProxyReplacement {
+		a.watcher.TakeDirtyServices() // the full pass covers them
 		svcs := a.watcher.Services()
 		if err := a.ctrl.run(ctx, "sync-services", func(ctx context.Context) error {
 			return a.dp.SyncServices(ctx, svcs)
 		}); err != nil {
 			a.log.Warn("Service sync failed", "error", err)
 		}
-		a.services = len(svcs)
 	}
 	a.updateMetrics(ctx)
 }
@@ -308,7 +321,7 @@ func (a *Agent) status(ctx context.Context) (*api.Status, error) {
 	}
 	eps, _ := a.eps.ListEndpoints(ctx)
 	s.Endpoints = len(eps)
-	s.Services = a.services
+	s.Services = a.watcher.ServiceCount()
 	s.Controllers = a.ctrl.list()
 	s.ClusterHealth = a.prober.Status()
 	return s, nil

@@ -332,7 +332,7 @@ func TestUpdateMetrics(t *testing.T) {
 			}
 		}
 		a := &Agent{
-			log: discard(), ctrl: newControllers(), metrics: metrics.New(), eps: eps, dp: f, services: 3,
+			log: discard(), ctrl: newControllers(), metrics: metrics.New(), eps: eps, dp: f,
 			modes: config.Modes{HostRouting: config.HostRouting{Mode: config.HostRoutingLegacy, BlockingKey: config.KeyBPFMasquerade}},
 		}
 		a.ctrl.run(ctx, "sync-nodes", func(context.Context) error { return errors.New("x") })
@@ -342,7 +342,7 @@ func TestUpdateMetrics(t *testing.T) {
 		names := []string{metrics.NameEndpoints, metrics.NameServices, metrics.NameHostRoutingMode, metrics.NameDatapathFallback, metrics.NameControllerFailures}
 		want := map[string]float64{
 			"glia_endpoints{}":                                            2,
-			"glia_services{}":                                             3,
+			"glia_services{}":                                             0, // no watcher: no Services
 			"glia_host_routing_mode{mode=BPF}":                            0,
 			"glia_host_routing_mode{mode=Legacy}":                         1,
 			"glia_datapath_fallback{key=" + config.KeyBPFMasquerade + "}": 1,
@@ -355,7 +355,6 @@ func TestUpdateMetrics(t *testing.T) {
 
 		// The node switches to BPF host routing: the fallback series goes away.
 		a.modes = config.Modes{HostRouting: config.HostRouting{Mode: config.HostRoutingBPF}}
-		a.services = 0
 		a.updateMetrics(ctx)
 		want = map[string]float64{
 			"glia_endpoints{}":                             2,

@@ -119,7 +119,7 @@ func (a *Agent) updateMetrics(ctx context.Context) {
 	if eps, err := a.eps.ListEndpoints(ctx); err == nil {
 		m.SetEndpoints(len(eps))
 	}
-	m.SetServices(a.services)
+	m.SetServices(a.watcher.ServiceCount())
 	m.SetHostRoutingMode(a.modes.HostRouting.Mode)
 	if a.modes.HostRouting.Mode == config.HostRoutingLegacy && a.modes.HostRouting.BlockingKey != "" {
 		m.SetDatapathFallback(a.modes.HostRouting.BlockingKey)

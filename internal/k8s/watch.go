@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
-	"time"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -16,51 +16,186 @@ import (
 )
 
 // Watcher holds the informers that feed the agent: Nodes always; Services
-// and EndpointSlices when the agent load-balances Services itself. Every
-// change pokes Changed; the agent's reconcilers read the listers.
+// and EndpointSlices when the agent load-balances Services itself.
+//
+// Work is proportional to what changed: a Node update pokes NodesChanged
+// only when what the datapath uses (its address or pod CIDR) changed — not
+// on every status heartbeat — and a Service or EndpointSlice event marks
+// just that Service dirty and pokes ServicesChanged; TakeDirtyServices
+// translates only the dirty ones.
 type Watcher struct {
 	factory  informers.SharedInformerFactory
 	nodes    cache.SharedIndexInformer
 	services cache.SharedIndexInformer
 	slices   cache.SharedIndexInformer
-	// Changed receives a value (coalesced) whenever anything watched changes.
-	Changed chan struct{}
+
+	// NodesChanged receives a value (coalesced) when a node's address or
+	// pod CIDR changes, or a node comes or goes.
+	NodesChanged chan struct{}
+	// ServicesChanged receives a value (coalesced) when a Service or one of
+	// its EndpointSlices changes.
+	ServicesChanged chan struct{}
+
+	mu    sync.Mutex
+	dirty map[string]bool // "namespace/name" of Services changed since the last take
+
+	handlers []cache.ResourceEventHandlerRegistration
 }
+
+// register adds a handler and keeps its registration, so Start can wait
+// until the handler has seen every initial object.
+func (w *Watcher) register(inf cache.SharedIndexInformer, h cache.ResourceEventHandler) {
+	reg, err := inf.AddEventHandler(h)
+	if err == nil {
+		w.handlers = append(w.handlers, reg)
+	}
+}
+
+// sliceServiceIndex indexes EndpointSlices by "namespace/service-name".
+const sliceServiceIndex = "service"
 
 // NewWatcher sets up the informers; withServices adds Services and EndpointSlices.
 func NewWatcher(c *Clients, withServices bool) *Watcher {
-	f := informers.NewSharedInformerFactory(c.Kube, 10*time.Minute)
-	w := &Watcher{factory: f, Changed: make(chan struct{}, 1)}
-	poke := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { w.poke() },
-		UpdateFunc: func(any, any) { w.poke() },
-		DeleteFunc: func(any) { w.poke() },
-	}
+	f := informers.NewSharedInformerFactory(c.Kube, 0)
+	w := &Watcher{factory: f, NodesChanged: make(chan struct{}, 1), ServicesChanged: make(chan struct{}, 1), dirty: map[string]bool{}}
 	w.nodes = f.Core().V1().Nodes().Informer()
-	w.nodes.AddEventHandler(poke)
+	w.register(w.nodes, cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { poke(w.NodesChanged) },
+		UpdateFunc: func(o, n any) {
+			if nodeRoutingChanged(o, n) {
+				poke(w.NodesChanged)
+			}
+		},
+		DeleteFunc: func(any) { poke(w.NodesChanged) },
+	})
 	if withServices {
 		w.services = f.Core().V1().Services().Informer()
-		w.services.AddEventHandler(poke)
+		w.register(w.services, cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(o any) { w.markService(serviceKey(o)) },
+			UpdateFunc: func(_, n any) { w.markService(serviceKey(n)) },
+			DeleteFunc: func(o any) { w.markService(serviceKey(o)) },
+		})
 		w.slices = f.Discovery().V1().EndpointSlices().Informer()
-		w.slices.AddEventHandler(poke)
+		w.slices.AddIndexers(cache.Indexers{sliceServiceIndex: func(o any) ([]string, error) {
+			if k := sliceServiceKey(o); k != "" {
+				return []string{k}, nil
+			}
+			return nil, nil
+		}})
+		w.register(w.slices, cache.ResourceEventHandlerFuncs{
+			AddFunc: func(o any) { w.markService(sliceServiceKey(o)) },
+			UpdateFunc: func(o, n any) {
+				w.markService(sliceServiceKey(o))
+				w.markService(sliceServiceKey(n))
+			},
+			DeleteFunc: func(o any) { w.markService(sliceServiceKey(o)) },
+		})
 	}
 	return w
 }
 
-func (w *Watcher) poke() {
+func poke(c chan struct{}) {
 	select {
-	case w.Changed <- struct{}{}:
+	case c <- struct{}{}:
 	default:
 	}
 }
 
-// Start starts the informers and waits for their caches.
+func (w *Watcher) markService(key string) {
+	if key == "" {
+		return
+	}
+	w.mu.Lock()
+	w.dirty[key] = true
+	w.mu.Unlock()
+	poke(w.ServicesChanged)
+}
+
+// unwrap returns the object of a delete event's tombstone.
+func unwrap(o any) any {
+	if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
+		return t.Obj
+	}
+	return o
+}
+
+func serviceKey(o any) string {
+	if s, ok := unwrap(o).(*corev1.Service); ok {
+		return s.Namespace + "/" + s.Name
+	}
+	return ""
+}
+
+func sliceServiceKey(o any) string {
+	es, ok := unwrap(o).(*discoveryv1.EndpointSlice)
+	if !ok || es.Labels[discoveryv1.LabelServiceName] == "" {
+		return ""
+	}
+	return es.Namespace + "/" + es.Labels[discoveryv1.LabelServiceName]
+}
+
+// nodeRoutingChanged: did anything the datapath uses (address, pod CIDR) change?
+func nodeRoutingChanged(o, n any) bool {
+	a, ok1 := o.(*corev1.Node)
+	b, ok2 := n.(*corev1.Node)
+	if !ok1 || !ok2 {
+		return true
+	}
+	ia, _ := NodeAddress(a)
+	ib, _ := NodeAddress(b)
+	return ia != ib || a.Spec.PodCIDR != b.Spec.PodCIDR
+}
+
+// TakeDirtyServices returns the frontends of every Service changed since
+// the last call (an empty slice for a Service that is gone) and forgets them.
+func (w *Watcher) TakeDirtyServices() map[string][]datapath.Service {
+	w.mu.Lock()
+	keys := w.dirty
+	w.dirty = map[string]bool{}
+	w.mu.Unlock()
+	out := make(map[string][]datapath.Service, len(keys))
+	for k := range keys {
+		out[k] = w.serviceFrontends(k)
+	}
+	return out
+}
+
+// ServiceCount is the number of Services watched.
+func (w *Watcher) ServiceCount() int {
+	if w == nil || w.services == nil {
+		return 0
+	}
+	return len(w.services.GetStore().ListKeys())
+}
+
+func (w *Watcher) serviceFrontends(key string) []datapath.Service {
+	o, exists, err := w.services.GetStore().GetByKey(key)
+	if err != nil || !exists {
+		return nil
+	}
+	var slices []*discoveryv1.EndpointSlice
+	objs, _ := w.slices.GetIndexer().ByIndex(sliceServiceIndex, key)
+	for _, so := range objs {
+		slices = append(slices, so.(*discoveryv1.EndpointSlice))
+	}
+	return TranslateService(o.(*corev1.Service), slices)
+}
+
+// Start starts the informers and waits for their caches and for the
+// handlers to have seen every initial object.
 func (w *Watcher) Start(ctx context.Context) error {
 	w.factory.Start(ctx.Done())
 	for t, ok := range w.factory.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			return fmt.Errorf("informer cache for %v did not sync", t)
 		}
+	}
+	var synced []cache.InformerSynced
+	for _, h := range w.handlers {
+		synced = append(synced, h.HasSynced)
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return fmt.Errorf("informer handlers did not sync: %w", ctx.Err())
 	}
 	return nil
 }
@@ -103,25 +238,16 @@ func (w *Watcher) Nodes() []*corev1.Node {
 	return out
 }
 
-// Services translates Services and their EndpointSlices into datapath
-// frontends: one per (ClusterIP, port), with NodePort where the Service has one.
+// Services translates every Service and its EndpointSlices into datapath
+// frontends: one per (ClusterIP, port), with NodePort where the Service has
+// one. The periodic full resync uses it; changes go through TakeDirtyServices.
 func (w *Watcher) Services() []datapath.Service {
 	if w.services == nil {
 		return nil
 	}
-	bySvc := map[string][]*discoveryv1.EndpointSlice{}
-	for _, o := range w.slices.GetStore().List() {
-		es := o.(*discoveryv1.EndpointSlice)
-		svc := es.Labels[discoveryv1.LabelServiceName]
-		if svc == "" || es.AddressType != discoveryv1.AddressTypeIPv4 {
-			continue
-		}
-		bySvc[es.Namespace+"/"+svc] = append(bySvc[es.Namespace+"/"+svc], es)
-	}
 	var out []datapath.Service
-	for _, o := range w.services.GetStore().List() {
-		s := o.(*corev1.Service)
-		out = append(out, TranslateService(s, bySvc[s.Namespace+"/"+s.Name])...)
+	for _, k := range w.services.GetStore().ListKeys() {
+		out = append(out, w.serviceFrontends(k)...)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
 	return out

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -254,7 +255,7 @@ func TestWatcherSeesChanges(t *testing.T) {
 	w, cs := startWatcher(t, false, node("lab-node-1", "198.19.1.0/24", internalIP("198.18.0.11")))
 	// Drain the pokes of the initial list.
 	select {
-	case <-w.Changed:
+	case <-w.NodesChanged:
 	default:
 	}
 	ctx := context.Background()
@@ -263,7 +264,7 @@ func TestWatcherSeesChanges(t *testing.T) {
 	}
 	// Changed is poked once the informer has the new node in its store.
 	for {
-		<-w.Changed
+		<-w.NodesChanged
 		if len(w.RemoteNodes("lab-node-1")) == 1 {
 			break
 		}
@@ -311,5 +312,91 @@ func TestWatcherServices(t *testing.T) {
 	// Services are sorted by Key (protocol/frontend).
 	if diff := cmp.Diff(want, got, equateNetip); diff != "" {
 		t.Errorf("Services (-want +got):\n%s", diff)
+	}
+}
+
+// TestWatcherPokesOnlyOnChange: a node status heartbeat pokes nothing; an
+// address change pokes NodesChanged; a Service or EndpointSlice change marks
+// only that Service dirty.
+func TestWatcherPokesOnlyOnChange(t *testing.T) {
+	n1 := node("lab-node-1", "198.19.1.0/24", internalIP("198.18.0.11"))
+	w, cs := startWatcher(t, true, n1,
+		svc("a", "198.18.128.20", corev1.ServiceTypeClusterIP, corev1.ServicePort{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}),
+		svc("b", "198.18.128.21", corev1.ServiceTypeClusterIP, corev1.ServicePort{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}))
+	drain := func(c chan struct{}) {
+		select {
+		case <-c:
+		default:
+		}
+	}
+	// Let the initial adds of both Services arrive, then forget them.
+	for seen := map[string]bool{}; !seen["default/a"] || !seen["default/b"]; {
+		<-w.ServicesChanged
+		for k := range w.TakeDirtyServices() {
+			seen[k] = true
+		}
+	}
+	drain(w.NodesChanged)
+	drain(w.ServicesChanged)
+	w.TakeDirtyServices()
+	ctx := context.Background()
+
+	// A heartbeat (condition time only): no poke, then an address change: poke.
+	hb := n1.DeepCopy()
+	hb.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now()}}
+	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, hb, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for seen := false; !seen; { // wait until the informer has the heartbeat
+		for _, n := range w.Nodes() {
+			seen = seen || len(n.Status.Conditions) == 1
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case <-w.NodesChanged:
+		t.Fatal("a status heartbeat poked NodesChanged")
+	default:
+	}
+	moved := hb.DeepCopy()
+	moved.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "198.18.0.21"}}
+	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, moved, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	<-w.NodesChanged
+	if got := w.RemoteNodes("other"); len(got) != 1 || got[0].IP != netip.MustParseAddr("198.18.0.21") {
+		t.Fatalf("RemoteNodes after the address change = %v", got)
+	}
+
+	// An EndpointSlice of b: only b is dirty, with its backend.
+	ready := true
+	port, proto, name := int32(8080), corev1.ProtocolTCP, "http"
+	es := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: "b-1", Labels: map[string]string{discoveryv1.LabelServiceName: "b"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"198.19.1.7"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
+	}
+	if _, err := cs.DiscoveryV1().EndpointSlices("default").Create(ctx, es, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	dirty := map[string][]datapath.Service{}
+	for len(dirty) == 0 {
+		<-w.ServicesChanged
+		dirty = w.TakeDirtyServices()
+	}
+	if len(dirty) != 1 || len(dirty["default/b"]) != 1 || len(dirty["default/b"][0].Backends) != 1 {
+		t.Fatalf("dirty after b's slice = %+v, want only default/b with one backend", dirty)
+	}
+	// Deleting a: marked dirty with no frontends.
+	if err := cs.CoreV1().Services("default").Delete(ctx, "a", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for dirty = nil; len(dirty) == 0; {
+		<-w.ServicesChanged
+		dirty = w.TakeDirtyServices()
+	}
+	if fe, ok := dirty["default/a"]; !ok || len(fe) != 0 || len(dirty) != 1 {
+		t.Fatalf("dirty after deleting a = %+v, want default/a with no frontends", dirty)
 	}
 }
