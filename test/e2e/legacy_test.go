@@ -67,7 +67,7 @@ func (l *Lab) checkDownLeavesNothing(t *testing.T) {
 	}
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
-		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), "/run/glia-lab") {
+		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), "/run/glia-lab/") {
 			left = append(left, "process "+p+": "+strings.ReplaceAll(string(b), "\x00", " "))
 		}
 	}
