@@ -51,9 +51,14 @@ lab: deps build
 	@KUBECONFIG=$$($(BIN)/glia lab kubeconfig) kubectl wait --for=condition=Ready pod/curler --timeout=120s
 	@KUBECONFIG=$$($(BIN)/glia lab kubeconfig) kubectl get nodes -o wide
 	@KUBECONFIG=$$($(BIN)/glia lab kubeconfig) kubectl get pods -o wide
+	@echo "==> waiting (up to 40 s) for every node's health probes to reach the whole cluster"
+	@for i in $$(seq 1 $(NODES)); do for t in $$(seq 1 40); do \
+	  $(BIN)/glia status --node lab-node-$$i | grep -q "Cluster health: *$(NODES)/$(NODES) reachable" && break; sleep 1; done; done
 	@for i in $$(seq 1 $(NODES)); do echo "==> glia status --node lab-node-$$i"; $(BIN)/glia status --node lab-node-$$i; done
-	@echo "==> from the curler pod: curl http://simple-webserver-service:8081"
-	@$(BIN)/glia lab exec curler -- curl -s --max-time 5 http://simple-webserver-service:8081
+	@echo "==> from the curler pod: curl http://simple-webserver-service:8081 (a few times: every backend answers)"
+	@for t in $$(seq 1 30); do $(BIN)/glia lab exec curler -- curl -sf --max-time 3 http://simple-webserver-service:8081 >/dev/null && break; \
+	  [ $$t -lt 30 ] || { echo "simple-webserver-service did not answer within 30 s" >&2; exit 1; }; sleep 1; done
+	@for t in 1 2 3 4 5 6; do $(BIN)/glia lab exec curler -- curl -s --max-time 3 http://simple-webserver-service:8081; done
 
 lab-down:
 	@$(BIN)/glia lab down
