@@ -340,7 +340,7 @@ func newDatapath(log *slog.Logger, node datapath.LocalNode, opts datapath.Option
 	if !opts.KubeProxyReplacement && !opts.BPFMasquerade && !opts.HostRoutingBPF && opts.RoutingMode == "native" {
 		return legacy.New(log, node, opts)
 	}
-	return newBPFDatapath(log, node, opts)
+	return bpfdp.New(log, node, opts)
 }
 
 // keepExtra passes the agent's own endpoints (the health endpoint) along

@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"glia.dev/glia/internal/api"
+	"glia.dev/glia/internal/atomicfile"
 )
 
 //go:embed manifests/*.yaml
@@ -112,7 +113,7 @@ func (l *Lab) Up(ctx context.Context, o UpOptions) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(l.layout.Kubeconfig(), []byte(kc), 0o600); err != nil {
+	if err := atomicfile.WriteFile(l.layout.Kubeconfig(), []byte(kc), 0o600); err != nil {
 		return err
 	}
 	l.progress("creating bridge %s (%s), blackhole routes and the outside namespace", BridgeName, BridgeAddr)
@@ -302,7 +303,7 @@ func (l *Lab) writeCNIConfig(node string) error {
 		}},
 	}
 	b, _ := json.MarshalIndent(conf, "", "  ")
-	return writeFileAtomic(filepath.Join(dir, "10-glia.conflist"), b, 0o644)
+	return atomicfile.WriteFile(filepath.Join(dir, "10-glia.conflist"), b, 0o644)
 }
 
 func (l *Lab) spawnRunner(node string, i int) (Proc, error) {

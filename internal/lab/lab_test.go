@@ -30,6 +30,8 @@ import (
 	"k8s.io/client-go/restmapper"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"glia.dev/glia/internal/atomicfile"
 )
 
 func TestLayout(t *testing.T) {
@@ -281,7 +283,7 @@ func TestWriteFileAtomic(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "f.json")
 	for _, content := range []string{"one", "two, longer than one"} {
-		if err := writeFileAtomic(p, []byte(content), 0o640); err != nil {
+		if err := atomicfile.WriteFile(p, []byte(content), 0o640); err != nil {
 			t.Fatal(err)
 		}
 		b, err := os.ReadFile(p)
@@ -301,13 +303,13 @@ func TestWriteFileAtomic(t *testing.T) {
 		t.Errorf("directory holds %d files, want only f.json (no temporary left)", len(ents))
 	}
 	// A failed write leaves the old file and no temporary.
-	if err := writeFileAtomic(filepath.Join(dir, "missing", "f"), []byte("x"), 0o600); err == nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, "missing", "f"), []byte("x"), 0o600); err == nil {
 		t.Error("writeFileAtomic into a missing directory succeeded")
 	}
 	if err := os.Mkdir(filepath.Join(dir, "isdir"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, "isdir"), []byte("x"), 0o600); err == nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, "isdir"), []byte("x"), 0o600); err == nil {
 		t.Error("writeFileAtomic over a directory succeeded")
 	}
 	ents, _ = os.ReadDir(dir)

@@ -9,6 +9,8 @@ import (
 	"sort"
 
 	"golang.org/x/sys/unix"
+
+	"glia.dev/glia/internal/atomicfile"
 )
 
 // State is what `lab up` made, written atomically to lab.json so that
@@ -41,45 +43,12 @@ func (s *State) procNames() []string {
 	return names
 }
 
-// writeFileAtomic writes data to path through a temporary file in the same
-// directory, fsynced and renamed, so a crash leaves the old or the new file.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, werr := f.Write(data)
-	if werr == nil {
-		werr = f.Chmod(mode)
-	}
-	if werr == nil {
-		werr = f.Sync()
-	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = os.Rename(tmp, path)
-	}
-	if werr != nil {
-		os.Remove(tmp)
-		return werr
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
-}
-
 func (l *Lab) saveState(s *State) error {
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(l.layout.StateFile(), b, 0o600)
+	return atomicfile.WriteFile(l.layout.StateFile(), b, 0o600)
 }
 
 // ErrNoLab is returned when no lab is up.

@@ -96,16 +96,12 @@ echo "requests=$n failed=$f"`, int(d.Seconds()), strings.Join(targets, " "))
 		ctx, cancel := context.WithTimeout(context.Background(), d+time.Minute)
 		defer cancel()
 		out, err := run(ctx, l.glia(), "lab", "exec", "curler", "--", "sh", "-c", script)
-		r := loopResult{out: out}
-		if err != nil {
-			r.failed = -1
-			r.summary = err.Error()
-		}
 		lines := strings.Split(strings.TrimSpace(out), "\n")
-		r.summary = lines[len(lines)-1]
+		r := loopResult{out: out, summary: lines[len(lines)-1]}
 		var n int
-		if _, err := fmt.Sscanf(r.summary, "requests=%d failed=%d", &n, &r.failed); err != nil {
-			r.failed = -1
+		if _, serr := fmt.Sscanf(r.summary, "requests=%d failed=%d", &n, &r.failed); serr != nil || err != nil {
+			r.failed = -1 // the loop did not finish: count it as failed
+			r.summary = fmt.Sprintf("%s (%v)", r.summary, err)
 		}
 		done <- r
 	}()

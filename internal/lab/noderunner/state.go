@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"glia.dev/glia/internal/atomicfile"
 )
 
 // PodState is what the runner persists about one pod, so that a restarted
@@ -84,20 +86,7 @@ func (s *Store) Save(st *PodState) error {
 	if err != nil {
 		return fmt.Errorf("encode pod state: %w", err)
 	}
-	f, err := os.CreateTemp(s.dir, ".tmp-"+st.UID+"-*")
-	if err != nil {
-		return fmt.Errorf("write pod state: %w", err)
-	}
-	tmp := f.Name()
-	_, werr := f.Write(b)
-	serr := f.Sync()
-	cerr := f.Close()
-	if err := errors.Join(werr, serr, cerr); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write pod state: %w", err)
-	}
-	if err := os.Rename(tmp, s.path(st.UID)); err != nil {
-		os.Remove(tmp)
+	if err := atomicfile.WriteFile(s.path(st.UID), b, 0o600); err != nil {
 		return fmt.Errorf("write pod state: %w", err)
 	}
 	return nil
