@@ -97,6 +97,9 @@ func (l *Lab) Up(ctx context.Context, o UpOptions) (err error) {
 		}
 	}
 	st := &State{Nodes: o.Nodes, Set: o.Set, NetnsDirWasMount: isMountPoint(netnsRunDir)}
+	if err := ensureNetnsDir(); err != nil {
+		return err
+	}
 	st.MountedBPFFS, err = ensureBPFFS()
 	if err != nil {
 		return err

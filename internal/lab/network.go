@@ -37,11 +37,39 @@ func createNamedNetns(name string) error {
 	return nil
 }
 
+// ensureNetnsDir makes /var/run/netns a shared mount point, as `ip netns
+// add` does, before any namespace is mounted in it: namespaces bound there
+// later then show in every mount namespace, and nobody re-binds the
+// directory over mounts already in it (which would stack two mounts on
+// each namespace file).
+func ensureNetnsDir() error {
+	if err := os.MkdirAll(netnsRunDir, 0o755); err != nil {
+		return err
+	}
+	if !isMountPoint(netnsRunDir) {
+		if err := unix.Mount(netnsRunDir, netnsRunDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind %s onto itself: %w", netnsRunDir, err)
+		}
+	}
+	if err := unix.Mount("", netnsRunDir, "none", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("make %s shared: %w", netnsRunDir, err)
+	}
+	return nil
+}
+
 // deleteNamedNetns unmounts and removes /var/run/netns/<name>; a missing one is fine.
 func deleteNamedNetns(name string) error {
 	p := filepath.Join(netnsRunDir, name)
-	if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("unmount %s: %w", p, err)
+	// A namespace file may carry more than one mount (one per bind of the
+	// directory over it); take them all off.
+	for i := 0; i < 8; i++ {
+		err := unix.Unmount(p, unix.MNT_DETACH)
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("unmount %s: %w", p, err)
+		}
 	}
 	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove %s: %w", p, err)
