@@ -259,21 +259,37 @@ func (e *env) close() error {
 	return errors.Join(errs...)
 }
 
-// service is a bench Service without a selector and its EndpointSlice.
-func benchService(name string) *corev1.Service {
-	return &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: benchNamespace},
-		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, Ports: []corev1.ServicePort{{
-			Name: "conn", Port: 80, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromInt32(portConn),
-		}, {
-			Name: "rr", Port: 81, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromInt32(portRR),
-		}, {
-			Name: "stream", Port: 82, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromInt32(portStream),
-		}}},
-	}
+// benchPort is a port of the bench Services: its name, the Service port
+// and the servers' port behind it.
+type benchPort struct {
+	name         string
+	port, target int32
 }
 
-func benchSlice(svc string, ips []string) *discoveryv1.EndpointSlice {
+// Ports of the bench Services. The Services a scenario creates by the
+// thousand have connPorts only: a port more on each would multiply the
+// rules kube-proxy writes (and so its cost) without adding to what is
+// measured; request-response's few Services carry all three.
+var (
+	connPorts = []benchPort{{"conn", 80, portConn}}
+	allPorts  = []benchPort{{"conn", 80, portConn}, {"rr", 81, portRR}, {"stream", 82, portStream}}
+)
+
+// benchService is a bench Service without a selector.
+func benchService(name string, ports []benchPort) *corev1.Service {
+	s := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: benchNamespace},
+		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP},
+	}
+	for _, p := range ports {
+		s.Spec.Ports = append(s.Spec.Ports, corev1.ServicePort{Name: p.name, Port: p.port,
+			Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromInt32(p.target)})
+	}
+	return s
+}
+
+// benchSlice is the EndpointSlice of bench Service svc.
+func benchSlice(svc string, ips []string, ports []benchPort) *discoveryv1.EndpointSlice {
 	ready := true
 	s := &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{Name: svc + "-bench", Namespace: benchNamespace, Labels: map[string]string{
@@ -285,43 +301,41 @@ func benchSlice(svc string, ips []string) *discoveryv1.EndpointSlice {
 		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{ip},
 			Conditions: discoveryv1.EndpointConditions{Ready: &ready}})
 	}
-	for _, p := range []struct {
-		name string
-		port int32
-	}{{"conn", portConn}, {"rr", portRR}, {"stream", portStream}} {
-		name, port, proto := p.name, p.port, corev1.ProtocolTCP
+	for _, p := range ports {
+		name, port, proto := p.name, p.target, corev1.ProtocolTCP
 		s.Ports = append(s.Ports, discoveryv1.EndpointPort{Name: &name, Port: &port, Protocol: &proto})
 	}
 	return s
 }
 
-// createService creates Service name with endpoints ips and returns its
-// ClusterIP.
-func (e *env) createService(ctx context.Context, name string, ips []string) (string, error) {
-	svc, err := e.cs.CoreV1().Services(benchNamespace).Create(ctx, benchService(name), metav1.CreateOptions{})
+// createService creates Service name with ports and endpoints ips and
+// returns its ClusterIP.
+func (e *env) createService(ctx context.Context, name string, ips []string, ports []benchPort) (string, error) {
+	svc, err := e.cs.CoreV1().Services(benchNamespace).Create(ctx, benchService(name, ports), metav1.CreateOptions{})
 	if err != nil {
 		return "", fmt.Errorf("create service %s: %w", name, err)
 	}
-	if _, err := e.cs.DiscoveryV1().EndpointSlices(benchNamespace).Create(ctx, benchSlice(name, ips), metav1.CreateOptions{}); err != nil {
+	if _, err := e.cs.DiscoveryV1().EndpointSlices(benchNamespace).Create(ctx, benchSlice(name, ips, ports), metav1.CreateOptions{}); err != nil {
 		return "", fmt.Errorf("create endpointslice of %s: %w", name, err)
 	}
 	return svc.Spec.ClusterIP, nil
 }
 
-// setEndpoints replaces the endpoints of Service name.
+// setEndpoints replaces the endpoints of bench Service name (one with
+// connPorts).
 func (e *env) setEndpoints(ctx context.Context, name string, ips []string) error {
 	cur, err := e.cs.DiscoveryV1().EndpointSlices(benchNamespace).Get(ctx, name+"-bench", metav1.GetOptions{})
 	if err != nil {
 		return err
 	}
-	s := benchSlice(name, ips)
+	s := benchSlice(name, ips, connPorts)
 	cur.Endpoints = s.Endpoints
 	_, err = e.cs.DiscoveryV1().EndpointSlices(benchNamespace).Update(ctx, cur, metav1.UpdateOptions{})
 	return err
 }
 
-// createServices creates Services prefix-i for i in [from, to) with
-// parallel writers, and returns their ClusterIPs in order.
+// createServices creates Services prefix-i (with connPorts) for i in
+// [from, to) with parallel writers, and returns their ClusterIPs in order.
 func (e *env) createServices(ctx context.Context, prefix string, from, to int, ips []string) ([]string, error) {
 	out := make([]string, to-from)
 	var (
@@ -344,7 +358,7 @@ func (e *env) createServices(ctx context.Context, prefix string, from, to int, i
 				if i >= to || bad || ctx.Err() != nil {
 					return
 				}
-				ip, err := e.createService(ctx, fmt.Sprintf("%s-%05d", prefix, i), ips)
+				ip, err := e.createService(ctx, fmt.Sprintf("%s-%05d", prefix, i), ips, connPorts)
 				mu.Lock()
 				if err != nil {
 					errs = append(errs, err)

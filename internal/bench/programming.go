@@ -48,9 +48,9 @@ func runProgramming(ctx context.Context, r *runner, rep *Report) error {
 					rep.Add("API writes of N Services", "s", "", n, "api", true, write.Seconds())
 					t := set.targets()
 					r.p.status("programming N=%d rep %d/%d: waiting for every mode to carry them", n, i+1, r.opts.Repeats)
-					took, err := r.waitAllCarried(ctx, e, modes, []string{t[tFirst], t[tMiddle], t[tLast]}, want, timeout)
+					_, took, err := r.carriedModes(ctx, e, rep, fmt.Sprintf("N=%d Services at once, rep %d", n, i+1), modes, []string{t[tFirst], t[tMiddle], t[tLast]}, want, timeout)
 					if err != nil {
-						return fmt.Errorf("N=%d: %w", n, err)
+						return err
 					}
 					for m, d := range took {
 						rep.Add("carry N Services", "s", "", n, m, true, d.Seconds())
@@ -67,12 +67,12 @@ func runProgramming(ctx context.Context, r *runner, rep *Report) error {
 				var err error
 				if n == 0 && i == 0 {
 					ip = set.ips[0] // the first Service is the one more
-				} else if ip, err = e.createService(ctx, name, setAB); err != nil {
+				} else if ip, err = e.createService(ctx, name, setAB, connPorts); err != nil {
 					return err
 				}
-				took, err := r.waitAllCarried(ctx, e, modes, []string{net.JoinHostPort(ip, "80")}, wantAB, timeout)
+				_, took, err := r.carriedModes(ctx, e, rep, fmt.Sprintf("one more Service at N=%d, rep %d", n, i+1), modes, []string{net.JoinHostPort(ip, "80")}, wantAB, timeout)
 				if err != nil {
-					return fmt.Errorf("one more Service at N=%d: %w", n, err)
+					return err
 				}
 				if n == 0 && i == 0 {
 					continue // not timed from its write
@@ -99,9 +99,9 @@ func runProgramming(ctx context.Context, r *runner, rep *Report) error {
 					return err
 				}
 				cur = next
-				took, err := r.waitAllCarried(ctx, e, modes, []string{addr}, want, timeout)
+				_, took, err := r.carriedModes(ctx, e, rep, fmt.Sprintf("endpoint change at N=%d, rep %d", n, i+1), modes, []string{addr}, want, timeout)
 				if err != nil {
-					return fmt.Errorf("endpoint change at N=%d: %w", n, err)
+					return err
 				}
 				for m, d := range took {
 					rep.Add("endpoint change", "ms", "", n, m, true, float64(d.Microseconds())/1e3)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -76,10 +77,13 @@ func (s *serviceSet) targets() map[string]string {
 	}
 }
 
-// waitAllCarried waits until every mode's client reaches the first,
-// middle and last Service, and returns how long each mode took from now.
-func (r *runner) waitAllCarried(ctx context.Context, e *env, modes []string, addrs []string, want map[string]bool, timeout time.Duration) (map[string]time.Duration, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+// waitAllCarried waits until every mode's client is answered on every
+// one of addrs (by one of want, if given) and returns how long each mode
+// took from now. A mode that is not carried within timeout is left out
+// of took and named in failed, with why: the scenario measures the
+// others and reports the failure instead of losing the whole run.
+func (r *runner) waitAllCarried(ctx context.Context, e *env, modes []string, addrs []string, want map[string]bool, timeout time.Duration) (took map[string]time.Duration, failed map[string]error, err error) {
+	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
 	type res struct {
@@ -92,9 +96,9 @@ func (r *runner) waitAllCarried(ctx context.Context, e *env, modes []string, add
 		go func() {
 			var last time.Time
 			for _, a := range addrs {
-				t, err := waitCarried(ctx, e.pods["client-"+m].nsPath, a, want, time.Millisecond)
+				t, err := waitCarried(wctx, e.pods["client-"+m].nsPath, a, want, time.Millisecond)
 				if err != nil {
-					ch <- res{m, 0, fmt.Errorf("%s: %w", m, err)}
+					ch <- res{m, 0, fmt.Errorf("not carried within %s: %w", timeout, err)}
 					return
 				}
 				if t.After(last) {
@@ -104,16 +108,42 @@ func (r *runner) waitAllCarried(ctx context.Context, e *env, modes []string, add
 			ch <- res{m, last.Sub(start), nil}
 		}()
 	}
-	out := map[string]time.Duration{}
-	var first error
+	took, failed = map[string]time.Duration{}, map[string]error{}
 	for range modes {
 		x := <-ch
-		if x.err != nil && first == nil {
-			first = x.err
+		if x.err != nil {
+			failed[x.mode] = x.err
+			continue
 		}
-		out[x.mode] = x.d
+		took[x.mode] = x.d
 	}
-	return out, first
+	if ctx.Err() != nil {
+		return nil, nil, ctx.Err()
+	}
+	return took, failed, nil
+}
+
+// carriedModes waits as waitAllCarried does, notes every mode that failed
+// in rep, and returns the modes that were carried (in modes' order) and
+// their times. It fails only when no mode was carried or ctx ended.
+func (r *runner) carriedModes(ctx context.Context, e *env, rep *Report, what string, modes, addrs []string, want map[string]bool, timeout time.Duration) ([]string, map[string]time.Duration, error) {
+	took, failed, err := r.waitAllCarried(ctx, e, modes, addrs, want, timeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	var ok []string
+	for _, m := range modes {
+		if why := failed[m]; why != nil {
+			rep.Note("%s: %s was not measured: %v", what, m, why)
+			r.p.say("%s: %s failed: %v", what, m, why)
+			continue
+		}
+		ok = append(ok, m)
+	}
+	if len(ok) == 0 {
+		return nil, nil, fmt.Errorf("%s: no mode carried %s", what, strings.Join(addrs, ", "))
+	}
+	return ok, took, nil
 }
 
 func runServiceScaling(ctx context.Context, r *runner, rep *Report) error {
@@ -134,11 +164,12 @@ func runServiceScaling(ctx context.Context, r *runner, rep *Report) error {
 			}
 			t := set.targets()
 			r.p.status("service-scaling N=%d: waiting until every mode carries the Services", n)
-			if _, err := r.waitAllCarried(ctx, e, modes, []string{t[tFirst], t[tMiddle], t[tLast]}, nil, 10*time.Minute); err != nil {
+			atN, _, err := r.carriedModes(ctx, e, rep, fmt.Sprintf("N=%d", n), modes, []string{t[tFirst], t[tMiddle], t[tLast]}, nil, 10*time.Minute)
+			if err != nil {
 				return err
 			}
 			for i := range r.opts.Repeats {
-				for _, m := range rotate(modes, i) {
+				for _, m := range rotate(atN, i) {
 					for _, target := range []string{tFirst, tMiddle, tLast, tPodAddr} {
 						addr := t[target]
 						if target == tPodAddr {
@@ -146,15 +177,24 @@ func runServiceScaling(ctx context.Context, r *runner, rep *Report) error {
 						}
 						r.p.status("service-scaling N=%d rep %d/%d %s: %d connections to the %s", n, i+1, r.opts.Repeats, m, r.opts.Conns, target)
 						st, err := connSeries(ctx, e.pods["client-"+m].nsPath, addr, r.opts.Conns, false)
+						if ctx.Err() != nil {
+							return ctx.Err()
+						}
+						if st.failed > 0 {
+							tried := st.failed + len(st.lat)
+							rep.Add("connections failed", "%", target, n, m, true, 100*float64(st.failed)/float64(tried))
+							rep.Note("%s N=%d %s rep %d: %d of %d connections failed", m, n, target, i+1, st.failed, tried)
+						}
 						if err != nil {
-							return fmt.Errorf("%s N=%d %s: %w", m, n, target, err)
+							// A series that fails is a result, not the end
+							// of the run: the other modes and targets go on.
+							rep.Note("%s N=%d %s rep %d: series given up: %v", m, n, target, i+1, err)
+							r.p.say("%s N=%d %s: series given up: %v", m, n, target, err)
+							continue
 						}
 						rep.Add("p50 latency", "µs", target, n, m, true, Percentile(st.lat, 50))
 						rep.Add("p99 latency", "µs", target, n, m, true, Percentile(st.lat, 99))
 						rep.Add("connection rate", "conn/s", target, n, m, false, float64(len(st.lat))/st.elapsed.Seconds())
-						if st.failed > 0 {
-							rep.Note("%s N=%d %s: %d of %d connections failed (rep %d)", m, n, target, st.failed, r.opts.Conns, i+1)
-						}
 					}
 					if err := ctx.Err(); err != nil {
 						return err
