@@ -9,9 +9,11 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.org/x/sys/unix"
 )
 
 // Ports of the servers glia bench runs inside pods' network namespaces.
@@ -89,16 +91,81 @@ func (s *servers) serveConn(c net.Conn) {
 	io.Copy(io.Discard, r)
 }
 
+// serveRR echoes every byte with blocking system calls (see blockingFD).
 func serveRR(c net.Conn) {
-	buf := make([]byte, 1)
+	fd, err := blockingFD(c)
+	if err != nil {
+		return
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, 64)
 	for {
-		if _, err := io.ReadFull(c, buf); err != nil {
+		n, err := readFD(fd, buf)
+		if err != nil || n == 0 {
 			return
 		}
-		if _, err := c.Write(buf); err != nil {
+		if err := writeFD(fd, buf[:n]); err != nil {
 			return
 		}
 	}
+}
+
+// blockingFD returns a blocking duplicate of c's socket. Request-response
+// runs on blocking read and write system calls, as netperf's TCP_RR does,
+// not through Go's poller: each transaction then costs the datapath and
+// one wake-up on either side, not also the poller's epoll round and a
+// goroutine hand-off, which on 2 cores would drown the datapath's share.
+// The duplicate shares the socket with c (which becomes blocking too);
+// close both.
+func blockingFD(c net.Conn) (int, error) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("%T has no file descriptor", c)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	var dupErr error
+	if err := raw.Control(func(s uintptr) { fd, dupErr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, err
+	}
+	if dupErr != nil {
+		return -1, fmt.Errorf("dup socket: %w", dupErr)
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// readFD reads once from a blocking socket, retrying when a signal (the
+// Go runtime's preemption) interrupted it before any byte arrived.
+func readFD(fd int, b []byte) (int, error) {
+	for {
+		n, err := unix.Read(fd, b)
+		if err == unix.EINTR {
+			continue
+		}
+		return n, err
+	}
+}
+
+// writeFD writes all of b to a blocking socket.
+func writeFD(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
 }
 
 func serveStream(c net.Conn) { io.Copy(io.Discard, c) }
@@ -195,7 +262,8 @@ func connSeries(ctx context.Context, nsPath, addr string, n int, httpGET bool) (
 }
 
 // rr runs a 1-byte request/response ping-pong on one connection for d
-// and returns transactions per second.
+// and returns transactions per second. Both ends use blocking system
+// calls (see blockingFD); a lost answer ends the run after a timeout.
 func rr(nsPath, addr string, d time.Duration) (float64, error) {
 	var rate float64
 	err := netnsDo(nsPath, func() error {
@@ -204,16 +272,28 @@ func rr(nsPath, addr string, d time.Duration) (float64, error) {
 			return err
 		}
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(d + 5*time.Second))
+		fd, err := blockingFD(c)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		tv := unix.NsecToTimeval((5 * time.Second).Nanoseconds())
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			return err
+		}
 		buf := []byte{'x'}
 		n := 0
 		start := time.Now()
 		for time.Since(start) < d {
-			if _, err := c.Write(buf); err != nil {
-				return err
+			if err := writeFD(fd, buf); err != nil {
+				return fmt.Errorf("request %d: %w", n+1, err)
 			}
-			if _, err := io.ReadFull(c, buf); err != nil {
-				return err
+			got, err := readFD(fd, buf)
+			if err != nil {
+				return fmt.Errorf("answer %d: %w", n+1, err)
+			}
+			if got != 1 {
+				return fmt.Errorf("answer %d: connection closed", n+1)
 			}
 			n++
 		}

@@ -57,6 +57,15 @@ func newVethFloor() (*vethFloor, error) {
 	if err == nil {
 		err = f.server.Do(func(ns.NetNS) error { return upWithAddr("bench1", floorServer) })
 	}
+	// The kernel attaches a veth's queueing discipline when it sees the
+	// carrier come up, in deferred work that a busy machine runs up to a
+	// second or more later; until then every packet is dropped.
+	if err == nil {
+		err = f.client.Do(func(ns.NetNS) error { return waitOperUp("bench0", 10*time.Second) })
+	}
+	if err == nil {
+		err = f.server.Do(func(ns.NetNS) error { return waitOperUp("bench1", 10*time.Second) })
+	}
 	if err == nil {
 		f.srv, err = startServers(f.server.Path(), "veth-floor-server")
 	}
@@ -83,6 +92,25 @@ func upWithAddr(name string, ip net.IP) error {
 		}
 	}
 	return nil
+}
+
+// waitOperUp waits until link name in the current namespace is
+// operationally up.
+func waitOperUp(name string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		if l.Attrs().OperState == netlink.OperUp {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s is not operationally up after %s (state %s)", name, timeout, l.Attrs().OperState)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func (f *vethFloor) Close() error {
@@ -122,11 +150,11 @@ func runRequestResponse(ctx context.Context, r *runner, rep *Report) error {
 			if err := e.serve("same-"+m, "far-"+m); err != nil {
 				return err
 			}
-			same, err := e.createService(ctx, "rr-same-"+m, []string{e.pods["same-"+m].ip})
+			same, err := e.createService(ctx, "rr-same-"+m, []string{e.pods["same-"+m].ip}, allPorts)
 			if err != nil {
 				return err
 			}
-			far, err := e.createService(ctx, "rr-far-"+m, []string{e.pods["far-"+m].ip})
+			far, err := e.createService(ctx, "rr-far-"+m, []string{e.pods["far-"+m].ip}, allPorts)
 			if err != nil {
 				return err
 			}
@@ -151,7 +179,7 @@ func runRequestResponse(ctx context.Context, r *runner, rep *Report) error {
 			for _, p := range []string{pathSvcSame, pathSvcFar} {
 				targets = append(targets, net.JoinHostPort(addrs[m][p], "80"))
 			}
-			if _, err := r.waitAllCarried(ctx, e, []string{m}, targets, nil, 2*time.Minute); err != nil {
+			if _, _, err := r.carriedModes(ctx, e, rep, "request-response", []string{m}, targets, nil, 2*time.Minute); err != nil {
 				return err
 			}
 		}
@@ -165,7 +193,7 @@ func runRequestResponse(ctx context.Context, r *runner, rep *Report) error {
 					}
 					rrPort, streamPort := portRR, portStream
 					if path == pathSvcSame || path == pathSvcFar {
-						rrPort, streamPort = 81, 82
+						rrPort, streamPort = int(allPorts[1].port), int(allPorts[2].port)
 					}
 					r.p.status("request-response rep %d/%d %s %s: RR for %s", i+1, r.opts.Repeats, m, path, r.opts.Duration)
 					rate, err := rr(nsOf[m], net.JoinHostPort(host, strconv.Itoa(rrPort)), r.opts.Duration)
