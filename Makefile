@@ -66,7 +66,13 @@ lab-down:
 # The whole suite: unit and privileged tests, brief fuzzing, then the lab end-to-end tests.
 test: deps build
 	@echo "==> unit and privileged tests"
-	@$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v /test/e2e)
+	@# containernetworking's testutils.NewNS makes /run/netns a mount point
+	@# (as `ip netns` does) and never undoes it: undo it when the tests made it.
+	@had_dir=$$(test -d /run/netns && echo y); had_mount=$$(mountpoint -q /run/netns && echo y); \
+	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v /test/e2e); rc=$$?; \
+	if [ -z "$$had_mount" ] && mountpoint -q /run/netns && [ -z "$$(ls -A /run/netns)" ]; then umount /run/netns; fi; \
+	if [ -z "$$had_dir" ] && [ -d /run/netns ] && ! mountpoint -q /run/netns; then rmdir /run/netns 2>/dev/null; fi; \
+	exit $$rc
 	@$(MAKE) --no-print-directory fuzz
 	@echo "==> lab end-to-end tests"
 	@GLIA_E2E=1 GLIA_BIN=$(BIN) $(GO) test -count=1 -timeout 60m -v ./test/e2e/
