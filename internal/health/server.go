@@ -2,11 +2,12 @@ package health
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"time"
+
+	"glia.dev/glia/internal/httpserve"
 )
 
 // HelloHandler answers GET and HEAD on /hello with 200 and the node's name;
@@ -42,33 +43,11 @@ func ListenAndServeHello(ctx context.Context, addr, nodeName string) error {
 // returns nil; it returns the error when serving fails otherwise. It closes
 // ln in either case.
 func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
-	srv := &http.Server{
+	return httpserve.Serve(ctx, &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      10 * time.Second,
 		IdleTimeout:       30 * time.Second,
-	}
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		select {
-		case <-ctx.Done():
-		case <-stop:
-			return
-		}
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(sctx); err != nil {
-			srv.Close()
-		}
-	}()
-	err := srv.Serve(ln)
-	close(stop)
-	<-done
-	if errors.Is(err, http.ErrServerClosed) {
-		return nil
-	}
-	return fmt.Errorf("serve on %s: %w", ln.Addr(), err)
+	}, ln, 5*time.Second)
 }

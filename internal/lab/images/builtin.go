@@ -2,7 +2,6 @@ package images
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -11,6 +10,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"glia.dev/glia/internal/httpserve"
 )
 
 // Run runs the built-in program name with args until it ends or ctx is
@@ -67,17 +68,5 @@ func runEcho(ctx context.Context, args []string, stderr io.Writer) error {
 	name := PodName()
 	srv := &http.Server{Handler: EchoHandler(name), ReadHeaderTimeout: 10 * time.Second}
 	fmt.Fprintf(stderr, "echo: %s listening on %s\n", strings.TrimSpace(name), ln.Addr())
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("serve: %w", err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("shutdown: %w", err)
-	}
-	return nil
+	return httpserve.Serve(ctx, srv, ln, 2*time.Second)
 }
