@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strconv"
-	"strings"
 
 	"github.com/cilium/ebpf"
 
@@ -139,10 +138,8 @@ func (a *Agent) updateMetrics(ctx context.Context) {
 	}
 	// Every drop reason is exported, at 0 until it happens, so a user (and
 	// glia connectivity test) can tell "no drops" from "no metric".
-	for r := uint32(0); r < maps.MetricMax; r++ {
-		if r != maps.MetricForward && r != maps.MetricRedirect && !strings.HasPrefix(maps.MetricName(r), "reason-") {
-			m.SetDrops(maps.MetricName(r), 0)
-		}
+	for _, r := range maps.DropReasons() {
+		m.SetDrops(maps.MetricName(r), 0)
 	}
 	var fwdP, fwdB uint64
 	for _, r := range rows {

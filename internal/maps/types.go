@@ -698,29 +698,37 @@ const (
 	MetricMax           = 16
 )
 
-// MetricName names a reason for logs and Prometheus labels.
+// metricNames names the reasons the datapath counts.
+var metricNames = map[uint32]string{
+	MetricForward:       "forward",
+	MetricRedirect:      "redirect",
+	MetricDropNoBackend: "drop-no-backend",
+	MetricDropNATNoPort: "drop-nat-no-port",
+	MetricDropInvalid:   "drop-invalid",
+	MetricDropFIB:       "drop-fib",
+	MetricRejectRST:     "reject-rst",
+	MetricDropTunnel:    "drop-tunnel",
+	MetricDropCsum:      "drop-csum",
+}
+
+// MetricName names a reason for logs and Prometheus labels; a reason this
+// build does not know (a newer datapath's) is "reason-N".
 func MetricName(reason uint32) string {
-	switch reason {
-	case MetricForward:
-		return "forward"
-	case MetricRedirect:
-		return "redirect"
-	case MetricDropNoBackend:
-		return "drop-no-backend"
-	case MetricDropNATNoPort:
-		return "drop-nat-no-port"
-	case MetricDropInvalid:
-		return "drop-invalid"
-	case MetricDropFIB:
-		return "drop-fib"
-	case MetricRejectRST:
-		return "reject-rst"
-	case MetricDropTunnel:
-		return "drop-tunnel"
-	case MetricDropCsum:
-		return "drop-csum"
+	if n, ok := metricNames[reason]; ok {
+		return n
 	}
 	return fmt.Sprintf("reason-%d", reason)
+}
+
+// DropReasons lists the reasons that drop or reject a packet, in order.
+func DropReasons() []uint32 {
+	var out []uint32
+	for r := uint32(0); r < MetricMax; r++ {
+		if _, ok := metricNames[r]; ok && r != MetricForward && r != MetricRedirect {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // MetricValue counts packets and bytes.
