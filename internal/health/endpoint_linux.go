@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync"
 
 	"github.com/containernetworking/plugins/pkg/ip"
@@ -19,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"glia.dev/glia/internal/api"
+	"glia.dev/glia/internal/netnsfile"
 )
 
 // Fixed names of the health endpoint.
@@ -327,31 +327,12 @@ func ensureNetns(path string) (bool, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return false, fmt.Errorf("create %s: %w", filepath.Dir(path), err)
 	}
-	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o444)
-	if err != nil {
-		return false, fmt.Errorf("create mount point %s: %w", path, err)
+	// A plain file left where the namespace was (a crash between creating
+	// the file and binding it) is not a namespace: replace it.
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false, fmt.Errorf("remove stale %s: %w", path, err)
 	}
-	f.Close()
-
-	errc := make(chan error, 1)
-	go func() {
-		// This thread enters the new namespace and is never unlocked:
-		// when the goroutine returns, the runtime ends the thread instead
-		// of handing it, in the wrong namespace, to another goroutine.
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("unshare network namespace: %w", err)
-			return
-		}
-		src := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid())
-		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
-			errc <- fmt.Errorf("bind-mount %s on %s: %w", src, path, err)
-			return
-		}
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
-		os.Remove(path)
+	if err := netnsfile.Create(path); err != nil {
 		return false, err
 	}
 	return true, nil
@@ -489,12 +470,8 @@ func RemoveEndpoint(stateDir string) error {
 	if err := ip.DelLinkByName(EndpointHostIfName); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
 		errs = append(errs, fmt.Errorf("delete %s: %w", EndpointHostIfName, err))
 	}
-	path := filepath.Join(stateDir, NetnsFileName)
-	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		errs = append(errs, fmt.Errorf("unmount %s: %w", path, err))
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("remove %s: %w", path, err))
+	if err := netnsfile.Remove(filepath.Join(stateDir, NetnsFileName)); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -27,6 +27,7 @@ import (
 
 	"glia.dev/glia/internal/api"
 	"glia.dev/glia/internal/atomicfile"
+	"glia.dev/glia/internal/netnsfile"
 )
 
 //go:embed manifests/*.yaml
@@ -96,8 +97,10 @@ func (l *Lab) Up(ctx context.Context, o UpOptions) (err error) {
 			return err
 		}
 	}
-	st := &State{Nodes: o.Nodes, Set: o.Set, NetnsDirWasMount: isMountPoint(netnsRunDir)}
-	if err := ensureNetnsDir(); err != nil {
+	st := &State{Nodes: o.Nodes, Set: o.Set, NetnsDirWasMount: netnsfile.IsMountPoint(netnsRunDir)}
+	// Namespaces bound in /var/run/netns must show in every mount
+	// namespace; prepare it before any is bound there.
+	if err := netnsfile.ShareDir(netnsRunDir); err != nil {
 		return err
 	}
 	st.MountedBPFFS, err = ensureBPFFS()
@@ -537,7 +540,7 @@ func (l *Lab) down(ctx context.Context, quiet bool) error {
 	}
 	// The lab made /var/run/netns a mount point (as `ip netns add` does):
 	// undo that when it was not one before and nothing else lives there.
-	if st != nil && !st.NetnsDirWasMount && isMountPoint(netnsRunDir) {
+	if st != nil && !st.NetnsDirWasMount && netnsfile.IsMountPoint(netnsRunDir) {
 		if rest, _ := os.ReadDir(netnsRunDir); len(rest) == 0 {
 			unmountUnder(netnsRunDir)
 		}

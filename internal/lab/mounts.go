@@ -42,22 +42,3 @@ func unmountUnder(dir string) error {
 	}
 	return sc.Err()
 }
-
-// isMountPoint reports whether path is a mount point (listed in mountinfo).
-func isMountPoint(path string) bool {
-	if r, err := filepath.EvalSymlinks(path); err == nil {
-		path = r
-	}
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if fields := strings.Fields(sc.Text()); len(fields) > 4 && fields[4] == path {
-			return true
-		}
-	}
-	return false
-}

@@ -7,74 +7,29 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"glia.dev/glia/internal/netnsfile"
 )
 
 const netnsRunDir = "/var/run/netns"
 
 // createNamedNetns creates /var/run/netns/<name> (as `ip netns add` does).
-// The thread that creates it is locked and thrown away, so no goroutine of
-// ours is ever left in the new namespace.
 func createNamedNetns(name string) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
-		h, err := netns.NewNamed(name)
-		if err == nil {
-			h.Close()
-		}
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
+	if err := netnsfile.Create(filepath.Join(netnsRunDir, name)); err != nil {
 		return fmt.Errorf("create network namespace %s: %w", name, err)
-	}
-	return nil
-}
-
-// ensureNetnsDir makes /var/run/netns a shared mount point, as `ip netns
-// add` does, before any namespace is mounted in it: namespaces bound there
-// later then show in every mount namespace, and nobody re-binds the
-// directory over mounts already in it (which would stack two mounts on
-// each namespace file).
-func ensureNetnsDir() error {
-	if err := os.MkdirAll(netnsRunDir, 0o755); err != nil {
-		return err
-	}
-	if !isMountPoint(netnsRunDir) {
-		if err := unix.Mount(netnsRunDir, netnsRunDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-			return fmt.Errorf("bind %s onto itself: %w", netnsRunDir, err)
-		}
-	}
-	if err := unix.Mount("", netnsRunDir, "none", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
-		return fmt.Errorf("make %s shared: %w", netnsRunDir, err)
 	}
 	return nil
 }
 
 // deleteNamedNetns unmounts and removes /var/run/netns/<name>; a missing one is fine.
 func deleteNamedNetns(name string) error {
-	p := filepath.Join(netnsRunDir, name)
-	// A namespace file may carry more than one mount (one per bind of the
-	// directory over it); take them all off.
-	for i := 0; i < 8; i++ {
-		err := unix.Unmount(p, unix.MNT_DETACH)
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("unmount %s: %w", p, err)
-		}
-	}
-	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove %s: %w", p, err)
-	}
-	return nil
+	return netnsfile.Remove(filepath.Join(netnsRunDir, name))
 }
 
 // listNamedNetns returns the named namespaces whose name starts with prefix.

@@ -20,6 +20,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"glia.dev/glia/internal/lab/podinit"
+	"glia.dev/glia/internal/netnsfile"
 )
 
 // TestMain lets the test binary stand in for the glia binary: Spawn starts
@@ -234,7 +235,7 @@ func TestPrivilegedNetNSLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { removeNetNS(path) })
-	if !isNetNSMount(path) {
+	if !netnsfile.IsNamespace(path) {
 		t.Fatalf("%s is not a network namespace", path)
 	}
 	// Its loopback is up, as a container runtime leaves a sandbox.

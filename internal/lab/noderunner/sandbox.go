@@ -20,6 +20,7 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
 	"glia.dev/glia/internal/lab/podinit"
+	"glia.dev/glia/internal/netnsfile"
 )
 
 // Sandbox is the kernel side of running pods, behind a narrow interface so
@@ -128,7 +129,7 @@ func (s *HostSandbox) netConf() (*libcni.NetworkConfigList, error) {
 
 func runtimeConf(st *PodState) *libcni.RuntimeConf {
 	netns := st.NetNSPath
-	if !isNetNSMount(netns) {
+	if !netnsfile.IsNamespace(netns) {
 		netns = "" // DEL must still run when the namespace is gone
 	}
 	return &libcni.RuntimeConf{
@@ -192,7 +193,7 @@ func (s *HostSandbox) Check(ctx context.Context, st *PodState) error {
 	if st.HostNetwork {
 		return nil
 	}
-	if !isNetNSMount(st.NetNSPath) {
+	if !netnsfile.IsNamespace(st.NetNSPath) {
 		return fmt.Errorf("network namespace %s is gone", st.NetNSPath)
 	}
 	list, err := s.netConf()
