@@ -19,6 +19,12 @@ func TestPrivilegedVethFloor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			f.Close()
+		}
+	})
 	paths := []string{f.client.Path(), f.server.Path()}
 	host := floorServer.String()
 
@@ -55,6 +61,7 @@ func TestPrivilegedVethFloor(t *testing.T) {
 		t.Fatal("rr to an address nobody holds succeeded")
 	}
 
+	closed = true
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
