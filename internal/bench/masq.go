@@ -55,8 +55,18 @@ func runMasquerade(ctx context.Context, r *runner, rep *Report) error {
 			for _, m := range rotate(modes, i) {
 				r.p.status("masquerade rep %d/%d %s: %d connections to %s", i+1, r.opts.Repeats, m, r.opts.Conns, addr)
 				st, err := connSeries(ctx, e.pods["client-"+m].nsPath, addr, r.opts.Conns, true)
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				if st.failed > 0 {
+					tried := st.failed + len(st.lat)
+					rep.Add("connections failed", "%", tOutside, 0, m, true, 100*float64(st.failed)/float64(tried))
+					rep.Note("%s rep %d: %d of %d connections failed", m, i+1, st.failed, tried)
+				}
 				if err != nil {
-					return fmt.Errorf("%s: %w", m, err)
+					rep.Note("%s rep %d: series given up: %v", m, i+1, err)
+					r.p.say("masquerade %s: series given up: %v", m, err)
+					continue
 				}
 				rep.Add("connection rate", "conn/s", tOutside, 0, m, false, float64(len(st.lat))/st.elapsed.Seconds())
 				rep.Add("p50 latency", "µs", tOutside, 0, m, true, Percentile(st.lat, 50))
