@@ -2,7 +2,9 @@ package bench
 
 import (
 	"bytes"
+	"errors"
 	"image/png"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -273,5 +275,31 @@ func TestOptionsValidate(t *testing.T) {
 		if err := o.Validate(); (err == nil) != tc.ok {
 			t.Errorf("%s: Validate() = %v, want ok=%v", name, err, tc.ok)
 		}
+	}
+}
+
+func TestSeriesOK(t *testing.T) {
+	r := &runner{p: newProgress(io.Discard)}
+	rep := &Report{}
+	if !r.seriesOK(rep, connStats{lat: []float64{1, 2, 3}}, nil, tLast, 10, ModeEBPF, "clean") {
+		t.Fatal("a clean series is not OK")
+	}
+	if len(rep.Measurements) != 0 || len(rep.Notes) != 0 {
+		t.Fatalf("a clean series left rows %v and notes %v", rep.Measurements, rep.Notes)
+	}
+	if !r.seriesOK(rep, connStats{lat: make([]float64, 198), failed: 2}, nil, tLast, 10, ModeIPTables, "lossy") {
+		t.Fatal("a series with 1% failed is not OK")
+	}
+	if v, ok := rep.Median("connections failed", tLast, 10, ModeIPTables); !ok || v != 1 {
+		t.Fatalf("connections failed = %v (%t), want 1%%", v, ok)
+	}
+	if r.seriesOK(rep, connStats{lat: make([]float64, 50), failed: 30}, errors.New("i/o timeout"), tLast, 10, ModeNFTables, "given up") {
+		t.Fatal("a series given up is OK")
+	}
+	if v, _ := rep.Median("connections failed", tLast, 10, ModeNFTables); v != 37.5 {
+		t.Fatalf("connections failed = %v, want 37.5%%", v)
+	}
+	if len(rep.Notes) != 3 || !strings.Contains(rep.Notes[2], "given up: series given up: i/o timeout") {
+		t.Fatalf("notes %q", rep.Notes)
 	}
 }

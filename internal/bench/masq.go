@@ -58,14 +58,7 @@ func runMasquerade(ctx context.Context, r *runner, rep *Report) error {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				if st.failed > 0 {
-					tried := st.failed + len(st.lat)
-					rep.Add("connections failed", "%", tOutside, 0, m, true, 100*float64(st.failed)/float64(tried))
-					rep.Note("%s rep %d: %d of %d connections failed", m, i+1, st.failed, tried)
-				}
-				if err != nil {
-					rep.Note("%s rep %d: series given up: %v", m, i+1, err)
-					r.p.say("masquerade %s: series given up: %v", m, err)
+				if !r.seriesOK(rep, st, err, tOutside, 0, m, fmt.Sprintf("%s rep %d", m, i+1)) {
 					continue
 				}
 				rep.Add("connection rate", "conn/s", tOutside, 0, m, false, float64(len(st.lat))/st.elapsed.Seconds())

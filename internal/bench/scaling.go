@@ -146,6 +146,24 @@ func (r *runner) carriedModes(ctx context.Context, e *env, rep *Report, what str
 	return ok, took, nil
 }
 
+// seriesOK records what failed in a series of connections: the share of
+// failed connections (a row of its own) and, when the series was given
+// up, a note. A failing series is a result, not the end of the run: it
+// reports false and the caller goes on with the other modes and targets.
+func (r *runner) seriesOK(rep *Report, st connStats, err error, target string, n int, mode, what string) bool {
+	if st.failed > 0 {
+		tried := st.failed + len(st.lat)
+		rep.Add("connections failed", "%", target, n, mode, true, 100*float64(st.failed)/float64(tried))
+		rep.Note("%s: %d of %d connections failed", what, st.failed, tried)
+	}
+	if err != nil {
+		rep.Note("%s: series given up: %v", what, err)
+		r.p.say("%s: series given up: %v", what, err)
+		return false
+	}
+	return true
+}
+
 func runServiceScaling(ctx context.Context, r *runner, rep *Report) error {
 	rep.Modes = r.opts.Modes
 	rep.Services = sortedPoints(r.opts.Services)
@@ -180,16 +198,7 @@ func runServiceScaling(ctx context.Context, r *runner, rep *Report) error {
 						if ctx.Err() != nil {
 							return ctx.Err()
 						}
-						if st.failed > 0 {
-							tried := st.failed + len(st.lat)
-							rep.Add("connections failed", "%", target, n, m, true, 100*float64(st.failed)/float64(tried))
-							rep.Note("%s N=%d %s rep %d: %d of %d connections failed", m, n, target, i+1, st.failed, tried)
-						}
-						if err != nil {
-							// A series that fails is a result, not the end
-							// of the run: the other modes and targets go on.
-							rep.Note("%s N=%d %s rep %d: series given up: %v", m, n, target, i+1, err)
-							r.p.say("%s N=%d %s: series given up: %v", m, n, target, err)
+						if !r.seriesOK(rep, st, err, target, n, m, fmt.Sprintf("%s N=%d %s rep %d", m, n, target, i+1)) {
 							continue
 						}
 						rep.Add("p50 latency", "µs", target, n, m, true, Percentile(st.lat, 50))
