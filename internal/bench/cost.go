@@ -160,7 +160,7 @@ func runAgentCost(ctx context.Context, r *runner, rep *Report) error {
 			r.p.status("agent-cost N=%d: waiting until every mode carries the Services", n)
 			// A mode that does not carry them is still measured (its
 			// cost is what it spends trying); the note says so.
-			if _, _, err := r.carriedModes(ctx, e, rep, fmt.Sprintf("N=%d (measured anyway)", n), modes, []string{t[tFirst], t[tLast]}, nil, 10*time.Minute); err != nil {
+			if _, _, err := r.carriedModes(ctx, e, rep, fmt.Sprintf("N=%d, before measuring (a mode not carrying them is measured all the same)", n), modes, []string{t[tFirst], t[tLast]}, nil, 10*time.Minute); err != nil {
 				return err
 			}
 			// Let the last sync settle before measuring idle.

@@ -125,7 +125,8 @@ func (r *runner) waitAllCarried(ctx context.Context, e *env, modes []string, add
 
 // carriedModes waits as waitAllCarried does, notes every mode that failed
 // in rep, and returns the modes that were carried (in modes' order) and
-// their times. It fails only when no mode was carried or ctx ended.
+// their times; callers measure those. It fails only when no mode was
+// carried or ctx ended.
 func (r *runner) carriedModes(ctx context.Context, e *env, rep *Report, what string, modes, addrs []string, want map[string]bool, timeout time.Duration) ([]string, map[string]time.Duration, error) {
 	took, failed, err := r.waitAllCarried(ctx, e, modes, addrs, want, timeout)
 	if err != nil {
@@ -134,8 +135,8 @@ func (r *runner) carriedModes(ctx context.Context, e *env, rep *Report, what str
 	var ok []string
 	for _, m := range modes {
 		if why := failed[m]; why != nil {
-			rep.Note("%s: %s was not measured: %v", what, m, why)
-			r.p.say("%s: %s failed: %v", what, m, why)
+			rep.Note("%s: %s: %v", what, m, why)
+			r.p.say("%s: %s: %v", what, m, why)
 			continue
 		}
 		ok = append(ok, m)
@@ -182,7 +183,7 @@ func runServiceScaling(ctx context.Context, r *runner, rep *Report) error {
 			}
 			t := set.targets()
 			r.p.status("service-scaling N=%d: waiting until every mode carries the Services", n)
-			atN, _, err := r.carriedModes(ctx, e, rep, fmt.Sprintf("N=%d", n), modes, []string{t[tFirst], t[tMiddle], t[tLast]}, nil, 10*time.Minute)
+			atN, _, err := r.carriedModes(ctx, e, rep, fmt.Sprintf("N=%d (a mode not carrying the Services is left out at this N)", n), modes, []string{t[tFirst], t[tMiddle], t[tLast]}, nil, 10*time.Minute)
 			if err != nil {
 				return err
 			}
