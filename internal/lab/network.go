@@ -17,7 +17,7 @@ import (
 	"glia.dev/glia/internal/netnsfile"
 )
 
-const netnsRunDir = "/var/run/netns"
+const netnsRunDir = netnsfile.Dir
 
 // createNamedNetns creates /var/run/netns/<name> (as `ip netns add` does).
 func createNamedNetns(name string) error {

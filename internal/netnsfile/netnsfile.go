@@ -18,6 +18,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Dir is where named network namespaces live, for `ip netns` and glia.
+const Dir = "/var/run/netns"
+
 // Create makes a new network namespace bound on path, with its loopback
 // up (pods and nodes talk to themselves over it). The directory must
 // exist; ShareDir prepares one. On error nothing is left at path.

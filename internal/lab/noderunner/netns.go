@@ -13,7 +13,7 @@ import (
 const NetNSPrefix = "glia-pod-"
 
 // NetNSDir is where named network namespaces live (as with `ip netns`).
-const NetNSDir = "/var/run/netns"
+const NetNSDir = netnsfile.Dir
 
 // PodNetNSName is the deterministic namespace name of a pod on a node:
 // glia-pod-<node>-<first 8 characters of the pod UID>.
