@@ -232,12 +232,21 @@ func (e *env) addPods(ctx context.Context, want map[string]string) error {
 // serve starts the bench servers in pods' namespaces.
 func (e *env) serve(names ...string) error {
 	for _, n := range names {
-		s, err := startServers(e.pods[n].nsPath, n)
-		if err != nil {
+		if err := e.serveIn(e.pods[n].nsPath, n); err != nil {
 			return err
 		}
-		e.srv = append(e.srv, s)
 	}
+	return nil
+}
+
+// serveIn starts bench servers answering with name in the network
+// namespace at nsPath; close stops them.
+func (e *env) serveIn(nsPath, name string) error {
+	s, err := startServers(nsPath, name)
+	if err != nil {
+		return err
+	}
+	e.srv = append(e.srv, s)
 	return nil
 }
 

@@ -32,7 +32,7 @@ func TestPrivilegedVethFloor(t *testing.T) {
 		var ans string
 		err := netnsDo(f.client.Path(), func() error {
 			var err error
-			ans, _, err = connOnce(net.JoinHostPort(host, strconv.Itoa(portConn)), time.Second, false)
+			ans, _, err = connOnce(net.JoinHostPort(host, strconv.Itoa(portConn)), 0, time.Second, false)
 			return err
 		})
 		return ans, err
@@ -59,6 +59,50 @@ func TestPrivilegedVethFloor(t *testing.T) {
 	// Nothing answers from outside the floor's namespaces.
 	if _, err := rr(f.client.Path(), net.JoinHostPort("198.19.254.3", strconv.Itoa(portRR)), 50*time.Millisecond); err == nil {
 		t.Fatal("rr to an address nobody holds succeeded")
+	}
+
+	// Probes come from probe ports, measured connections from ephemeral
+	// ones: the two never share a connection-tracking entry.
+	var ln net.Listener
+	if err := netnsDo(f.server.Path(), func() error {
+		var err error
+		ln, err = net.Listen("tcp4", ":9100")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ports := make(chan int, 100)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			ports <- c.RemoteAddr().(*net.TCPAddr).Port
+			c.Write([]byte("probed\n"))
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	probe := net.JoinHostPort(host, "9100")
+	if _, err := waitCarried(ctx, f.client.Path(), probe, map[string]bool{"probed": true}, time.Millisecond); err != nil {
+		t.Fatalf("waitCarried: %v", err)
+	}
+	if p := <-ports; p < probePortMin || p >= probePortMax {
+		t.Errorf("a probe came from port %d, outside [%d, %d)", p, probePortMin, probePortMax)
+	}
+	for len(ports) > 0 { // probes still in flight when the first answered
+		<-ports
+	}
+	if _, err := connSeries(ctx, f.client.Path(), probe, 5, false); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		if p := <-ports; p >= probePortMin && p < probePortMax {
+			t.Errorf("a measured connection came from probe port %d", p)
+		}
 	}
 
 	closed = true
