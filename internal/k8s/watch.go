@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -240,7 +242,8 @@ func (w *Watcher) Nodes() []*corev1.Node {
 
 // Services translates every Service and its EndpointSlices into datapath
 // frontends: one per (ClusterIP, port), with NodePort where the Service has
-// one. The periodic full resync uses it; changes go through TakeDirtyServices.
+// one, sorted by protocol and frontend. The agent's full pass uses it;
+// changes go through TakeDirtyServices.
 func (w *Watcher) Services() []datapath.Service {
 	if w.services == nil {
 		return nil
@@ -249,7 +252,14 @@ func (w *Watcher) Services() []datapath.Service {
 	for _, k := range w.services.GetStore().ListKeys() {
 		out = append(out, w.serviceFrontends(k)...)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
+	// By protocol, then frontend: a stable order for listings, compared
+	// without building a key string per comparison.
+	slices.SortFunc(out, func(a, b datapath.Service) int {
+		if c := strings.Compare(a.Protocol, b.Protocol); c != 0 {
+			return c
+		}
+		return a.Frontend.Compare(b.Frontend)
+	})
 	return out
 }
 

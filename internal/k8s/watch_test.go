@@ -2,6 +2,7 @@ package k8s
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -204,7 +205,7 @@ func internalIP(ip string) corev1.NodeAddress {
 }
 
 // startWatcher starts a Watcher on a fake clientset holding objs.
-func startWatcher(t *testing.T, withServices bool, objs ...runtime.Object) (*Watcher, *fake.Clientset) {
+func startWatcher(t testing.TB, withServices bool, objs ...runtime.Object) (*Watcher, *fake.Clientset) {
 	t.Helper()
 	cs := fake.NewClientset(objs...)
 	w := NewWatcher(&Clients{Kube: cs}, withServices)
@@ -309,7 +310,7 @@ func TestWatcherServices(t *testing.T) {
 		Namespace: "default", Name: "kube-dns", PortName: "dns", Protocol: "UDP",
 		Frontend: netip.MustParseAddrPort("198.18.128.10:53"),
 	}}
-	// Services are sorted by Key (protocol/frontend).
+	// Services are sorted by protocol, then frontend.
 	if diff := cmp.Diff(want, got, equateNetip); diff != "" {
 		t.Errorf("Services (-want +got):\n%s", diff)
 	}
@@ -398,5 +399,31 @@ func TestWatcherPokesOnlyOnChange(t *testing.T) {
 	}
 	if fe, ok := dirty["default/a"]; !ok || len(fe) != 0 || len(dirty) != 1 {
 		t.Fatalf("dirty after deleting a = %+v, want default/a with no frontends", dirty)
+	}
+}
+
+// BenchmarkWatcherServices is the agent's full pass over N Services
+// (2 endpoints each): what it costs to list them from the informers.
+func BenchmarkWatcherServices(b *testing.B) {
+	for _, n := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("%dk", n/1000), func(b *testing.B) {
+			http := corev1.ServicePort{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}
+			var objs []runtime.Object
+			for i := range n {
+				name := fmt.Sprintf("svc-%05d", i)
+				ip := netip.AddrFrom4([4]byte{198, 18, 128 + byte(i>>8), byte(i)})
+				objs = append(objs, svc(name, ip.String(), corev1.ServiceTypeClusterIP, http),
+					slice(name+"-x", name, discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 8080)},
+						ep("n1", ptr(true), nil, "198.19.1.5"), ep("n2", ptr(true), nil, "198.19.2.5")))
+			}
+			w, _ := startWatcher(b, true, objs...)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				if got := len(w.Services()); got != n {
+					b.Fatalf("%d Services, want %d", got, n)
+				}
+			}
+		})
 	}
 }
