@@ -33,8 +33,25 @@ import (
 	"glia.dev/glia/internal/status"
 )
 
-// resyncInterval bounds how long drift in the kernel can go unrepaired.
+// resyncInterval is the period of the node pass: every node route
+// compared with the kernel, stale endpoints collected, metrics refreshed.
 const resyncInterval = 30 * time.Second
+
+// servicePassEvery: one node pass in servicePassEvery is a full pass: it
+// also lists every Service from the informers and compares it with what
+// the datapath wrote (repairing a change the watch missed), then reads
+// the service maps back from the kernel and repairs what drifted there
+// (an entry deleted by hand, a lost write). Both cost in proportion to
+// the cluster — 50 ms of CPU and a walk of every map at 10k Services —
+// which is why they are rare: with resyncInterval, every 5 minutes. A
+// Service update that failed brings the full pass forward to the next
+// node pass.
+const servicePassEvery = 10
+
+// serviceVerifier is a datapath that can read its service maps back.
+type serviceVerifier interface {
+	VerifyServices(ctx context.Context) error
+}
 
 // Agent is a running glia-agent.
 type Agent struct {
@@ -55,6 +72,10 @@ type Agent struct {
 	eps      *endpoint.Manager
 	watcher  *k8s.Watcher
 	ctrl     *controllers
+	// servicesFailed: the last Service update, full pass or read-back
+	// failed; the next node pass makes a full pass. Only the run loop
+	// touches it.
+	servicesFailed bool
 
 	healthEP   *health.Endpoint
 	prober     *health.Prober
@@ -223,7 +244,7 @@ func (a *Agent) run(ctx context.Context) error {
 	a.log.Info("glia-agent ready", "node", a.node.Name, "datapath", a.dp.Name(), "socket", a.cfg.Socket,
 		"podCIDR", a.node.PodCIDR, "nodeIP", a.node.IP)
 
-	a.reconcile(ctx)
+	a.reconcile(ctx, true)
 	if a.dp.Name() == "legacy" {
 		// A node switched back from the eBPF datapath: now that the kernel
 		// routes every pod and node, detach what the eBPF datapath left.
@@ -233,9 +254,11 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	// Work follows change: a node's address or pod CIDR changing resyncs
 	// node routes; a Service or EndpointSlice changing updates that Service
-	// only. A full pass every resyncInterval repairs drift.
+	// only. A node pass every resyncInterval keeps routes and endpoints
+	// true; every servicePassEvery passes, a full pass covers Services.
 	tick := time.NewTicker(resyncInterval)
 	defer tick.Stop()
+	pass := 0
 	for {
 		select {
 		case <-ctx.Done():
@@ -253,10 +276,16 @@ func (a *Agent) run(ctx context.Context) error {
 			if err := a.ctrl.run(ctx, "update-services", func(ctx context.Context) error {
 				return a.dp.UpdateServices(ctx, changed)
 			}); err != nil {
-				a.log.Warn("Service update failed; the next resync retries", "services", len(changed), "error", err)
+				a.servicesFailed = true
+				a.log.Warn("Service update failed; the next node pass retries with a full pass", "services", len(changed), "error", err)
 			}
 		case <-tick.C:
-			a.reconcile(ctx)
+			pass++
+			full := a.fullPassDue(pass)
+			a.reconcile(ctx, full)
+			if full {
+				a.verifyServices(ctx)
+			}
 			a.ctrl.run(ctx, "endpoint-gc", func(ctx context.Context) error {
 				released, err := a.eps.CollectStale(ctx)
 				if len(released) > 0 {
@@ -276,21 +305,42 @@ func (a *Agent) syncNodes(ctx context.Context) {
 	}
 }
 
-// reconcile is the full pass: every node route and every Service, then the
-// metrics. The datapath diffs against what it wrote, so an unchanged
-// cluster costs no kernel writes.
-func (a *Agent) reconcile(ctx context.Context) {
+// reconcile is the node pass — every node route, then the metrics — and,
+// with services, the full pass over every Service too. The datapath
+// diffs against what it wrote, so an unchanged cluster costs no kernel
+// writes.
+func (a *Agent) reconcile(ctx context.Context, services bool) {
 	a.syncNodes(ctx)
-	if a.modes.KubeProxyReplacement {
+	if services && a.modes.KubeProxyReplacement {
 		a.watcher.TakeDirtyServices() // the full pass covers them
 		svcs := a.watcher.Services()
-		if err := a.ctrl.run(ctx, "sync-services", func(ctx context.Context) error {
+		err := a.ctrl.run(ctx, "sync-services", func(ctx context.Context) error {
 			return a.dp.SyncServices(ctx, svcs)
-		}); err != nil {
-			a.log.Warn("Service sync failed", "error", err)
+		})
+		a.servicesFailed = err != nil
+		if err != nil {
+			a.log.Warn("Service sync failed; the next node pass retries", "error", err)
 		}
 	}
 	a.updateMetrics(ctx)
+}
+
+// fullPassDue says whether the pass-th node pass is also a full pass.
+func (a *Agent) fullPassDue(pass int) bool {
+	return pass%servicePassEvery == 0 || a.servicesFailed
+}
+
+// verifyServices reads the service maps back from the kernel and repairs
+// drift, if the datapath balances Services and can.
+func (a *Agent) verifyServices(ctx context.Context) {
+	v, ok := a.dp.(serviceVerifier)
+	if !ok || !a.modes.KubeProxyReplacement {
+		return
+	}
+	if err := a.ctrl.run(ctx, "verify-services", v.VerifyServices); err != nil {
+		a.servicesFailed = true
+		a.log.Warn("Reading the service maps back failed; the next node pass retries", "error", err)
+	}
 }
 
 func (a *Agent) apiHandler() http.Handler {

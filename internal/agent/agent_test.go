@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -368,4 +369,69 @@ func TestUpdateMetrics(t *testing.T) {
 			t.Errorf("metrics after the switch (-want +got):\n%s", diff)
 		}
 	})
+}
+
+// verifyingDP is a datapath that reads its service maps back.
+type verifyingDP struct {
+	fakeDP
+	verified int
+	err      error
+}
+
+func (v *verifyingDP) VerifyServices(context.Context) error {
+	v.verified++
+	return v.err
+}
+
+func TestVerifyServices(t *testing.T) {
+	ctx := context.Background()
+	v := &verifyingDP{}
+	a := &Agent{log: discard(), ctrl: newControllers(), dp: v, modes: config.Modes{KubeProxyReplacement: true}}
+	a.verifyServices(ctx)
+	if v.verified != 1 || a.servicesFailed {
+		t.Fatalf("verified %d times, servicesFailed %t; want 1, false", v.verified, a.servicesFailed)
+	}
+
+	// A failure is counted as the controller's and brings the next full
+	// pass forward.
+	v.err = errors.New("map walk interrupted")
+	a.verifyServices(ctx)
+	var failures int
+	for _, c := range a.ctrl.list() {
+		if c.Name == "verify-services" {
+			failures = c.Failures
+		}
+	}
+	if failures != 1 || !a.servicesFailed {
+		t.Fatalf("verify-services failures = %d, servicesFailed %t; want 1, true", failures, a.servicesFailed)
+	}
+
+	// Without kube-proxy replacement kube-proxy owns Services: no walk.
+	v.verified = 0
+	a.modes.KubeProxyReplacement = false
+	a.verifyServices(ctx)
+	// A datapath that cannot read its maps back (legacy) is left alone.
+	a.modes.KubeProxyReplacement = true
+	a.dp = &fakeDP{}
+	a.verifyServices(ctx)
+	if v.verified != 0 {
+		t.Fatalf("%d verifications without kube-proxy replacement or a verifier", v.verified)
+	}
+}
+
+func TestFullPassDue(t *testing.T) {
+	a := &Agent{}
+	var full []int
+	for pass := 1; pass <= 3*servicePassEvery; pass++ {
+		if a.fullPassDue(pass) {
+			full = append(full, pass)
+		}
+	}
+	if want := []int{servicePassEvery, 2 * servicePassEvery, 3 * servicePassEvery}; !slices.Equal(full, want) {
+		t.Fatalf("full passes at %v, want %v", full, want)
+	}
+	a.servicesFailed = true
+	if !a.fullPassDue(1) {
+		t.Fatal("after a failed Service update the next node pass is not a full pass")
+	}
 }
