@@ -44,6 +44,14 @@ func TestLegacyLab(t *testing.T) {
 // namespaces, links, routes, processes, pins, cgroups, mounts, files.
 func (l *Lab) checkDownLeavesNothing(t *testing.T) {
 	l.Glia("lab", "down")
+	if left := labLeftovers(); len(left) > 0 {
+		t.Errorf("glia lab down left behind:\n%s", strings.Join(left, "\n"))
+	}
+}
+
+// labLeftovers lists what of a lab is on this machine: namespaces, links,
+// routes, processes, pins, cgroups, mounts, files.
+func labLeftovers() []string {
 	var left []string
 	if out, _ := exec.Command("ip", "netns", "list").CombinedOutput(); strings.Contains(string(out), "glia-") {
 		left = append(left, "namespaces: "+string(out))
@@ -71,9 +79,7 @@ func (l *Lab) checkDownLeavesNothing(t *testing.T) {
 			left = append(left, "process "+p+": "+strings.ReplaceAll(string(b), "\x00", " "))
 		}
 	}
-	if len(left) > 0 {
-		t.Errorf("glia lab down left behind:\n%s", strings.Join(left, "\n"))
-	}
+	return left
 }
 
 // checkRootNamespace: the root namespace routes none of the lab's ranges
