@@ -32,8 +32,14 @@ import (
 //
 // cnitool caches results under /var/lib/cni (it has no option for another
 // directory); the network has a name of its own so nothing else there is
-// touched, and DEL removes the cache entry.
+// touched, DEL removes the cache entry, and the directories cnitool made
+// for it are removed at the end if they are empty.
 func TestPrivilegedCNITool(t *testing.T) {
+	for _, dir := range []string{"/var/lib/cni", "/var/lib/cni/results"} {
+		if _, err := os.Stat(dir); os.IsNotExist(err) {
+			t.Cleanup(func() { os.Remove(dir) }) // only if empty; deepest first (cleanups run in reverse)
+		}
+	}
 	l := newLab(t, "198.19.18.0/24")
 	toolDir := t.TempDir()
 	cnitool := filepath.Join(toolDir, "cnitool")
