@@ -97,7 +97,9 @@ func (l *Lab) Up(ctx context.Context, o UpOptions) (err error) {
 			return err
 		}
 	}
-	st := &State{Nodes: o.Nodes, Set: o.Set, NetnsDirWasMount: netnsfile.IsMountPoint(netnsRunDir)}
+	_, statErr := os.Stat(netnsRunDir)
+	st := &State{Nodes: o.Nodes, Set: o.Set, NetnsDirWasMount: netnsfile.IsMountPoint(netnsRunDir),
+		NetnsDirMade: errors.Is(statErr, os.ErrNotExist)}
 	// Namespaces bound in /var/run/netns must show in every mount
 	// namespace; prepare it before any is bound there.
 	if err := netnsfile.ShareDir(netnsRunDir); err != nil {
@@ -544,6 +546,9 @@ func (l *Lab) down(ctx context.Context, quiet bool) error {
 		if rest, _ := os.ReadDir(netnsRunDir); len(rest) == 0 {
 			unmountUnder(netnsRunDir)
 		}
+	}
+	if st != nil && st.NetnsDirMade && !netnsfile.IsMountPoint(netnsRunDir) {
+		os.Remove(netnsRunDir) // only if empty: what else lives there stays
 	}
 	if err := teardownRootNetwork(); err != nil {
 		errs = append(errs, err)

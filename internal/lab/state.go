@@ -24,6 +24,9 @@ type State struct {
 	// NetnsDirWasMount records whether /var/run/netns was a mount point
 	// before the lab (iproute2 and the lab make it one).
 	NetnsDirWasMount bool `json:"netnsDirWasMount,omitempty"`
+	// NetnsDirMade records that the lab created /var/run/netns itself, so
+	// that lab down removes it again (if empty).
+	NetnsDirMade bool `json:"netnsDirMade,omitempty"`
 }
 
 func (s *State) add(p Proc) {
