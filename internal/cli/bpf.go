@@ -167,19 +167,7 @@ func lbRows(svcs []maps.ServiceEntry, backends []maps.BackendEntry, slots, magle
 	for _, b := range backends {
 		byID[b.ID] = b.Backend
 	}
-	sort.Slice(svcs, func(i, j int) bool {
-		a, b := svcs[i].Key, svcs[j].Key
-		if a.Scope != b.Scope {
-			return a.Scope < b.Scope
-		}
-		if a.Addr != b.Addr {
-			return a.Addr.Addr().Less(b.Addr.Addr())
-		}
-		if a.Port != b.Port {
-			return a.Port.Uint16() < b.Port.Uint16()
-		}
-		return a.Proto < b.Proto
-	})
+	sort.Slice(svcs, func(i, j int) bool { return svcs[i].Key.Less(svcs[j].Key) })
 	backendName := func(id uint32) string {
 		b, ok := byID[id]
 		if !ok {

@@ -1,6 +1,7 @@
 package maps
 
 import (
+	"net/netip"
 	"slices"
 	"testing"
 )
@@ -25,5 +26,25 @@ func TestMetricNames(t *testing.T) {
 	}
 	if got := MetricName(MetricMax + 3); got != "reason-19" {
 		t.Errorf("an unknown reason is named %q, want reason-19", got)
+	}
+}
+
+func TestSvcKeyLess(t *testing.T) {
+	key := func(addr string, port uint16, proto, scope uint8) SvcKey {
+		return SvcKey{Addr: IPv4From(netip.MustParseAddr(addr)), Port: PortFrom(port), Proto: proto, Scope: scope}
+	}
+	ordered := []SvcKey{
+		key("198.18.128.9", 80, 6, ScopeClusterIP),
+		key("198.18.128.10", 53, 17, ScopeClusterIP), // numerically after .9, not as text
+		key("198.18.128.10", 80, 6, ScopeClusterIP),
+		key("198.18.128.10", 80, 17, ScopeClusterIP),
+		key("198.18.0.11", 30080, 6, ScopeNodePort), // NodePort scope after every ClusterIP
+	}
+	for i := range ordered {
+		for j := range ordered {
+			if got, want := ordered[i].Less(ordered[j]), i < j; got != want {
+				t.Errorf("%v.Less(%v) = %t, want %t", ordered[i], ordered[j], got, want)
+			}
+		}
 	}
 }

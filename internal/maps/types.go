@@ -85,6 +85,21 @@ type SvcKey struct {
 	Scope uint8
 }
 
+// Less orders keys by scope, address, port and protocol (listings and
+// the loader's deterministic order).
+func (k SvcKey) Less(o SvcKey) bool {
+	if k.Scope != o.Scope {
+		return k.Scope < o.Scope
+	}
+	if k.Addr != o.Addr {
+		return k.Addr.Addr().Less(o.Addr.Addr())
+	}
+	if k.Port != o.Port {
+		return k.Port.Uint16() < o.Port.Uint16()
+	}
+	return k.Proto < o.Proto
+}
+
 func (k SvcKey) String() string {
 	if k.Scope == ScopeNodePort {
 		return fmt.Sprintf("%s/NodePort:%d", ProtoName(k.Proto), k.Port.Uint16())

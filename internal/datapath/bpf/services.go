@@ -230,7 +230,7 @@ func cmpSvcKey(a, b maps.SvcKey) int {
 	switch {
 	case a == b:
 		return 0
-	case lessSvcKey(a, b):
+	case a.Less(b):
 		return -1
 	}
 	return 1
@@ -244,19 +244,6 @@ func lessBackend(a, b backendKey) bool {
 		return a.port.Uint16() < b.port.Uint16()
 	}
 	return a.proto < b.proto
-}
-
-func lessSvcKey(a, b maps.SvcKey) bool {
-	if a.Scope != b.Scope {
-		return a.Scope < b.Scope
-	}
-	if a.Addr != b.Addr {
-		return a.Addr.Addr().Less(b.Addr.Addr())
-	}
-	if a.Port != b.Port {
-		return a.Port.Uint16() < b.Port.Uint16()
-	}
-	return a.Proto < b.Proto
 }
 
 func frontendsEqual(a, b []frontend) bool {
@@ -762,6 +749,24 @@ type restoreStats struct {
 	Frontends, Backends, Rewrite, StaleSlots int
 }
 
+// readMaps reads every service, backend and slot entry from the kernel.
+func (w *lbWriter) readMaps() ([]maps.ServiceEntry, []maps.BackendEntry, map[slotRef]uint32, error) {
+	svcs, err := w.services.List()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	bes, err := w.backends.List()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	slotIdx, err := w.slotIndex()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	w.ops.Reads += len(svcs) + len(bes)
+	return svcs, bes, slotIdx, nil
+}
+
 // restore rebuilds the in-memory state from the maps a previous run
 // left, keeping every id. Frontends whose slots do not match their entry
 // are rewritten when a Service claims them; slots of no live generation
@@ -769,19 +774,10 @@ type restoreStats struct {
 func (w *lbWriter) restore() (restoreStats, error) {
 	w.reset()
 	var st restoreStats
-	svcs, err := w.services.List()
+	svcs, bes, slotIdx, err := w.readMaps()
 	if err != nil {
 		return st, err
 	}
-	bes, err := w.backends.List()
-	if err != nil {
-		return st, err
-	}
-	slotIdx, err := w.slotIndex()
-	if err != nil {
-		return st, err
-	}
-	w.ops.Reads += len(svcs) + len(bes)
 
 	sort.Slice(bes, func(i, j int) bool { return bes[i].ID < bes[j].ID })
 	for _, b := range bes {
@@ -920,19 +916,10 @@ func (s verifyStats) total() int { return s.Services + s.Backends + s.Slots + s.
 func (w *lbWriter) verify() (verifyStats, error) {
 	var st verifyStats
 	var errs []error
-	svcs, err := w.services.List()
+	svcs, bes, slotIdx, err := w.readMaps()
 	if err != nil {
 		return st, err
 	}
-	bes, err := w.backends.List()
-	if err != nil {
-		return st, err
-	}
-	slotIdx, err := w.slotIndex()
-	if err != nil {
-		return st, err
-	}
-	w.ops.Reads += len(svcs) + len(bes)
 
 	inKernel := map[maps.SvcKey]bool{}
 	for _, s := range svcs {
