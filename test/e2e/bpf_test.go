@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -137,9 +138,16 @@ func (l *Lab) checkSpread(t *testing.T) {
 		t.Errorf("%d of %d connections failed", hits["FAILED"], n)
 	}
 	for _, p := range web {
+		// Each backend's count is binomial(n, 1/k): allow 5 standard
+		// deviations (±75 of 333 for 3 backends), which a fair random pick
+		// exceeds about once in a million runs, while a skew a user would
+		// notice (one backend at half, one never picked) is far outside.
+		// (±10% was 2.2 deviations: a fair pick failed it ~7% of runs.)
+		p1 := 1 / float64(len(web))
+		tol := 5 * math.Sqrt(float64(n)*p1*(1-p1))
 		got := float64(hits[p.Name])
-		if got < want*0.9 || got > want*1.1 {
-			t.Errorf("backend %s got %d of %d connections, want %.0f ± 10%%", p.Name, hits[p.Name], n, want)
+		if math.Abs(got-want) > tol {
+			t.Errorf("backend %s got %d of %d connections, want %.0f ± %.0f (5 standard deviations)", p.Name, hits[p.Name], n, want, tol)
 		}
 	}
 }
