@@ -13,7 +13,7 @@ import (
 	"glia.dev/glia/internal/netnsfile"
 )
 
-const tOutside = "pod→outside world (203.0.113.10)"
+const tOutside = "pod→outside world (198.18.64.10)"
 
 // runMasquerade: from a pod on a legacy node (iptables MASQUERADE) and one
 // on an eBPF node (BPF masquerade), new connections (connect, request,

@@ -132,20 +132,20 @@ TCP REPLY 198.19.2.20:8080 -> 198.19.1.10:41000 rev-src=198.18.128.10:80 backend
 func TestNATRows(t *testing.T) {
 	now := uint64(10 * time.Second)
 	entries := []maps.NATRow{
-		{Key: maps.Tuple{SAddr: ip("203.0.113.10"), DAddr: ip("198.18.0.11"), SPort: maps.PortFrom(80), DPort: maps.PortFrom(51234),
+		{Key: maps.Tuple{SAddr: ip("198.18.64.10"), DAddr: ip("198.18.0.11"), SPort: maps.PortFrom(80), DPort: maps.PortFrom(51234),
 			Proto: maps.ProtoTCP, Dir: maps.DirNATReply},
 			Entry: maps.NATEntry{LastSeen: uint64(8 * time.Second), ToAddr: ip("198.19.1.10"), ToPort: maps.PortFrom(40000),
 				Flags: maps.CTFlagTracked | maps.CTFlagSeenNonSyn | maps.CTFlagSeenReply}},
-		{Key: maps.Tuple{SAddr: ip("198.19.1.10"), DAddr: ip("203.0.113.10"), SPort: maps.PortFrom(40000), DPort: maps.PortFrom(80),
+		{Key: maps.Tuple{SAddr: ip("198.19.1.10"), DAddr: ip("198.18.64.10"), SPort: maps.PortFrom(40000), DPort: maps.PortFrom(80),
 			Proto: maps.ProtoTCP, Dir: maps.DirNATEgress},
 			Entry: maps.NATEntry{LastSeen: uint64(8 * time.Second), ToAddr: ip("198.18.0.11"), ToPort: maps.PortFrom(51234),
 				Flags: maps.CTFlagTracked | maps.CTFlagSeenNonSyn | maps.CTFlagSeenReply}},
 	}
 	got := natRows(entries, now)
 	want := []natRow{
-		{Proto: "TCP", Dir: "OUT", Src: "198.19.1.10:40000", Dst: "203.0.113.10:80", To: "198.18.0.11:51234",
+		{Proto: "TCP", Dir: "OUT", Src: "198.19.1.10:40000", Dst: "198.18.64.10:80", To: "198.18.0.11:51234",
 			Flags: []string{"SeenNonSyn", "SeenReply"}, Age: 2 * time.Second, AgeS: 2, Exp: 6*time.Hour - 2*time.Second, ExpS: 21598},
-		{Proto: "TCP", Dir: "IN", Src: "203.0.113.10:80", Dst: "198.18.0.11:51234", To: "198.19.1.10:40000",
+		{Proto: "TCP", Dir: "IN", Src: "198.18.64.10:80", Dst: "198.18.0.11:51234", To: "198.19.1.10:40000",
 			Flags: []string{"SeenNonSyn", "SeenReply"}, Age: 2 * time.Second, AgeS: 2, Exp: 6*time.Hour - 2*time.Second, ExpS: 21598},
 	}
 	if d := cmp.Diff(want, got); d != "" {
@@ -155,8 +155,8 @@ func TestNATRows(t *testing.T) {
 	if err := renderNAT(&b, got); err != nil {
 		t.Fatal(err)
 	}
-	wantText := `TCP OUT 198.19.1.10:40000 -> 203.0.113.10:80 XLATE_SRC 198.18.0.11:51234 flags=SeenNonSyn,SeenReply expires=5h59m58s last-seen=2s ago
-TCP IN 203.0.113.10:80 -> 198.18.0.11:51234 XLATE_DST 198.19.1.10:40000 flags=SeenNonSyn,SeenReply expires=5h59m58s last-seen=2s ago
+	wantText := `TCP OUT 198.19.1.10:40000 -> 198.18.64.10:80 XLATE_SRC 198.18.0.11:51234 flags=SeenNonSyn,SeenReply expires=5h59m58s last-seen=2s ago
+TCP IN 198.18.64.10:80 -> 198.18.0.11:51234 XLATE_DST 198.19.1.10:40000 flags=SeenNonSyn,SeenReply expires=5h59m58s last-seen=2s ago
 `
 	if d := cmp.Diff(wantText, b.String()); d != "" {
 		t.Errorf("text (-want +got):\n%s", d)

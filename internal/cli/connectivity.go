@@ -74,7 +74,7 @@ names the world.`,
 	fl.StringVarP(&f.output, "output", "o", "text", "output format: text or json")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "print every action")
 	fl.BoolVar(&f.keep, "keep-workloads", false, "leave the test's namespace and workloads in place at the end")
-	fl.StringVar(&f.p.ExternalTarget, "external-target", "", "URL that pod-to-world fetches (default in the lab: http://203.0.113.10/, the outside namespace's server; elsewhere the test is skipped)")
+	fl.StringVar(&f.p.ExternalTarget, "external-target", "", "URL that pod-to-world fetches (default in the lab: http://198.18.64.10/, the outside namespace's server; elsewhere the test is skipped)")
 	fl.StringVar(&f.p.EchoImage, "echo-image", f.p.EchoImage, "image of the echo pods (HTTP 'hello from <pod>' on --echo-port; needs curl for the hairpin test)")
 	fl.StringVar(&f.p.ClientImage, "client-image", f.p.ClientImage, "image of the client pods (needs curl and ping)")
 	fl.StringArrayVar(&f.p.ClientCommand, "client-command", f.p.ClientCommand, "command of the client pods")

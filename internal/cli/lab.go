@@ -238,6 +238,6 @@ func newLabOutsideCmd() *cobra.Command {
 			return lab.ServeOutside(cmd.Context(), listen)
 		},
 	}
-	cmd.Flags().StringVar(&listen, "listen", "203.0.113.10:80", "address to serve on")
+	cmd.Flags().StringVar(&listen, "listen", "198.18.64.10:80", "address to serve on")
 	return cmd
 }

@@ -197,7 +197,7 @@ func (a *fakeAgents) Metrics(ctx context.Context, node, nodeIP string) (string, 
 func fakeCluster(nodes int) (*Env, *fakeNet, *fakeAgents) {
 	p := DefaultParams()
 	n := &fakeNet{pods: map[string]Pod{}, svcs: map[string]*Service{}, rr: map[string]int{}, dns: map[string]string{},
-		worldIP: "203.0.113.10", masq: true, hostPort: p.HostPort, broken: map[string]bool{}, noNodePortOn: map[string]bool{}}
+		worldIP: "198.18.64.10", masq: true, hostPort: p.HostPort, broken: map[string]bool{}, noNodePortOn: map[string]bool{}}
 	ag := &fakeAgents{status: map[string]*api.Status{}, health: map[string]*health.Report{}, noPath: map[string]bool{},
 		drops: map[string]map[string]float64{}, rise: map[string]map[string]float64{}}
 	var nl []Node
@@ -247,7 +247,7 @@ func fakeCluster(nodes int) (*Env, *fakeNet, *fakeAgents) {
 	for _, nd := range nl {
 		w.Hosts[nd.Name] = Pod{Namespace: p.Namespace, Name: "host-netns-" + nd.Name, Node: nd.Name, IP: nd.IP}
 	}
-	p.ExternalTarget = "http://203.0.113.10/"
+	p.ExternalTarget = "http://198.18.64.10/"
 	env := &Env{P: p, Exec: fakeExec{n}, Agents: ag, W: w, WorldSourceIsNode: true}
 	env.DetectNodes(context.Background(), nl, nil)
 	return env, n, ag

@@ -251,7 +251,7 @@ func TestPrivilegedEndpointAndProber(t *testing.T) {
 		{Node: nodeName, HostIP: netip.MustParseAddr(nodeAddr), EndpointIP: netip.MustParseAddr(healthAddr), Local: true},
 		// No route to the outside world in the node namespace: both
 		// probes fail at once, and nothing is sent.
-		{Node: "lab-node-9", HostIP: netip.MustParseAddr("203.0.113.10")},
+		{Node: "lab-node-9", HostIP: netip.MustParseAddr("198.18.64.10")},
 	}
 	p, err := NewProber(log, ProberConfig{
 		NodeName: nodeName, Port: 4240, Netns: nodeNS.Path(), Timeout: 10 * time.Second, Recorder: m,
@@ -268,7 +268,7 @@ func TestPrivilegedEndpointAndProber(t *testing.T) {
 	unroutable := NodeStatus{
 		Name: "lab-node-9",
 		Host: PathStatus{
-			Addr: netip.MustParseAddr("203.0.113.10"),
+			Addr: netip.MustParseAddr("198.18.64.10"),
 			ICMP: ProbeResult{Err: "network is unreachable"},
 			HTTP: ProbeResult{Err: "network is unreachable"},
 		},

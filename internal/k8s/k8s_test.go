@@ -34,7 +34,7 @@ func TestNodeAddress(t *testing.T) {
 		{name: "internal IP", addrs: []corev1.NodeAddress{internalIP("198.18.0.11")}, want: netip.MustParseAddr("198.18.0.11")},
 		{name: "skips hostname and external IP", addrs: []corev1.NodeAddress{
 			{Type: corev1.NodeHostName, Address: "lab-node-1"},
-			{Type: corev1.NodeExternalIP, Address: "203.0.113.5"},
+			{Type: corev1.NodeExternalIP, Address: "198.18.64.5"},
 			internalIP("198.18.0.12"),
 		}, want: netip.MustParseAddr("198.18.0.12")},
 		{name: "skips IPv6 and garbage", addrs: []corev1.NodeAddress{internalIP("fd00::1"), internalIP("bogus"), internalIP("198.18.0.13")},
@@ -42,7 +42,7 @@ func TestNodeAddress(t *testing.T) {
 		{name: "first IPv4 internal IP wins", addrs: []corev1.NodeAddress{internalIP("198.18.0.14"), internalIP("198.18.0.15")},
 			want: netip.MustParseAddr("198.18.0.14")},
 		{name: "none", addrs: nil, wantErr: true},
-		{name: "only external", addrs: []corev1.NodeAddress{{Type: corev1.NodeExternalIP, Address: "203.0.113.5"}}, wantErr: true},
+		{name: "only external", addrs: []corev1.NodeAddress{{Type: corev1.NodeExternalIP, Address: "198.18.64.5"}}, wantErr: true},
 		{name: "only IPv6", addrs: []corev1.NodeAddress{internalIP("fd00::1")}, wantErr: true},
 	}
 	for _, tt := range tests {

@@ -102,6 +102,33 @@ func TestDefaultLayout(t *testing.T) {
 	}
 }
 
+// TestAddressPlan: every address and range of the lab lies in LabCIDR, the
+// one range the root namespace blackholes, and the ranges do not overlap.
+func TestAddressPlan(t *testing.T) {
+	prefixes := map[string]netip.Prefix{"underlay": UnderlayCIDR, "cluster": ClusterCIDR, "service": ServiceCIDR, "outside": OutsideCIDR}
+	for name, p := range prefixes {
+		if !LabCIDR.Contains(p.Addr()) || p.Bits() < LabCIDR.Bits() {
+			t.Errorf("%s range %s lies outside the lab's %s", name, p, LabCIDR)
+		}
+		for other, q := range prefixes {
+			if other != name && p.Overlaps(q) {
+				t.Errorf("%s range %s overlaps %s range %s", name, p, other, q)
+			}
+		}
+	}
+	for name, a := range map[string]netip.Addr{"bridge": BridgeAddr, "gateway": GatewayAddr, "outside server": OutsideAddr, "cluster DNS": ClusterDNS, "last node": NodeIP(MaxNodes)} {
+		if !LabCIDR.Contains(a) {
+			t.Errorf("%s address %s lies outside the lab's %s", name, a, LabCIDR)
+		}
+	}
+	if !OutsideCIDR.Contains(OutsideAddr) || !ServiceCIDR.Contains(ClusterDNS) {
+		t.Errorf("outside server %s or cluster DNS %s is not in its range", OutsideAddr, ClusterDNS)
+	}
+	if len(blackholes) != 1 || blackholes[0] != LabCIDR {
+		t.Errorf("blackholes = %v, want just %s", blackholes, LabCIDR)
+	}
+}
+
 func TestNodeNamesAndAddresses(t *testing.T) {
 	tests := []struct {
 		i    int

@@ -15,15 +15,17 @@ import (
 	"path/filepath"
 )
 
-// Lab address plan (see DESIGN.md). None of these ranges is routed outward.
+// Lab address plan (see DESIGN.md). Every range lies in LabCIDR, which the
+// root namespace blackholes: none of them is routed outward.
 var (
+	LabCIDR      = netip.MustParsePrefix("198.18.0.0/15")
 	UnderlayCIDR = netip.MustParsePrefix("198.18.0.0/24")
 	BridgeAddr   = netip.MustParseAddr("198.18.0.1")   // control plane, root namespace
 	GatewayAddr  = netip.MustParseAddr("198.18.0.254") // the outside namespace, nodes' default gateway
 	ClusterCIDR  = netip.MustParsePrefix("198.19.0.0/16")
 	ServiceCIDR  = netip.MustParsePrefix("198.18.128.0/17")
-	OutsideCIDR  = netip.MustParsePrefix("203.0.113.0/24")
-	OutsideAddr  = netip.MustParseAddr("203.0.113.10") // the outside web server
+	OutsideCIDR  = netip.MustParsePrefix("198.18.64.0/18")
+	OutsideAddr  = netip.MustParseAddr("198.18.64.10") // the outside web server
 	ClusterDNS   = netip.MustParseAddr("198.18.128.10")
 )
 

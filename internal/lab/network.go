@@ -86,8 +86,11 @@ func addrOf(a netip.Addr, bits int) *netlink.Addr {
 	return &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, 32)}}
 }
 
-// blackholes are the root-namespace routes that keep lab traffic in the lab.
-var blackholes = []netip.Prefix{ClusterCIDR, ServiceCIDR, OutsideCIDR}
+// blackholes are the root-namespace routes that keep lab traffic in the lab:
+// one route for everything the lab owns. The bridge's connected route for
+// the underlay (a /24 inside it) is more specific, so the control plane
+// still reaches the nodes.
+var blackholes = []netip.Prefix{LabCIDR}
 
 // setupRootNetwork adds the lab's bridge, its address and the blackhole
 // routes: the only things the lab changes in the root namespace.
@@ -201,7 +204,7 @@ func attachNamespace(name, rootName string, addr netip.Addr) error {
 }
 
 // setupOutside creates the outside namespace: the nodes' default gateway on
-// the bridge and the "internet" (the outside server's 203.0.113.10 on its
+// the bridge and the "internet" (the outside server's 198.18.64.10 on its
 // loopback). It has no route to pod addresses, so only masqueraded traffic
 // gets an answer.
 func setupOutside() error {

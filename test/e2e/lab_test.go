@@ -287,8 +287,8 @@ func (l *Lab) CheckConnectivity() {
 			t.Fatal(err)
 		}
 		want := ipOf[pod.Spec.NodeName]
-		eventually(t, 20*time.Second, c+" → outside 203.0.113.10", func() error {
-			got, err := l.Curl(c, "http://203.0.113.10/")
+		eventually(t, 20*time.Second, c+" → outside 198.18.64.10", func() error {
+			got, err := l.Curl(c, "http://198.18.64.10/")
 			if err != nil || got != want {
 				return fmt.Errorf("outside server saw %q (%v), want the node address %s", got, err, want)
 			}

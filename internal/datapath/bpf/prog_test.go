@@ -22,8 +22,8 @@ const (
 	podLocal = "198.19.1.20" // backend on this node
 	podFar   = "198.19.2.30" // backend on another node
 	vip      = "198.18.128.10"
-	world    = "203.0.113.10"
-	router   = "203.0.113.1"
+	world    = "198.18.64.10"
+	router   = "198.18.64.1"
 )
 
 type env struct {

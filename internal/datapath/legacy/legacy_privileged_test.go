@@ -73,7 +73,7 @@ func in(t *testing.T, n ns.NetNS, f func() error) {
 var (
 	nodeIP      = netip.MustParseAddr("198.18.0.11")
 	gatewayIP   = netip.MustParseAddr("198.18.0.254")
-	outsideIP   = netip.MustParseAddr("203.0.113.10")
+	outsideIP   = netip.MustParseAddr("198.18.64.10")
 	podCIDR     = netip.MustParsePrefix("198.19.1.0/24")
 	clusterCIDR = netip.MustParsePrefix("198.19.0.0/16")
 	testNode    = datapath.LocalNode{Name: "lab-node-1", IP: nodeIP, Device: "eth0", PodCIDR: podCIDR,
@@ -81,7 +81,7 @@ var (
 )
 
 // topology is a node namespace whose eth0 is a veth to an "outside"
-// namespace (its default gateway, holding 203.0.113.10 as well).
+// namespace (its default gateway, holding 198.18.64.10 as well).
 type topology struct {
 	node, outside ns.NetNS
 }
