@@ -74,9 +74,10 @@ func newLab() (*lab.Lab, error) {
 		return nil, err
 	}
 	l := lab.New(logger(), layout, os.Stdout)
-	if l.ExtraManifests, err = deploy.CRDManifests(); err != nil {
+	if l.Chart, err = deploy.Chart(); err != nil {
 		return nil, err
 	}
+	lab.ValueForKey = deploy.ValueForKey
 	return l, nil
 }
 

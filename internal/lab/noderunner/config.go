@@ -45,6 +45,13 @@ type Config struct {
 	CoreDNSBinary string
 	// StatusInterval is how often the node heartbeat and lease are renewed.
 	StatusInterval time.Duration
+	// KubeProxyClusterCIDR, when set, makes the runner run kube-proxy on
+	// the node whenever the node's glia agent does not replace it (the
+	// cluster's pod CIDR is kube-proxy's --cluster-cidr).
+	KubeProxyClusterCIDR string
+	// AgentSocket is the node's glia agent socket, asked whether it
+	// replaces kube-proxy.
+	AgentSocket string
 }
 
 // DefaultConfig returns a Config with defaults filled in.
@@ -53,6 +60,7 @@ func DefaultConfig() Config {
 		CNINetwork:     "glia",
 		ClusterDomain:  "cluster.local",
 		StatusInterval: 10 * time.Second,
+		AgentSocket:    "/var/run/glia/glia.sock",
 	}
 }
 
@@ -71,6 +79,8 @@ func (c *Config) Flags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.SelfExe, "self-exe", c.SelfExe, "glia binary used to start containers (default: this executable)")
 	fs.StringVar(&c.CoreDNSBinary, "coredns-binary", c.CoreDNSBinary, "coredns binary (default: coredns beside the glia binary)")
 	fs.DurationVar(&c.StatusInterval, "status-interval", c.StatusInterval, "node heartbeat and lease renewal interval")
+	fs.StringVar(&c.KubeProxyClusterCIDR, "kube-proxy-cluster-cidr", c.KubeProxyClusterCIDR, "run kube-proxy (with this --cluster-cidr) while the node's glia agent does not replace it; empty: never")
+	fs.StringVar(&c.AgentSocket, "agent-socket", c.AgentSocket, "the node's glia agent socket, asked whether it replaces kube-proxy")
 }
 
 // Validate checks the config.

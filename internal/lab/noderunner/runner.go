@@ -128,6 +128,14 @@ func (r *runner) run(ctx context.Context) error {
 		defer r.wg.Done()
 		r.nodeLoop(ctx, registered)
 	}()
+	if r.cfg.KubeProxyClusterCIDR != "" {
+		kp := r.newKubeProxy()
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			kp.run(ctx)
+		}()
+	}
 
 	factory := informers.NewSharedInformerFactoryWithOptions(r.client, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {

@@ -266,13 +266,24 @@ func (w *podWorker) sync(ctx context.Context) {
 		}
 		return // init containers run one at a time, in order
 	}
+	stopped := stoppedContainers(pod)
 	for i := range pod.Spec.Containers {
 		c := &pod.Spec.Containers[i]
 		cs := w.findState(c.Name)
 		if cs != nil && cs.Done {
 			continue
 		}
-		if _, running := w.procs[c.Name]; !running && !now.Before(w.restarts[c.Name]) {
+		p, running := w.procs[c.Name]
+		if stopped[c.Name] {
+			if running {
+				w.log.Info("stopping container: the pod's annotation keeps it stopped", "container", c.Name, "annotation", StoppedContainersAnnotation)
+				p.Signal(syscall.SIGTERM)
+			} else {
+				w.waiting[c.Name] = waitReason{"Stopped", "kept stopped by annotation " + StoppedContainersAnnotation}
+			}
+			continue
+		}
+		if !running && !now.Before(w.restarts[c.Name]) {
 			w.start(ctx, pod, c, false)
 		}
 	}
@@ -527,6 +538,12 @@ func (w *podWorker) handleExit(ev exitEvent) {
 	if !restart {
 		cs.Done = true
 		w.log.Info("container exited", "container", ev.name, "exit_code", code)
+		w.save()
+		return
+	}
+	if stoppedContainers(pod)[ev.name] {
+		w.waiting[ev.name] = waitReason{"Stopped", "kept stopped by annotation " + StoppedContainersAnnotation}
+		w.log.Info("container stopped; kept stopped by the pod's annotation", "container", ev.name, "exit_code", code)
 		w.save()
 		return
 	}
