@@ -20,9 +20,18 @@ import (
 
 var (
 	fixtureBinOnce sync.Once
+	fixtureBinTmp  string // removed by TestMain
 	fixtureBinDir  string
 	fixtureBinErr  error
 )
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if fixtureBinTmp != "" {
+		_ = os.RemoveAll(fixtureBinTmp)
+	}
+	os.Exit(code)
+}
 
 // fixtureBins builds, once per test run, a tiny static Go program and puts
 // it in a directory as glia, glia-agent and glia-cni (the real ones take
@@ -36,6 +45,7 @@ func fixtureBins(t *testing.T) string {
 			fixtureBinErr = err
 			return
 		}
+		fixtureBinTmp = dir
 		src := filepath.Join(dir, "src")
 		if err := os.MkdirAll(src, 0o755); err != nil {
 			fixtureBinErr = err
