@@ -15,7 +15,7 @@ K8S_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go/
 
 GO_SOURCES := $(shell find cmd internal bpf deploy -type f \( -name '*.go' -o -name '*.o' -o -name '*.yaml' \) 2>/dev/null) go.mod go.sum
 
-.PHONY: all deps build lab lab-down test test-unit test-e2e fuzz generate clean
+.PHONY: all deps build image lab lab-down test test-unit test-e2e fuzz generate clean
 
 all: build
 
@@ -41,6 +41,28 @@ $(BIN)/coredns:
 	@mkdir -p $(BIN)
 	@echo "==> building coredns $(COREDNS_VERSION); ~2 min cold"
 	@GOBIN=$(BIN) $(GO) install github.com/coredns/coredns@$(COREDNS_VERSION)
+
+# The OCI image glia (not part of build): glia, glia-agent and glia-cni built
+# static and reproducibly, with this host's iptables/nftables userspace and
+# every library it loads, written without Docker by cmd/glia-image as an OCI
+# layout (bin/image/oci) and a docker-save tarball (bin/image/glia.tar) tagged
+# glia:$(GLIA_VERSION). Same sources and packages, same digest.
+IMAGE_DIR := $(BIN)/image
+# The chart's appVersion (its default image tag), when the chart is there.
+GLIA_VERSION ?= $(or $(shell sed -n 's/^appVersion: *//p' deploy/chart/glia/Chart.yaml 2>/dev/null | tr -d "\"' "),dev)
+IMAGE_EPOCH = $(or $(SOURCE_DATE_EPOCH),$(shell git log -1 --format=%ct 2>/dev/null),0)
+IMAGE_REVISION = $(shell git rev-parse HEAD 2>/dev/null)
+
+image: deps
+	@mkdir -p $(IMAGE_DIR)/bin
+	@echo "==> building glia, glia-agent, glia-cni for the image (static, reproducible)"
+	@CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -buildvcs=false -ldflags '-s -w -buildid=' \
+	  -o $(IMAGE_DIR)/bin/ ./cmd/glia ./cmd/glia-agent ./cmd/glia-cni
+	@$(GO) build -o $(IMAGE_DIR)/glia-image ./cmd/glia-image
+	@echo "==> assembling image glia:$(GLIA_VERSION)"
+	@$(IMAGE_DIR)/glia-image --bin-dir $(IMAGE_DIR)/bin --repository glia --version '$(GLIA_VERSION)' \
+	  --revision '$(IMAGE_REVISION)' --source-date-epoch '$(IMAGE_EPOCH)' \
+	  --oci-layout $(IMAGE_DIR)/oci --tarball $(IMAGE_DIR)/glia.tar
 
 # The lab: 3 nodes, the story's DaemonSet and Service, then `glia status` of each node.
 lab: deps build
