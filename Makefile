@@ -46,11 +46,11 @@ $(BIN)/coredns:
 
 # Helm, built from its own Go module (stamped with its version, as Helm's own
 # release build does): the lab installs glia with it, and the chart's tests
-# (package deploy) lint and render deploy/chart/glia with it. About 5 minutes
-# of CPU cold, 14 minutes on 2 busy cores with the modules to download.
+# (package deploy) lint and render deploy/chart/glia with it. About 7 minutes
+# of CPU cold; 14 minutes measured on 2 busy cores, modules downloaded.
 $(BIN)/helm:
 	@mkdir -p $(BIN)
-	@echo "==> building helm $(HELM_VERSION); ~5-14 min cold"
+	@echo "==> building helm $(HELM_VERSION); up to ~14 min cold"
 	@GOBIN=$(BIN) $(GO) install -ldflags '-s -w -X helm.sh/helm/v4/internal/version.version=$(HELM_VERSION)' helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
 
 # The lab: 3 nodes, the story's DaemonSet and Service, then `glia status` of each node.

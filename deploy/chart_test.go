@@ -184,6 +184,9 @@ func TestWriteChart(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Fatalf("written chart renders differently (-repository +written):\n%s", diff)
 	}
+	if err := WriteChart(dir); err == nil || !strings.Contains(err.Error(), "is not empty") {
+		t.Fatalf("WriteChart into a non-empty dir: err %v, want a refusal", err)
+	}
 }
 
 func TestCRDManifests(t *testing.T) {

@@ -47,11 +47,20 @@ func CRDManifests() ([][]byte, error) {
 	return out, nil
 }
 
-// WriteChart writes the chart into dir (created when missing; files of the
-// chart already there are replaced), for `helm install|template|lint DIR`.
+// WriteChart writes the chart into dir, for `helm install|template|lint
+// DIR`. dir must be missing or empty: helm renders every file of a chart
+// directory, so a leftover file of another chart version would be rendered
+// too.
 func WriteChart(dir string) error {
 	if dir == "" {
 		return errors.New("write chart: no directory given")
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("write chart: %w", err)
+	}
+	if len(ents) > 0 {
+		return fmt.Errorf("write chart: %s is not empty: remove it first (helm would render its leftover files)", dir)
 	}
 	return fs.WalkDir(Chart, ChartDir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
