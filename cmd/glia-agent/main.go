@@ -3,6 +3,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -12,9 +13,14 @@ import (
 	"github.com/spf13/pflag"
 
 	"glia.dev/glia/internal/agent"
+	"glia.dev/glia/internal/nodeinit"
 )
 
 func main() {
+	// `glia-agent init ...` prepares the node (the DaemonSet's init containers).
+	if len(os.Args) > 1 && os.Args[1] == "init" {
+		os.Exit(runInit(os.Args[2:]))
+	}
 	var cfg agent.Config
 	fs := pflag.NewFlagSet("glia-agent", pflag.ContinueOnError)
 	cfg.Flags(fs)
@@ -34,4 +40,16 @@ func main() {
 		fmt.Fprintln(os.Stderr, "glia-agent:", err)
 		os.Exit(1)
 	}
+}
+
+func runInit(args []string) int {
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if err := nodeinit.Run(args, os.Stderr, log); err != nil {
+		fmt.Fprintln(os.Stderr, "glia-agent init:", err)
+		if errors.Is(err, nodeinit.ErrUsage) {
+			return 2
+		}
+		return 1
+	}
+	return 0
 }

@@ -10,7 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 )
 
-// GliaNodeConfig API coordinates (deploy/crds/glia.dev_glianodeconfigs.yaml).
+// GliaNodeConfig API coordinates (deploy/chart/glia/crds/glia.dev_glianodeconfigs.yaml).
 const (
 	NodeConfigGroup   = "glia.dev"
 	NodeConfigVersion = "v1alpha1"

@@ -105,7 +105,7 @@ func TestNodeConfigFromUnstructuredErrors(t *testing.T) {
 }
 
 func TestCRDManifest(t *testing.T) {
-	data, err := os.ReadFile("../../deploy/crds/glia.dev_glianodeconfigs.yaml")
+	data, err := os.ReadFile("../../deploy/chart/glia/crds/glia.dev_glianodeconfigs.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -210,7 +210,7 @@ func (l *Lab) Nodes() []corev1.Node {
 // DaemonSet (for pod→node checks) and waits for all of it.
 func (l *Lab) ApplyStory() {
 	l.t.Helper()
-	l.Kubectl("apply", "-f", "../../examples/story/", "-f", "testdata/host-echo.yaml")
+	l.Kubectl("apply", "-f", "../../examples/story/webserver.yaml", "-f", "../../examples/story/curler.yaml", "-f", "testdata/host-echo.yaml")
 	l.Kubectl("rollout", "status", "daemonset/simple-webserver-daemonset", "--timeout=120s")
 	l.Kubectl("rollout", "status", "daemonset/host-echo", "--timeout=120s")
 	l.Kubectl("wait", "--for=condition=Ready", "pod/curler", "--timeout=120s")
