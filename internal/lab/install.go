@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,7 +24,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	"glia.dev/glia/deploy"
 	"glia.dev/glia/internal/api"
+	"glia.dev/glia/internal/config"
 	"glia.dev/glia/internal/lab/noderunner"
 )
 
@@ -57,28 +58,23 @@ func labValues() []string {
 // helmInstall writes the chart and runs the real Helm against the lab's
 // API server, as an operator installs glia.
 func (l *Lab) helmInstall(ctx context.Context, set map[string]string) error {
-	if l.Chart == nil {
-		return errors.New("the lab has no glia chart to install (lab.Lab.Chart is unset)")
-	}
 	dir := l.layout.ChartDir()
 	if err := os.RemoveAll(dir); err != nil {
 		return err
 	}
-	if err := os.CopyFS(dir, l.Chart); err != nil {
-		return fmt.Errorf("write the glia chart to %s: %w", dir, err)
+	if err := deploy.WriteChart(dir); err != nil {
+		return err
 	}
 	args := []string{"install", ReleaseName, dir, "--namespace", AgentNamespace, "--create-namespace",
 		"--kubeconfig", l.layout.Kubeconfig()}
 	for _, v := range labValues() {
 		args = append(args, "--set", v)
 	}
-	values, err := ChartValues(set)
+	values, err := ChartArgs(set)
 	if err != nil {
 		return err
 	}
-	for _, v := range values {
-		args = append(args, "--set-string", v)
-	}
+	args = append(args, values...)
 	cmd := exec.CommandContext(ctx, l.layout.Bin("helm"), args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -88,29 +84,32 @@ func (l *Lab) helmInstall(ctx context.Context, set map[string]string) error {
 	return nil
 }
 
-// ValueForKey maps a glia config key to the chart value that renders it
-// ("kube-proxy-replacement" -> "kubeProxyReplacement"); the deploy package
-// sets it. Keys without a named value go through extraConfig.
-var ValueForKey func(key string) (string, bool)
-
-// ChartValues turns `glia lab up --set` pairs into helm --set-string
-// arguments: chart values pass as they are, glia config keys become the
-// value that renders them. The result is sorted, so a lab is reproducible.
-func ChartValues(set map[string]string) ([]string, error) {
-	var out []string
+// ChartArgs turns `glia lab up --set` pairs into helm arguments: a glia
+// config key (kube-proxy-replacement=true) sets the chart value that
+// renders it, checked as the agent checks it; anything else is a chart
+// value (kubeProxyReplacement=true, bpf.masquerade=true), which the chart's
+// schema checks. The result is sorted, so a lab is reproducible.
+func ChartArgs(set map[string]string) ([]string, error) {
+	keys := map[string]string{}
+	var values []string
 	for k, v := range set {
+		if _, ok := config.LookupKey(k); ok {
+			keys[k] = v
+			continue
+		}
 		if k == "" || strings.ContainsAny(k, " =,") {
-			return nil, fmt.Errorf("--set %q=%q: a key is a chart value (kubeProxyReplacement) or a glia config key (kube-proxy-replacement)", k, v)
+			return nil, fmt.Errorf("--set %q: use a chart value (kubeProxyReplacement=true) or a glia config key (kube-proxy-replacement=true)", k+"="+v)
 		}
-		name := k
-		if ValueForKey != nil {
-			if val, ok := ValueForKey(k); ok {
-				name = val
-			}
-		}
-		out = append(out, name+"="+v)
+		values = append(values, k+"="+v)
 	}
-	sort.Strings(out)
+	out, err := deploy.SetArgs(keys)
+	if err != nil {
+		return nil, fmt.Errorf("--set: %w", err)
+	}
+	sort.Strings(values)
+	for _, v := range values {
+		out = append(out, "--set", v)
+	}
 	return out, nil
 }
 
@@ -466,10 +465,6 @@ func waitPIDGone(pid int, timeout time.Duration) error {
 	}
 	return nil
 }
-
-// ChartFS is the type of Lab.Chart: the chart's files, rooted at the chart
-// directory (Chart.yaml at its top).
-type ChartFS = fs.FS
 
 // Component is a measured process of a node: the agent's container, or
 // the kube-proxy the runner runs.

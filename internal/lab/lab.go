@@ -38,8 +38,6 @@ type Lab struct {
 	log    *slog.Logger
 	layout Layout
 	out    io.Writer // progress lines for a person
-	// Chart is the glia Helm chart the lab installs (deploy.Chart).
-	Chart ChartFS
 }
 
 // New returns a Lab that uses layout and prints progress to out.
