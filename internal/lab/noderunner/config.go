@@ -45,6 +45,12 @@ type Config struct {
 	CoreDNSBinary string
 	// StatusInterval is how often the node heartbeat and lease are renewed.
 	StatusInterval time.Duration
+	// The kubelet API (exec, attach, logs) on NodeIP:Port; served when the
+	// three TLS files are given.
+	TLSCertFile       string
+	TLSPrivateKeyFile string
+	ClientCAFile      string
+	Port              int
 }
 
 // DefaultConfig returns a Config with defaults filled in.
@@ -53,6 +59,7 @@ func DefaultConfig() Config {
 		CNINetwork:     "glia",
 		ClusterDomain:  "cluster.local",
 		StatusInterval: 10 * time.Second,
+		Port:           DefaultKubeletPort,
 	}
 }
 
@@ -71,6 +78,10 @@ func (c *Config) Flags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.SelfExe, "self-exe", c.SelfExe, "glia binary used to start containers (default: this executable)")
 	fs.StringVar(&c.CoreDNSBinary, "coredns-binary", c.CoreDNSBinary, "coredns binary (default: coredns beside the glia binary)")
 	fs.DurationVar(&c.StatusInterval, "status-interval", c.StatusInterval, "node heartbeat and lease renewal interval")
+	fs.StringVar(&c.TLSCertFile, "tls-cert-file", c.TLSCertFile, "kubelet API serving certificate (PEM), valid for --node-ip")
+	fs.StringVar(&c.TLSPrivateKeyFile, "tls-private-key-file", c.TLSPrivateKeyFile, "key of --tls-cert-file (PEM)")
+	fs.StringVar(&c.ClientCAFile, "client-ca-file", c.ClientCAFile, "CA that signs the certificates kubelet API clients must present (PEM)")
+	fs.IntVar(&c.Port, "port", c.Port, "kubelet API port on --node-ip")
 }
 
 // Validate checks the config.
@@ -99,6 +110,12 @@ func (c *Config) Validate() error {
 	if c.StatusInterval <= 0 {
 		errs = append(errs, errors.New("status interval must be positive (--status-interval)"))
 	}
+	if set := btoi(c.TLSCertFile != "") + btoi(c.TLSPrivateKeyFile != "") + btoi(c.ClientCAFile != ""); set != 0 && set != 3 {
+		errs = append(errs, errors.New("the kubelet API needs all of --tls-cert-file, --tls-private-key-file and --client-ca-file (or none, to not serve it)"))
+	}
+	if c.Port < 1 || c.Port > 65535 {
+		errs = append(errs, fmt.Errorf("invalid kubelet API port %d (--port): want 1-65535", c.Port))
+	}
 	return errors.Join(errs...)
 }
 
@@ -118,4 +135,24 @@ func (c *Config) coreDNSBinary(self string) string {
 		return c.CoreDNSBinary
 	}
 	return filepath.Join(filepath.Dir(self), "coredns")
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (c *Config) kubeletAPIEnabled() bool {
+	return c.TLSCertFile != "" && c.TLSPrivateKeyFile != "" && c.ClientCAFile != ""
+}
+
+// kubeletPort is the port reported in the Node's status: 0 when the
+// kubelet API is not served.
+func (c *Config) kubeletPort() int32 {
+	if !c.kubeletAPIEnabled() {
+		return 0
+	}
+	return int32(c.Port)
 }
