@@ -12,13 +12,18 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
+
+	"glia.dev/glia/internal/atomicfile"
 )
 
 // pki holds the lab's certificate authority, the API server's serving
-// certificate, the service-account signing key and the admin token.
+// certificate and its client certificate for the kubelet API, the node
+// runners' kubelet serving certificates, the service-account signing key
+// and the admin token.
 type pki struct {
 	dir string
 }
@@ -29,6 +34,22 @@ func (p pki) ServerKey() string  { return filepath.Join(p.dir, "apiserver.key") 
 func (p pki) SAKey() string      { return filepath.Join(p.dir, "sa.key") }
 func (p pki) SAPub() string      { return filepath.Join(p.dir, "sa.pub") }
 func (p pki) TokenFile() string  { return filepath.Join(p.dir, "tokens.csv") }
+func (p pki) caKey() string      { return filepath.Join(p.dir, "ca.key") }
+
+// KubeletClientCert and KubeletClientKey are the API server's client
+// certificate towards the node runners' kubelet API
+// (--kubelet-client-certificate, --kubelet-client-key).
+func (p pki) KubeletClientCert() string { return filepath.Join(p.dir, "apiserver-kubelet-client.crt") }
+func (p pki) KubeletClientKey() string  { return filepath.Join(p.dir, "apiserver-kubelet-client.key") }
+
+// KubeletServingCert and KubeletServingKey are a node runner's serving
+// certificate for its kubelet API.
+func (p pki) KubeletServingCert(node string) string {
+	return filepath.Join(p.dir, "kubelet-"+node+".crt")
+}
+func (p pki) KubeletServingKey(node string) string {
+	return filepath.Join(p.dir, "kubelet-"+node+".key")
+}
 
 func writePEM(path, typ string, der []byte, mode os.FileMode) error {
 	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), mode)
@@ -92,6 +113,28 @@ func (p pki) generate() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("create API server certificate: %w", err)
 	}
+	kcKey, kcKeyDER, err := newKey()
+	if err != nil {
+		return "", err
+	}
+	kcSerial, err := randSerial()
+	if err != nil {
+		return "", err
+	}
+	kcTmpl := &x509.Certificate{
+		SerialNumber: kcSerial,
+		// As kubeadm names it; the node runners accept any client
+		// certificate of the lab CA.
+		Subject:     pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}},
+		NotBefore:   now.Add(-time.Hour),
+		NotAfter:    now.Add(365 * 24 * time.Hour),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	kcDER, err := x509.CreateCertificate(rand.Reader, kcTmpl, ca, &kcKey.PublicKey, caKey)
+	if err != nil {
+		return "", fmt.Errorf("create API server kubelet client certificate: %w", err)
+	}
 	_, saDER, err := newKey()
 	if err != nil {
 		return "", err
@@ -114,10 +157,12 @@ func (p pki) generate() (string, error) {
 		der       []byte
 		mode      os.FileMode
 	}{
-		{filepath.Join(p.dir, "ca.key"), "EC PRIVATE KEY", caKeyDER, 0o600},
+		{p.caKey(), "EC PRIVATE KEY", caKeyDER, 0o600},
 		{p.CACert(), "CERTIFICATE", caDER, 0o644},
 		{p.ServerKey(), "EC PRIVATE KEY", srvKeyDER, 0o600},
 		{p.ServerCert(), "CERTIFICATE", srvDER, 0o644},
+		{p.KubeletClientKey(), "EC PRIVATE KEY", kcKeyDER, 0o600},
+		{p.KubeletClientCert(), "CERTIFICATE", kcDER, 0o644},
 		{p.SAKey(), "EC PRIVATE KEY", saDER, 0o600},
 		{p.SAPub(), "PUBLIC KEY", saPubDER, 0o644},
 	} {
@@ -129,6 +174,80 @@ func (p pki) generate() (string, error) {
 		return "", err
 	}
 	return token, nil
+}
+
+func randSerial() (*big.Int, error) {
+	return rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+}
+
+// loadCA reads the lab CA's certificate and key.
+func (p pki) loadCA() (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	certPEM, err := os.ReadFile(p.CACert())
+	if err != nil {
+		return nil, nil, fmt.Errorf("read lab CA: %w", err)
+	}
+	blk, _ := pem.Decode(certPEM)
+	if blk == nil || blk.Type != "CERTIFICATE" {
+		return nil, nil, fmt.Errorf("%s holds no PEM certificate", p.CACert())
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return nil, nil, fmt.Errorf("parse lab CA: %w", err)
+	}
+	keyPEM, err := os.ReadFile(p.caKey())
+	if err != nil {
+		return nil, nil, fmt.Errorf("read lab CA key: %w", err)
+	}
+	kblk, _ := pem.Decode(keyPEM)
+	if kblk == nil {
+		return nil, nil, fmt.Errorf("%s holds no PEM key", p.caKey())
+	}
+	key, err := x509.ParseECPrivateKey(kblk.Bytes)
+	if err != nil {
+		return nil, nil, fmt.Errorf("parse lab CA key: %w", err)
+	}
+	return cert, key, nil
+}
+
+// kubeletServing writes a serving certificate for node's kubelet API, valid
+// for the node's IP and name and signed by the lab CA, and returns the
+// certificate and key paths (--tls-cert-file, --tls-private-key-file).
+func (p pki) kubeletServing(node string, ip netip.Addr) (certFile, keyFile string, err error) {
+	ca, caKey, err := p.loadCA()
+	if err != nil {
+		return "", "", err
+	}
+	key, keyDER, err := newKey()
+	if err != nil {
+		return "", "", err
+	}
+	serial, err := randSerial()
+	if err != nil {
+		return "", "", err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: "system:node:" + node, Organization: []string{"system:nodes"}},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     ca.NotAfter,
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:     []string{node},
+		IPAddresses:  []net.IP{ip.AsSlice()},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return "", "", fmt.Errorf("create kubelet serving certificate for %s: %w", node, err)
+	}
+	certFile, keyFile = p.KubeletServingCert(node), p.KubeletServingKey(node)
+	if err := atomicfile.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		return "", "", err
+	}
+	if err := atomicfile.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		return "", "", err
+	}
+	return certFile, keyFile, nil
 }
 
 // kubeconfig renders a kubeconfig for the lab's admin user.

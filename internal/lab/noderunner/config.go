@@ -10,6 +10,14 @@
 // are torn down (processes, CNI DEL, namespace, cgroup) before the Pod object
 // is removed.
 //
+// Each container's stdout and stderr go through a log shim (`glia lab
+// _log-shim`, one per container run, in its own session) that writes the
+// CRI log format and keeps the previous run's log, and holds the
+// container's stdin and terminal for attach. The runner serves the kubelet
+// API the API server proxies to (exec, attach, containerLogs, over TLS on
+// the node's IP, port 10250), so kubectl exec, attach, logs and run -it work
+// against lab pods.
+//
 // The runner persists its pods under the state dir and re-adopts running
 // processes after a restart, so restarting it does not disturb pods.
 package noderunner
