@@ -290,8 +290,15 @@ func TestPrivilegedAttachStdinOnce(t *testing.T) {
 		t.Errorf("watcher got %q, %v", watcherOut.String(), err)
 	}
 	<-c.proc.Done()
-	if b, _ := logText(c.log); string(b) != "line one\nline two\ncat-done\n" {
-		t.Errorf("log %q", b)
+	// Per stream: the shim reads the two pipes independently.
+	for _, s := range []struct {
+		opts logReadOptions
+		want string
+	}{{logReadOptions{Stdout: true}, "line one\nline two\n"}, {logReadOptions{Stderr: true}, "cat-done\n"}} {
+		var b bytes.Buffer
+		if err := readLog(t.Context(), c.log, s.opts, &b); err != nil || b.String() != s.want {
+			t.Errorf("log %q, %v; want %q", b.String(), err, s.want)
+		}
 	}
 }
 

@@ -31,6 +31,25 @@ type containerStdio struct {
 	stdin, stdout, stderr *os.File
 	tty                   bool
 	files                 []*os.File
+	logPath               string
+	rotated               bool
+}
+
+// finishRotation settles a rotation once the container started, or undoes
+// it when the container did not start after all, so a failed restart does
+// not push the last real run out of the previous log.
+func (c *containerStdio) finishRotation(started bool) {
+	if !c.rotated {
+		return
+	}
+	c.rotated = false
+	prev := PreviousLogPath(c.logPath)
+	if started {
+		os.Remove(olderLogPath(c.logPath))
+		return
+	}
+	os.Rename(prev, c.logPath)
+	os.Rename(olderLogPath(c.logPath), prev)
 }
 
 // Close closes the runner's copies of the container's ends (after the
@@ -43,24 +62,36 @@ func (c *containerStdio) Close() error {
 	return errors.Join(errs...)
 }
 
+// olderLogPath holds the previous log while a restart is under way.
+func olderLogPath(logPath string) string { return PreviousLogPath(logPath) + ".older" }
+
 // shimStartTimeout bounds how long a log shim may take to get ready.
 const shimStartTimeout = 10 * time.Second
 
 // rotateLog prepares path for a new run: the run before becomes the
-// previous log, or (a first run) old logs are removed.
-func rotateLog(path string, restart bool) error {
-	if restart {
-		if err := os.Rename(path, PreviousLogPath(path)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("keep previous container log: %w", err)
+// previous log (the one before that is kept aside until finishRotation), or
+// (a first run) old logs are removed. It reports whether it rotated.
+func rotateLog(path string, restart bool) (bool, error) {
+	prev, older := PreviousLogPath(path), olderLogPath(path)
+	if !restart {
+		for _, p := range []string{path, prev, older} {
+			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return false, fmt.Errorf("remove old container log: %w", err)
+			}
 		}
-		return nil
+		return false, nil
 	}
-	for _, p := range []string{path, PreviousLogPath(path)} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("remove old container log: %w", err)
-		}
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return false, nil
 	}
-	return nil
+	if err := os.Rename(prev, older); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false, fmt.Errorf("keep previous container log: %w", err)
+	}
+	if err := os.Rename(path, prev); err != nil {
+		os.Rename(older, prev)
+		return false, fmt.Errorf("keep previous container log: %w", err)
+	}
+	return true, nil
 }
 
 // startLogShim starts the log shim of one container run (`SELF lab
@@ -71,10 +102,11 @@ func startLogShim(selfExe string, cio ContainerIO, cgroupDir string) (_ *contain
 	if cio.LogPath == "" || cio.AttachSocket == "" {
 		return nil, errors.New("container IO needs a log path and an attach socket")
 	}
-	if err := rotateLog(cio.LogPath, cio.Restart); err != nil {
+	rotated, err := rotateLog(cio.LogPath, cio.Restart)
+	if err != nil {
 		return nil, err
 	}
-	stdio := &containerStdio{tty: cio.TTY}
+	stdio := &containerStdio{tty: cio.TTY, logPath: cio.LogPath, rotated: rotated}
 	var shimFiles []*os.File // the shim's ends: ExtraFiles, fd 3 onwards
 	defer func() {
 		for _, f := range shimFiles {
@@ -82,6 +114,7 @@ func startLogShim(selfExe string, cio ContainerIO, cgroupDir string) (_ *contain
 		}
 		if err != nil {
 			stdio.Close()
+			stdio.finishRotation(false)
 		}
 	}()
 	pipe := func() (*os.File, *os.File, error) {

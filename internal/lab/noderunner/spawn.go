@@ -40,6 +40,8 @@ func Spawn(spec SpawnSpec) (*exec.Cmd, error) {
 		return nil, err
 	}
 	defer stdio.Close() // the child holds its own copies
+	started := false
+	defer func() { stdio.finishRotation(started) }()
 
 	cmd := exec.Command(spec.SelfExe, append([]string{"lab", "_pod-init"}, spec.Init.Args()...)...)
 	cmd.Env = spec.Env
@@ -72,5 +74,6 @@ func Spawn(spec SpawnSpec) (*exec.Cmd, error) {
 	if err := start(); err != nil {
 		return nil, fmt.Errorf("start container process: %w", err)
 	}
+	started = true
 	return cmd, nil
 }
