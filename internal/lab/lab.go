@@ -315,6 +315,11 @@ func (l *Lab) writeCNIConfig(node string) error {
 }
 
 func (l *Lab) spawnRunner(node string, i int) (Proc, error) {
+	p := pki{dir: l.layout.PKIDir()}
+	cert, key, err := p.kubeletServing(node, NodeIP(i))
+	if err != nil {
+		return Proc{}, err
+	}
 	return spawn(node+"/runner", NodeNetns(node), filepath.Join(l.layout.NodeCgroup(node), "_runner"),
 		filepath.Join(l.layout.LogDir(), node+"-runner.log"), []string{l.layout.Bin("glia"), "lab", "_runner",
 			"--node", node, "--node-ip", NodeIP(i).String(),
@@ -323,6 +328,7 @@ func (l *Lab) spawnRunner(node string, i int) (Proc, error) {
 			"--state-dir", l.layout.RunnerStateDir(node),
 			"--cgroup", l.layout.NodeCgroup(node),
 			"--cluster-dns", ClusterDNS.String(), "--cluster-domain", ClusterDomain,
+			"--tls-cert-file", cert, "--tls-private-key-file", key, "--client-ca-file", p.CACert(),
 		}, nil)
 }
 

@@ -10,6 +10,14 @@
 // are torn down (processes, CNI DEL, namespace, cgroup) before the Pod object
 // is removed.
 //
+// Each container's stdout and stderr go through a log shim (`glia lab
+// _log-shim`, one per container run, in its own session) that writes the
+// CRI log format and keeps the previous run's log, and holds the
+// container's stdin and terminal for attach. The runner serves the kubelet
+// API the API server proxies to (exec, attach, containerLogs, over TLS on
+// the node's IP, port 10250), so kubectl exec, attach, logs and run -it work
+// against lab pods.
+//
 // The runner persists its pods under the state dir and re-adopts running
 // processes after a restart, so restarting it does not disturb pods.
 package noderunner
@@ -45,6 +53,12 @@ type Config struct {
 	CoreDNSBinary string
 	// StatusInterval is how often the node heartbeat and lease are renewed.
 	StatusInterval time.Duration
+	// The kubelet API (exec, attach, logs) on NodeIP:Port; served when the
+	// three TLS files are given.
+	TLSCertFile       string
+	TLSPrivateKeyFile string
+	ClientCAFile      string
+	Port              int
 }
 
 // DefaultConfig returns a Config with defaults filled in.
@@ -53,6 +67,7 @@ func DefaultConfig() Config {
 		CNINetwork:     "glia",
 		ClusterDomain:  "cluster.local",
 		StatusInterval: 10 * time.Second,
+		Port:           DefaultKubeletPort,
 	}
 }
 
@@ -71,6 +86,10 @@ func (c *Config) Flags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.SelfExe, "self-exe", c.SelfExe, "glia binary used to start containers (default: this executable)")
 	fs.StringVar(&c.CoreDNSBinary, "coredns-binary", c.CoreDNSBinary, "coredns binary (default: coredns beside the glia binary)")
 	fs.DurationVar(&c.StatusInterval, "status-interval", c.StatusInterval, "node heartbeat and lease renewal interval")
+	fs.StringVar(&c.TLSCertFile, "tls-cert-file", c.TLSCertFile, "kubelet API serving certificate (PEM), valid for --node-ip")
+	fs.StringVar(&c.TLSPrivateKeyFile, "tls-private-key-file", c.TLSPrivateKeyFile, "key of --tls-cert-file (PEM)")
+	fs.StringVar(&c.ClientCAFile, "client-ca-file", c.ClientCAFile, "CA that signs the certificates kubelet API clients must present (PEM)")
+	fs.IntVar(&c.Port, "port", c.Port, "kubelet API port on --node-ip")
 }
 
 // Validate checks the config.
@@ -99,6 +118,12 @@ func (c *Config) Validate() error {
 	if c.StatusInterval <= 0 {
 		errs = append(errs, errors.New("status interval must be positive (--status-interval)"))
 	}
+	if set := btoi(c.TLSCertFile != "") + btoi(c.TLSPrivateKeyFile != "") + btoi(c.ClientCAFile != ""); set != 0 && set != 3 {
+		errs = append(errs, errors.New("the kubelet API needs all of --tls-cert-file, --tls-private-key-file and --client-ca-file (or none, to not serve it)"))
+	}
+	if c.Port < 1 || c.Port > 65535 {
+		errs = append(errs, fmt.Errorf("invalid kubelet API port %d (--port): want 1-65535", c.Port))
+	}
 	return errors.Join(errs...)
 }
 
@@ -118,4 +143,24 @@ func (c *Config) coreDNSBinary(self string) string {
 		return c.CoreDNSBinary
 	}
 	return filepath.Join(filepath.Dir(self), "coredns")
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (c *Config) kubeletAPIEnabled() bool {
+	return c.TLSCertFile != "" && c.TLSPrivateKeyFile != "" && c.ClientCAFile != ""
+}
+
+// kubeletPort is the port reported in the Node's status: 0 when the
+// kubelet API is not served.
+func (c *Config) kubeletPort() int32 {
+	if !c.kubeletAPIEnabled() {
+		return 0
+	}
+	return int32(c.Port)
 }
