@@ -16,8 +16,8 @@ import (
 )
 
 // newLabInternalCommands returns the hidden `glia lab` subcommands the lab
-// starts by itself: the node runner, the container init and the built-in
-// image programs.
+// starts by itself: the node runner, the container init, the container log
+// shim and the built-in image programs.
 func newLabInternalCommands() []*cobra.Command {
 	cfg := noderunner.DefaultConfig()
 	runner := &cobra.Command{
@@ -44,6 +44,16 @@ func newLabInternalCommands() []*cobra.Command {
 		},
 	}
 
+	logShim := &cobra.Command{
+		Use:                "_log-shim --log FILE --attach SOCKET --out-fd N [flags]",
+		Short:              "Write a lab container's output to its CRI log and serve attach (started by the node runner)",
+		Hidden:             true,
+		DisableFlagParsing: true,
+		RunE: func(_ *cobra.Command, args []string) error {
+			return noderunner.ShimMain(args)
+		},
+	}
+
 	image := &cobra.Command{
 		Use:                "_image NAME [ARGS...]",
 		Short:              "Run a built-in program of the lab image catalog",
@@ -62,5 +72,5 @@ func newLabInternalCommands() []*cobra.Command {
 			return images.Run(ctx, args[0], args[1:], os.Stderr)
 		},
 	}
-	return []*cobra.Command{runner, podInit, image}
+	return []*cobra.Command{runner, podInit, logShim, image}
 }

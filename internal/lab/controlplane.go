@@ -53,6 +53,9 @@ func (l *Lab) startControlPlane(ctx context.Context, st *State) error {
 		"--secure-port=" + strconv.Itoa(APIServerPort),
 		"--tls-cert-file=" + p.ServerCert(), "--tls-private-key-file=" + p.ServerKey(),
 		"--client-ca-file=" + p.CACert(),
+		// exec, attach and logs reach the node runners' kubelet API.
+		"--kubelet-client-certificate=" + p.KubeletClientCert(), "--kubelet-client-key=" + p.KubeletClientKey(),
+		"--kubelet-certificate-authority=" + p.CACert(), "--kubelet-preferred-address-types=InternalIP",
 		"--service-account-issuer=https://kubernetes.default.svc." + ClusterDomain,
 		"--service-account-key-file=" + p.SAPub(), "--service-account-signing-key-file=" + p.SAKey(),
 		"--token-auth-file=" + p.TokenFile(),

@@ -18,7 +18,9 @@ import (
 )
 
 // pki holds the lab's certificate authority, the API server's serving
-// certificate, the service-account signing key and the admin token.
+// certificate and its client certificate for the kubelet API, the node
+// runners' kubelet serving certificates, the service-account signing key
+// and the admin token.
 type pki struct {
 	dir string
 }
@@ -29,6 +31,13 @@ func (p pki) ServerKey() string  { return filepath.Join(p.dir, "apiserver.key") 
 func (p pki) SAKey() string      { return filepath.Join(p.dir, "sa.key") }
 func (p pki) SAPub() string      { return filepath.Join(p.dir, "sa.pub") }
 func (p pki) TokenFile() string  { return filepath.Join(p.dir, "tokens.csv") }
+func (p pki) caKey() string      { return filepath.Join(p.dir, "ca.key") }
+
+// KubeletClientCert and KubeletClientKey are the API server's client
+// certificate towards the node runners' kubelet API
+// (--kubelet-client-certificate, --kubelet-client-key).
+func (p pki) KubeletClientCert() string { return filepath.Join(p.dir, "apiserver-kubelet-client.crt") }
+func (p pki) KubeletClientKey() string  { return filepath.Join(p.dir, "apiserver-kubelet-client.key") }
 
 func writePEM(path, typ string, der []byte, mode os.FileMode) error {
 	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), mode)
@@ -92,6 +101,28 @@ func (p pki) generate() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("create API server certificate: %w", err)
 	}
+	kcKey, kcKeyDER, err := newKey()
+	if err != nil {
+		return "", err
+	}
+	kcSerial, err := randSerial()
+	if err != nil {
+		return "", err
+	}
+	kcTmpl := &x509.Certificate{
+		SerialNumber: kcSerial,
+		// As kubeadm names it; the node runners accept any client
+		// certificate of the lab CA.
+		Subject:     pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}},
+		NotBefore:   now.Add(-time.Hour),
+		NotAfter:    now.Add(365 * 24 * time.Hour),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	kcDER, err := x509.CreateCertificate(rand.Reader, kcTmpl, ca, &kcKey.PublicKey, caKey)
+	if err != nil {
+		return "", fmt.Errorf("create API server kubelet client certificate: %w", err)
+	}
 	_, saDER, err := newKey()
 	if err != nil {
 		return "", err
@@ -114,10 +145,12 @@ func (p pki) generate() (string, error) {
 		der       []byte
 		mode      os.FileMode
 	}{
-		{filepath.Join(p.dir, "ca.key"), "EC PRIVATE KEY", caKeyDER, 0o600},
+		{p.caKey(), "EC PRIVATE KEY", caKeyDER, 0o600},
 		{p.CACert(), "CERTIFICATE", caDER, 0o644},
 		{p.ServerKey(), "EC PRIVATE KEY", srvKeyDER, 0o600},
 		{p.ServerCert(), "CERTIFICATE", srvDER, 0o644},
+		{p.KubeletClientKey(), "EC PRIVATE KEY", kcKeyDER, 0o600},
+		{p.KubeletClientCert(), "CERTIFICATE", kcDER, 0o644},
 		{p.SAKey(), "EC PRIVATE KEY", saDER, 0o600},
 		{p.SAPub(), "PUBLIC KEY", saPubDER, 0o644},
 	} {

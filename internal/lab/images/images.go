@@ -7,8 +7,9 @@
 //	zwindler/vhelloworld           built-in echo server on :8081, "hello from <pod>"
 //	glia/echo                      built-in echo server on the first containerPort (default 8080),
 //	                               also answers /client-ip with the address it saw
-//	curlimages/curl                command/args as host binaries (args alone run "curl ARGS"),
-//	                               otherwise the built-in sleep program
+//	curlimages/curl                command/args as host binaries (args alone starting with an
+//	                               option run "curl ARGS", other args run as the command, as the
+//	                               image's entrypoint does), otherwise the built-in sleep program
 //	busybox                        command/args as host binaries, otherwise sleep
 //	glia/client                    command/args as host binaries, otherwise sleep
 //	coredns/coredns (or coredns)   the coredns binary beside the glia binary, with a
@@ -112,6 +113,17 @@ func commandOrSleep(entrypoint []string) func(Container) (Plan, error) {
 	}
 }
 
+// curlEntrypoint follows the curlimages/curl image, whose entrypoint runs
+// its arguments as the command unless the first one is an option, which
+// goes to curl: `kubectl run -it --image curlimages/curl x -- /bin/sh` runs
+// a shell, `... -- -s URL` runs curl.
+func curlEntrypoint(c Container) (Plan, error) {
+	if len(c.Command) == 0 && len(c.Args) > 0 && !strings.HasPrefix(c.Args[0], "-") {
+		return Plan{Kind: KindHost, Args: append([]string(nil), c.Args...)}, nil
+	}
+	return commandOrSleep([]string{"curl"})(c)
+}
+
 // commandLine follows Kubernetes' rules: command replaces the image's
 // entrypoint, args replace its cmd.
 func commandLine(c Container, entrypoint []string) []string {
@@ -137,8 +149,8 @@ var catalog = []entry{
 	},
 	{
 		repositories: []string{"curlimages/curl"},
-		describe:     "command/args as host binaries (args alone run `curl ARGS`); otherwise the built-in sleep",
-		plan:         commandOrSleep([]string{"curl"}),
+		describe:     "command/args as host binaries (args alone starting with an option run `curl ARGS`, other args run as the command, as the image's entrypoint does); otherwise the built-in sleep",
+		plan:         curlEntrypoint,
 	},
 	{
 		repositories: []string{"busybox"},

@@ -70,6 +70,16 @@ func TestResolve(t *testing.T) {
 			want: Plan{Repository: "curlimages/curl", Kind: KindHost, Args: []string{"curl", "-s", "http://198.18.128.20"}},
 		},
 		{
+			name: "curl args alone that are a program run it",
+			c:    Container{Image: "curlimages/curl", Args: []string{"/bin/sh"}},
+			want: Plan{Repository: "curlimages/curl", Kind: KindHost, Args: []string{"/bin/sh"}},
+		},
+		{
+			name: "curl command replaces the entrypoint",
+			c:    Container{Image: "curlimages/curl", Command: []string{"sleep"}, Args: []string{"-h"}},
+			want: Plan{Repository: "curlimages/curl", Kind: KindHost, Args: []string{"sleep", "-h"}},
+		},
+		{
 			name: "busybox command and args",
 			c:    Container{Image: "busybox", Command: []string{"sh", "-c"}, Args: []string{"sleep 5"}},
 			want: Plan{Repository: "busybox", Kind: KindHost, Args: []string{"sh", "-c", "sleep 5"}},

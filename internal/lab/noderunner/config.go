@@ -10,6 +10,14 @@
 // are torn down (processes, CNI DEL, namespace, cgroup) before the Pod object
 // is removed.
 //
+// Each container's stdout and stderr go through a log shim (`glia lab
+// _log-shim`, one per container run, in its own session) that writes the
+// CRI log format and keeps the previous run's log, and holds the
+// container's stdin and terminal for attach. The runner serves the kubelet
+// API the API server proxies to (exec, attach, containerLogs, over TLS on
+// the node's IP, port 10250), so kubectl exec, attach, logs and run -it work
+// against lab pods.
+//
 // The runner persists its pods under the state dir and re-adopts running
 // processes after a restart, so restarting it does not disturb pods.
 package noderunner
@@ -52,6 +60,12 @@ type Config struct {
 	// AgentSocket is the node's glia agent socket, asked whether it
 	// replaces kube-proxy.
 	AgentSocket string
+	// The kubelet API (exec, attach, logs) on NodeIP:Port; served when the
+	// three TLS files are given.
+	TLSCertFile       string
+	TLSPrivateKeyFile string
+	ClientCAFile      string
+	Port              int
 }
 
 // DefaultConfig returns a Config with defaults filled in.
@@ -61,6 +75,7 @@ func DefaultConfig() Config {
 		ClusterDomain:  "cluster.local",
 		StatusInterval: 10 * time.Second,
 		AgentSocket:    "/var/run/glia/glia.sock",
+		Port:           DefaultKubeletPort,
 	}
 }
 
@@ -81,6 +96,10 @@ func (c *Config) Flags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.StatusInterval, "status-interval", c.StatusInterval, "node heartbeat and lease renewal interval")
 	fs.StringVar(&c.KubeProxyClusterCIDR, "kube-proxy-cluster-cidr", c.KubeProxyClusterCIDR, "run kube-proxy (with this --cluster-cidr) while the node's glia agent does not replace it; empty: never")
 	fs.StringVar(&c.AgentSocket, "agent-socket", c.AgentSocket, "the node's glia agent socket, asked whether it replaces kube-proxy")
+	fs.StringVar(&c.TLSCertFile, "tls-cert-file", c.TLSCertFile, "kubelet API serving certificate (PEM), valid for --node-ip")
+	fs.StringVar(&c.TLSPrivateKeyFile, "tls-private-key-file", c.TLSPrivateKeyFile, "key of --tls-cert-file (PEM)")
+	fs.StringVar(&c.ClientCAFile, "client-ca-file", c.ClientCAFile, "CA that signs the certificates kubelet API clients must present (PEM)")
+	fs.IntVar(&c.Port, "port", c.Port, "kubelet API port on --node-ip")
 }
 
 // Validate checks the config.
@@ -109,6 +128,12 @@ func (c *Config) Validate() error {
 	if c.StatusInterval <= 0 {
 		errs = append(errs, errors.New("status interval must be positive (--status-interval)"))
 	}
+	if set := btoi(c.TLSCertFile != "") + btoi(c.TLSPrivateKeyFile != "") + btoi(c.ClientCAFile != ""); set != 0 && set != 3 {
+		errs = append(errs, errors.New("the kubelet API needs all of --tls-cert-file, --tls-private-key-file and --client-ca-file (or none, to not serve it)"))
+	}
+	if c.Port < 1 || c.Port > 65535 {
+		errs = append(errs, fmt.Errorf("invalid kubelet API port %d (--port): want 1-65535", c.Port))
+	}
 	return errors.Join(errs...)
 }
 
@@ -128,4 +153,24 @@ func (c *Config) coreDNSBinary(self string) string {
 		return c.CoreDNSBinary
 	}
 	return filepath.Join(filepath.Dir(self), "coredns")
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (c *Config) kubeletAPIEnabled() bool {
+	return c.TLSCertFile != "" && c.TLSPrivateKeyFile != "" && c.ClientCAFile != ""
+}
+
+// kubeletPort is the port reported in the Node's status: 0 when the
+// kubelet API is not served.
+func (c *Config) kubeletPort() int32 {
+	if !c.kubeletAPIEnabled() {
+		return 0
+	}
+	return int32(c.Port)
 }

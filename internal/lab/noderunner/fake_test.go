@@ -115,7 +115,7 @@ func (f *fakeSandbox) Check(_ context.Context, st *PodState) error {
 	return nil
 }
 
-func (f *fakeSandbox) Start(_ context.Context, st *PodState, init podinit.Options, env []string, _ string) (Process, error) {
+func (f *fakeSandbox) Start(_ context.Context, st *PodState, init podinit.Options, env []string, _ ContainerIO) (Process, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.nextPID++

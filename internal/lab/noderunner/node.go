@@ -35,6 +35,8 @@ const (
 type nodeIdentity struct {
 	name string
 	ip   string
+	// kubeletPort is the kubelet API's port (0: not served).
+	kubeletPort int32
 	// networkReady returns nil when pods can get a network.
 	networkReady func() error
 	now          func() time.Time
@@ -108,6 +110,7 @@ func (n *nodeIdentity) status(old corev1.NodeStatus) corev1.NodeStatus {
 		{Type: corev1.NodeHostName, Address: n.name},
 	}
 	st.Conditions = n.conditions(old.Conditions)
+	st.DaemonEndpoints.KubeletEndpoint.Port = n.kubeletPort
 	st.NodeInfo = corev1.NodeSystemInfo{
 		MachineID:               old.NodeInfo.MachineID,
 		SystemUUID:              old.NodeInfo.SystemUUID,

@@ -36,6 +36,13 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0) // unreachable: Main execs
 	}
+	if len(os.Args) > 2 && os.Args[1] == "lab" && os.Args[2] == "_log-shim" {
+		if err := ShimMain(os.Args[3:]); err != nil {
+			fmt.Fprintln(os.Stderr, "log-shim:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	os.Exit(m.Run())
 }
 
@@ -130,8 +137,8 @@ func TestPrivilegedSpawnPodProcess(t *testing.T) {
 			HostnameFile: filepath.Join(dir, "hostname"),
 			Argv:         []string{"sh", "-c", "cat /etc/resolv.conf; echo ---; hostname; echo ---; cat /etc/hostname; echo '" + marker + "'; exec sleep 1000"},
 		},
-		Env:     []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-		LogPath: logPath,
+		Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+		IO:  ContainerIO{LogPath: logPath, AttachSocket: AttachSocketPath(dir, "web")},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -148,11 +155,11 @@ func TestPrivilegedSpawnPodProcess(t *testing.T) {
 	eventually(t, "program output", func() (bool, error) {
 		select {
 		case <-proc.Done():
-			b, _ := os.ReadFile(logPath)
+			b, _ := logText(logPath)
 			return false, fmt.Errorf("program exited with %d: %s", proc.ExitCode(), b)
 		default:
 		}
-		out, err = os.ReadFile(logPath)
+		out, err = logText(logPath)
 		return bytes.Contains(out, []byte(marker)), err
 	})
 	want := resolv + "---\nweb-7f9c\n---\nweb-7f9c\n" + marker + "\n"

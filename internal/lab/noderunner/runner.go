@@ -62,6 +62,7 @@ type runner struct {
 	now      func() time.Time
 	tick     time.Duration // pod worker wake-up period (probes, restarts)
 	maxGrace time.Duration
+	pods     podIndex // for the kubelet API
 
 	ctx     context.Context
 	mu      sync.Mutex
@@ -90,7 +91,7 @@ func newRunner(log *slog.Logger, cfg Config, client kubernetes.Interface, sb San
 		client:   client,
 		sb:       sb,
 		store:    store,
-		id:       &nodeIdentity{name: cfg.Node, ip: cfg.NodeIP, networkReady: networkReady, now: time.Now},
+		id:       &nodeIdentity{name: cfg.Node, ip: cfg.NodeIP, kubeletPort: cfg.kubeletPort(), networkReady: networkReady, now: time.Now},
 		selfExe:  self,
 		coredns:  cfg.coreDNSBinary(self),
 		now:      time.Now,
@@ -121,6 +122,10 @@ func (r *runner) run(ctx context.Context) error {
 	if len(states) > 0 {
 		r.log.Info("pod states found; re-adopting", "pods", len(states))
 	}
+	// The kubelet API is up before the node registers with its port.
+	if err := r.startKubeletAPI(ctx); err != nil {
+		return err
+	}
 
 	registered := make(chan struct{})
 	r.wg.Add(1)
@@ -142,6 +147,7 @@ func (r *runner) run(ctx context.Context) error {
 			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", r.cfg.Node).String()
 		}))
 	inf := factory.Core().V1().Pods().Informer()
+	r.pods.set(inf.GetIndexer())
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { r.handle(obj, false) },
 		UpdateFunc: func(_, obj any) { r.handle(obj, false) },

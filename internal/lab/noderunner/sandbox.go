@@ -33,7 +33,7 @@ type Sandbox interface {
 	// Check verifies an adopted pod's network (CNI CHECK).
 	Check(ctx context.Context, st *PodState) error
 	// Start starts one container process of the pod.
-	Start(ctx context.Context, st *PodState, init podinit.Options, env []string, logPath string) (Process, error)
+	Start(ctx context.Context, st *PodState, init podinit.Options, env []string, cio ContainerIO) (Process, error)
 	// Adopt re-attaches a container process started by an earlier runner.
 	Adopt(st *PodState, c ContainerState) (Process, error)
 	// Signal sends sig to every process of the pod.
@@ -206,14 +206,14 @@ func (s *HostSandbox) Check(ctx context.Context, st *PodState) error {
 	return nil
 }
 
-func (s *HostSandbox) Start(ctx context.Context, st *PodState, init podinit.Options, env []string, logPath string) (Process, error) {
+func (s *HostSandbox) Start(ctx context.Context, st *PodState, init podinit.Options, env []string, cio ContainerIO) (Process, error) {
 	cmd, err := Spawn(SpawnSpec{
 		SelfExe:   s.selfExe,
 		NetNSPath: st.NetNSPath,
 		CgroupDir: st.CgroupDir,
 		Init:      init,
 		Env:       env,
-		LogPath:   logPath,
+		IO:        cio,
 	})
 	if err != nil {
 		return nil, err

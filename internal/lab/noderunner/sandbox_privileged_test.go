@@ -191,21 +191,21 @@ func TestPrivilegedHostSandbox(t *testing.T) {
 	p, err := sb.Start(t.Context(), st, podinit.Options{
 		Hostname: "web-0",
 		Argv:     []string{"sh", "-c", "cat /sys/class/net/eth0/operstate; hostname; echo marker; exec sleep 1000"},
-	}, []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, logPath)
+	}, []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, ContainerIO{LogPath: logPath, AttachSocket: AttachSocketPath(st.Dir, "c")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "container output", func() (bool, error) {
 		select {
 		case <-p.Done():
-			b, _ := os.ReadFile(logPath)
+			b, _ := logText(logPath)
 			return false, fmt.Errorf("container exited: %s", b)
 		default:
 		}
-		b, err := os.ReadFile(logPath)
+		b, err := logText(logPath)
 		return bytes.Contains(b, []byte("marker")), err
 	})
-	if b, _ := os.ReadFile(logPath); !strings.Contains(string(b), "web-0\n") || strings.Contains(string(b), "No such file") {
+	if b, _ := logText(logPath); !strings.Contains(string(b), "web-0\n") || strings.Contains(string(b), "No such file") {
 		t.Errorf("container did not see its eth0 and hostname:\n%s", b)
 	}
 	st.Containers = []ContainerState{{Name: "c", PID: p.PID(), StartTime: p.StartTime()}}

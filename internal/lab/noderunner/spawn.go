@@ -24,34 +24,35 @@ type SpawnSpec struct {
 	CgroupDir string
 	Init      podinit.Options
 	Env       []string
-	// LogPath receives stdout and stderr (appended).
-	LogPath string
+	// IO connects stdin, stdout and stderr through the container's log
+	// shim (`SelfExe lab _log-shim`).
+	IO ContainerIO
 }
 
 // Spawn starts a container process: in new mount and UTS namespaces, inside
 // the pod's network namespace and cgroup from its first instruction, in a
-// session of its own so it survives the runner.
+// session of its own so it survives the runner. Its output goes to a log
+// shim started first (see ContainerIO); with a TTY, a terminal is its
+// controlling terminal.
 func Spawn(spec SpawnSpec) (*exec.Cmd, error) {
-	logf, err := os.OpenFile(spec.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	stdio, err := startLogShim(spec.SelfExe, spec.IO, spec.CgroupDir)
 	if err != nil {
-		return nil, fmt.Errorf("open container log: %w", err)
+		return nil, err
 	}
-	defer logf.Close() // the child holds its own copy
-	devnull, err := os.Open(os.DevNull)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", os.DevNull, err)
-	}
-	defer devnull.Close()
+	defer stdio.Close() // the child holds its own copies
+	started := false
+	defer func() { stdio.finishRotation(started) }()
 
 	cmd := exec.Command(spec.SelfExe, append([]string{"lab", "_pod-init"}, spec.Init.Args()...)...)
 	cmd.Env = spec.Env
 	cmd.Dir = "/"
-	cmd.Stdin = devnull
-	cmd.Stdout = logf
-	cmd.Stderr = logf
+	cmd.Stdin = stdio.stdin
+	cmd.Stdout = stdio.stdout
+	cmd.Stderr = stdio.stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS,
 		Setsid:     true,
+		Setctty:    stdio.tty, // Ctty 0: the terminal is its stdin
 	}
 	if spec.CgroupDir != "" {
 		cg, err := os.Open(spec.CgroupDir)
@@ -73,5 +74,6 @@ func Spawn(spec SpawnSpec) (*exec.Cmd, error) {
 	if err := start(); err != nil {
 		return nil, fmt.Errorf("start container process: %w", err)
 	}
+	started = true
 	return cmd, nil
 }

@@ -480,7 +480,9 @@ func (w *podWorker) start(ctx context.Context, pod *corev1.Pod, c *corev1.Contai
 	env := w.r.containerEnv(ctx, pod, c, w.podIP(w.st))
 	cs := w.containerState(c.Name, init)
 	logPath := LogPath(w.r.cfg.StateDir, pod.Namespace, pod.Name, c.Name)
-	p, err := w.r.sb.Start(ctx, w.st, w.initOptions(pod, c, argv), env, logPath)
+	cio := ContainerIO{LogPath: logPath, Restart: !cs.StartedAt.IsZero(), Stdin: c.Stdin, StdinOnce: c.StdinOnce, TTY: c.TTY,
+		AttachSocket: AttachSocketPath(w.st.Dir, c.Name)}
+	p, err := w.r.sb.Start(ctx, w.st, w.initOptions(pod, c, argv), env, cio)
 	if err != nil {
 		fail("RunContainerError", err)
 		return
