@@ -45,6 +45,19 @@ type Config struct {
 	CoreDNSBinary string
 	// StatusInterval is how often the node heartbeat and lease are renewed.
 	StatusInterval time.Duration
+	// Binds (--bind SRC:DST) make the runner's mount namespace the node's
+	// view: each node-local SRC is bind-mounted over DST.
+	Binds []string
+	// RegisterWithTaints are the taints the Node is created with
+	// (key=value:Effect), as kubelet's --register-with-taints.
+	RegisterWithTaints []string
+	// ImageBinDir holds the binaries the image catalog maps into
+	// containers (glia, glia-agent, agnhost…); empty means SelfExe's
+	// directory.
+	ImageBinDir string
+	// VolumeResync is how often configMap, secret, downwardAPI and
+	// projected volumes are refreshed (tokens are rotated when due).
+	VolumeResync time.Duration
 }
 
 // DefaultConfig returns a Config with defaults filled in.
@@ -53,6 +66,7 @@ func DefaultConfig() Config {
 		CNINetwork:     "glia",
 		ClusterDomain:  "cluster.local",
 		StatusInterval: 10 * time.Second,
+		VolumeResync:   10 * time.Second,
 	}
 }
 
@@ -71,6 +85,10 @@ func (c *Config) Flags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.SelfExe, "self-exe", c.SelfExe, "glia binary used to start containers (default: this executable)")
 	fs.StringVar(&c.CoreDNSBinary, "coredns-binary", c.CoreDNSBinary, "coredns binary (default: coredns beside the glia binary)")
 	fs.DurationVar(&c.StatusInterval, "status-interval", c.StatusInterval, "node heartbeat and lease renewal interval")
+	fs.StringArrayVar(&c.Binds, "bind", c.Binds, "SRC:DST: bind-mount the node-local SRC over DST in the runner's mount namespace (repeatable; DST must exist)")
+	fs.StringSliceVar(&c.RegisterWithTaints, "register-with-taints", c.RegisterWithTaints, "taints the Node is registered with, as kubelet's: key=value:Effect,...")
+	fs.StringVar(&c.ImageBinDir, "image-bin-dir", c.ImageBinDir, "directory of the binaries the image catalog maps into containers (default: the glia binary's directory)")
+	fs.DurationVar(&c.VolumeResync, "volume-resync", c.VolumeResync, "how often configMap, secret, downwardAPI and projected volumes are refreshed")
 }
 
 // Validate checks the config.
@@ -99,6 +117,17 @@ func (c *Config) Validate() error {
 	if c.StatusInterval <= 0 {
 		errs = append(errs, errors.New("status interval must be positive (--status-interval)"))
 	}
+	if c.VolumeResync <= 0 {
+		errs = append(errs, errors.New("volume resync interval must be positive (--volume-resync)"))
+	}
+	for _, b := range c.Binds {
+		if _, err := ParseBind(b); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if _, err := ParseTaints(c.RegisterWithTaints); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -111,6 +140,23 @@ func (c *Config) selfExe() (string, error) {
 		return "", fmt.Errorf("find own executable: %w", err)
 	}
 	return exe, nil
+}
+
+func (c *Config) binds() []Bind {
+	var out []Bind
+	for _, s := range c.Binds {
+		if b, err := ParseBind(s); err == nil {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+func (c *Config) imageBinDir(self string) string {
+	if c.ImageBinDir != "" {
+		return c.ImageBinDir
+	}
+	return filepath.Dir(self)
 }
 
 func (c *Config) coreDNSBinary(self string) string {

@@ -78,6 +78,16 @@ func testCgroup(t *testing.T) string {
 	return dir
 }
 
+// scratchDir makes an empty directory for a container's scratch tmpfs.
+func scratchDir(t *testing.T, dir string) string {
+	t.Helper()
+	p, err := os.MkdirTemp(dir, "scratch-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 func nsID(t *testing.T, path string) string {
 	t.Helper()
 	var st syscall.Stat_t
@@ -125,6 +135,7 @@ func TestPrivilegedSpawnPodProcess(t *testing.T) {
 		NetNSPath: podNS.Path(),
 		CgroupDir: cgroup,
 		Init: podinit.Options{
+			Scratch:      scratchDir(t, dir),
 			Hostname:     "web-7f9c",
 			ResolvConf:   filepath.Join(dir, "resolv.conf"),
 			HostnameFile: filepath.Join(dir, "hostname"),
