@@ -89,7 +89,7 @@ func TestResourceFieldValue(t *testing.T) {
 		want                    string
 		err                     bool
 	}{
-		{"limits.cpu", "", "", "2", false},     // 1.5 cores rounded up
+		{"limits.cpu", "", "", "2", false},      // 1.5 cores rounded up
 		{"limits.cpu", "1m", "", "1500", false}, // millicores
 		{"requests.cpu", "1m", "", "250", false},
 		{"limits.memory", "1Mi", "", "64", false},
@@ -201,7 +201,7 @@ func TestContainerEnv(t *testing.T) {
 	// Optional references that are missing skip the variable.
 	env, err = r.containerEnv(context.Background(), pod, &corev1.Container{Name: "x",
 		EnvFrom: []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "gone"}, Optional: ptr.To(true)}}},
-		Env: []corev1.EnvVar{{Name: "X", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "cfg"}, Key: "k", Optional: ptr.To(true)}}}},
+		Env:     []corev1.EnvVar{{Name: "X", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "cfg"}, Key: "k", Optional: ptr.To(true)}}}},
 	}, nil)
 	if err != nil || strings.Contains(strings.Join(env, " "), "X=") {
 		t.Errorf("optional references: %q, %v", env, err)

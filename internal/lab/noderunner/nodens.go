@@ -40,6 +40,12 @@ func setupNodeMounts(binds []Bind) error {
 	if err := podinit.OwnMountNamespace(); err != nil {
 		return fmt.Errorf("the node runner mounts the node's directories and pod volumes, so it must run in a mount namespace of its own (start it with CLONE_NEWNS, as `glia lab` does): %w", err)
 	}
+	return prepareNodeMounts(binds)
+}
+
+// prepareNodeMounts isolates the calling thread's mount namespace from the
+// host (but for the netns dir) and applies binds.
+func prepareNodeMounts(binds []Bind) error {
 	netnsDir := NetNSDir
 	if r, err := filepath.EvalSymlinks(netnsDir); err == nil {
 		netnsDir = r

@@ -171,12 +171,18 @@ func TestCheckHostPath(t *testing.T) {
 // fakeMounter records what the runner would mount in the node's namespace.
 type fakeMounter struct{ calls []string }
 
-func (f *fakeMounter) EnsureShared(p string) error { f.calls = append(f.calls, "shared "+p); return nil }
+func (f *fakeMounter) EnsureShared(p string) error {
+	f.calls = append(f.calls, "shared "+p)
+	return nil
+}
 func (f *fakeMounter) MountTmpfs(d string, n int64) error {
 	f.calls = append(f.calls, "tmpfs "+filepath.Base(d))
 	return nil
 }
-func (f *fakeMounter) UnmountUnder(d string) error { f.calls = append(f.calls, "unmount "+filepath.Base(d)); return nil }
+func (f *fakeMounter) UnmountUnder(d string) error {
+	f.calls = append(f.calls, "unmount "+filepath.Base(d))
+	return nil
+}
 
 func TestSetupVolumes(t *testing.T) {
 	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "glia-config", Namespace: "ns"},

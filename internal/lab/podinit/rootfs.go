@@ -413,13 +413,23 @@ func restrictPaths(root string) error {
 // pivot makes root the container's root. The old root is made a recursive
 // slave first, so detaching it unmounts nothing on the node.
 func pivot(root string) error {
+	oldRoot, err := unix.Open("/", unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open the old root: %w", err)
+	}
+	defer unix.Close(oldRoot)
 	if err := os.Chdir(root); err != nil {
 		return fmt.Errorf("enter the new root: %w", err)
 	}
 	if err := unix.PivotRoot(".", "."); err != nil {
 		return fmt.Errorf("pivot_root: %w", err)
 	}
-	// The old root is now stacked on "." (runc's trick: no put_old dir).
+	// The old root is now stacked on the new one (pivot_root(".", "."),
+	// no put_old directory needed). Work on it through its own fd: "."
+	// still names the new root.
+	if err := unix.Fchdir(oldRoot); err != nil {
+		return fmt.Errorf("enter the old root: %w", err)
+	}
 	if err := unix.Mount("", ".", "", unix.MS_SLAVE|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("make the old root rslave: %w", err)
 	}

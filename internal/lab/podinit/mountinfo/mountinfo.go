@@ -27,10 +27,10 @@ type Mount struct {
 	Shared, Master int
 }
 
-// Read returns the mounts of the calling process's mount namespace, in
-// mount order.
+// Read returns the mounts of the calling thread's mount namespace (a thread
+// may have unshared its own), in mount order.
 func Read() ([]Mount, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	f, err := os.Open("/proc/thread-self/mountinfo")
 	if err != nil {
 		return nil, fmt.Errorf("read mountinfo: %w", err)
 	}
