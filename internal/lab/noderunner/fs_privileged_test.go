@@ -255,3 +255,58 @@ func mustMounts(t *testing.T) []mountinfo.Mount {
 	}
 	return m
 }
+
+// TestPrivilegedLivenessRestart runs a real container whose liveness exec
+// probe (run inside its pivoted root through nsenter) starts failing: the
+// runner kills it and starts it again, counting the restart.
+func TestPrivilegedLivenessRestart(t *testing.T) {
+	requireRoot(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stateDir := t.TempDir()
+	cfg := DefaultConfig()
+	cfg.Node, cfg.NodeIP, cfg.StateDir, cfg.SelfExe = "n1", "198.18.0.11", stateDir, self
+	cfg.CNIConfDir, cfg.CNIBinDir = "/nonexistent", "/nonexistent"
+	cfg.Cgroup = testCgroup(t)
+	sb, err := NewHostSandbox(slog.New(slog.NewTextHandler(io.Discard, nil)), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := testPod("live-real", "uid-live-real-"+randHex(t), corev1.Container{
+		Name: "app", Image: "busybox",
+		Command: []string{"sh", "-c", "touch /tmp/healthy; sleep 2; rm /tmp/healthy; exec sleep 1000"},
+		LivenessProbe: &corev1.Probe{
+			ProbeHandler:  corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"cat", "/tmp/healthy"}}},
+			InitialDelaySeconds: 1, PeriodSeconds: 1, FailureThreshold: 1,
+		},
+	})
+	pod.Spec.HostNetwork = true
+	pod.Spec.TerminationGracePeriodSeconds = ptr.To[int64](1)
+	client := fake.NewClientset(pod, kubernetesSvc())
+	tr := startRunner(t, client, sb, stateDir)
+	t.Cleanup(func() {
+		// Delete the pod and wait for its teardown before the runner stops.
+		client.CoreV1().Pods("default").Delete(context.Background(), pod.Name, metav1.DeleteOptions{})
+		eventually(t, "pod torn down", func() (bool, error) {
+			states, err := tr.r.store.Load()
+			return len(states) == 0, err
+		})
+		tr.stop()
+	})
+	eventually(t, "pod running", podReady(client, "live-real"))
+	eventually(t, "a restart after the liveness probe failed", func() (bool, error) {
+		p := getPod(t, client, "default", "live-real")
+		cs := p.Status.ContainerStatuses
+		return len(cs) == 1 && cs[0].RestartCount >= 1 && cs[0].State.Running != nil, nil
+	})
+	cs := getPod(t, client, "default", "live-real").Status.ContainerStatuses[0]
+	if lt := cs.LastTerminationState.Terminated; lt == nil || (lt.ExitCode != 143 && lt.ExitCode != 137) {
+		t.Errorf("last termination %+v, want the probe's SIGTERM or SIGKILL", cs.LastTerminationState)
+	}
+	// The host's /tmp never held the container's file.
+	if _, err := os.Stat("/tmp/healthy"); err == nil {
+		t.Errorf("/tmp/healthy exists on the host: the container wrote through")
+	}
+}
