@@ -1,14 +1,24 @@
 // Package noderunner is the lab's stand-in for kubelet plus a container
-// runtime. It runs inside a lab node's network namespace, registers the Node
-// and renews its Lease, and runs the Pods bound to the node as processes:
-// each pod gets a network namespace (glia-pod-…) wired by the CNI plugin
-// through libcni exactly as a kubelet/CRI would, and each container is a
-// process in its own mount and UTS namespaces (started through
-// `glia lab _pod-init`) in a per-pod cgroup. Images are mapped to programs by
-// the catalog in internal/lab/images. Readiness probes run, pod status is
-// written back, containers are restarted per restartPolicy, and deleted pods
-// are torn down (processes, CNI DEL, namespace, cgroup) before the Pod object
-// is removed.
+// runtime. It runs inside a lab node's network namespace and in a mount
+// namespace of its own (it refuses to run otherwise): the node's view of
+// the file system, where each --bind SRC:DST shows a node-local directory
+// at its real path (/opt/cni/bin, /etc/cni/net.d, /var/lib/glia…). It
+// registers the Node (with --register-with-taints) and renews its Lease,
+// and runs the Pods bound to the node as processes: each pod gets a network
+// namespace (glia-pod-…) wired by the CNI plugin through libcni exactly as a
+// kubelet/CRI would, and each container is a process in its own mount and
+// UTS namespaces (started through `glia lab _pod-init`, which builds its
+// root file system as a runtime does) in a per-pod cgroup.
+//
+// What kubelet does for a pod's containers, the runner does too: volumes
+// (hostPath with its type checks, emptyDir, configMap, secret, downwardAPI
+// and projected, with the ServiceAccount token from the TokenRequest API
+// bound to the pod and rotated), their readOnly, subPath and
+// mountPropagation; the environment (valueFrom, envFrom, $(VAR) expansion,
+// service links); startup, liveness and readiness probes with restarts and
+// back-off; pod status. Images are mapped to programs and files by the
+// catalog in internal/lab/images. Deleted pods are torn down (processes,
+// CNI DEL, namespace, cgroup, volumes) before the Pod object is removed.
 //
 // The runner persists its pods under the state dir and re-adopts running
 // processes after a restart, so restarting it does not disturb pods.
