@@ -15,9 +15,9 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 )
 
-// defaultPath is the image's PATH (every catalog image has the Debian
+// imagePath is the image's PATH (every catalog image has the Debian
 // default), which the container's env may override.
-const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+const imagePath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // expandVars replaces $(NAME) in s as kubelet does for env values, command
 // and args: a defined NAME is replaced by its value, an undefined one is
@@ -294,7 +294,7 @@ func (r *runner) containerEnv(ctx context.Context, pod *corev1.Pod, c *corev1.Co
 		}
 		vals[k] = v
 	}
-	set("PATH", defaultPath)
+	set("PATH", imagePath)
 	set("HOSTNAME", podHostnameFor(pod, r.cfg))
 	svcEnv, err := r.serviceEnvFor(ctx, pod)
 	if err != nil {

@@ -47,7 +47,7 @@ func inNodeNamespace(t *testing.T, fn func() error) {
 // thread's mount namespace, the runner's network namespace) and returns its
 // output once it exits.
 func runSpec(w *podWorker, pod *corev1.Pod, c *corev1.Container, logPath string) (string, error) {
-	spec, err := w.containerSpec(context.Background(), pod, c)
+	spec, err := w.launchSpec(context.Background(), pod, c)
 	if err != nil {
 		return "", err
 	}

@@ -24,8 +24,8 @@ func secureJoin(root, p string) (string, error) {
 	return out, nil
 }
 
-// containerSpec is everything needed to start one container.
-type containerSpec struct {
+// launchSpec is everything needed to start one container.
+type launchSpec struct {
 	argv []string
 	env  []string
 	opts podinit.Options
@@ -40,33 +40,33 @@ type startError struct {
 func (e startError) Error() string { return e.err.Error() }
 func (e startError) Unwrap() error { return e.err }
 
-// containerSpec builds container c's environment, program and root
+// launchSpec builds container c's environment, program and root
 // filesystem, as kubelet and the runtime do before starting it.
-func (w *podWorker) containerSpec(ctx context.Context, pod *corev1.Pod, c *corev1.Container) (containerSpec, error) {
+func (w *podWorker) launchSpec(ctx context.Context, pod *corev1.Pod, c *corev1.Container) (launchSpec, error) {
 	env, err := w.r.containerEnv(ctx, pod, c, w.podIPs())
 	if err != nil {
-		return containerSpec{}, startError{"CreateContainerConfigError", err}
+		return launchSpec{}, startError{"CreateContainerConfigError", err}
 	}
 	ic := catalogContainer(c)
 	ic.Command = expandCommand(c.Command, env)
 	ic.Args = expandCommand(c.Args, env)
 	plan, err := images.Resolve(ic)
 	if err != nil {
-		return containerSpec{}, startError{"ErrImagePull", err}
+		return launchSpec{}, startError{"ErrImagePull", err}
 	}
 	files, err := plan.HostFiles(w.r.imageBin)
 	if err != nil {
-		return containerSpec{}, startError{"ErrImagePull", err}
+		return launchSpec{}, startError{"ErrImagePull", err}
 	}
 	argv, err := w.r.programArgv(w.st, plan, files, envValue(env, "PATH"))
 	if err != nil {
-		return containerSpec{}, startError{"CreateContainerError", err}
+		return launchSpec{}, startError{"CreateContainerError", err}
 	}
 	opts, err := w.containerOptions(pod, c, argv, files, env)
 	if err != nil {
-		return containerSpec{}, startError{"CreateContainerConfigError", err}
+		return launchSpec{}, startError{"CreateContainerConfigError", err}
 	}
-	return containerSpec{argv: argv, env: env, opts: opts}, nil
+	return launchSpec{argv: argv, env: env, opts: opts}, nil
 }
 
 func envValue(env []string, key string) string {

@@ -460,7 +460,7 @@ func (w *podWorker) start(ctx context.Context, pod *corev1.Pod, c *corev1.Contai
 		w.waiting[c.Name] = waitReason{reason, err.Error()}
 		w.log.Warn("start container", "container", c.Name, "reason", reason, "err", err, "retry_in", delay)
 	}
-	spec, err := w.containerSpec(ctx, pod, c)
+	spec, err := w.launchSpec(ctx, pod, c)
 	if err != nil {
 		var se startError
 		errors.As(err, &se)
