@@ -8,9 +8,11 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -51,8 +53,16 @@ func runSpec(w *podWorker, pod *corev1.Pod, c *corev1.Container, logPath string)
 	if err != nil {
 		return "", err
 	}
-	cmd, err := Spawn(SpawnSpec{SelfExe: w.r.selfExe, Init: spec.opts, Env: spec.env, LogPath: logPath})
+	// As Spawn starts a container, without its log and session plumbing.
+	logf, err := os.Create(logPath)
 	if err != nil {
+		return "", err
+	}
+	defer logf.Close()
+	cmd := exec.Command(w.r.selfExe, append([]string{"lab", "_pod-init"}, spec.opts.Args()...)...)
+	cmd.Env, cmd.Stdout, cmd.Stderr = spec.env, logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS}
+	if err := cmd.Start(); err != nil {
 		return "", err
 	}
 	done := make(chan error, 1)
