@@ -288,7 +288,7 @@ func TestPrivilegedLivenessRestart(t *testing.T) {
 		Name: "app", Image: "busybox",
 		Command: []string{"sh", "-c", "touch /tmp/healthy; sleep 2; rm /tmp/healthy; exec sleep 1000"},
 		LivenessProbe: &corev1.Probe{
-			ProbeHandler:  corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"cat", "/tmp/healthy"}}},
+			ProbeHandler:        corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"cat", "/tmp/healthy"}}},
 			InitialDelaySeconds: 1, PeriodSeconds: 1, FailureThreshold: 1,
 		},
 	})
