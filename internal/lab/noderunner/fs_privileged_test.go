@@ -320,3 +320,56 @@ func TestPrivilegedLivenessRestart(t *testing.T) {
 		t.Errorf("/tmp/healthy exists on the host: the container wrote through")
 	}
 }
+
+// TestPrivilegedNodeMounts checks --bind in a node namespace: node-local
+// directories over host paths (created when missing on the node side), a
+// bind nested in an earlier one, and a refusal for a host mount point that
+// does not exist.
+func TestPrivilegedNodeMounts(t *testing.T) {
+	requireRoot(t)
+	base := t.TempDir()
+	host := filepath.Join(base, "host")
+	if err := os.MkdirAll(filepath.Join(host, "run/glia"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("run", filepath.Join(host, "varrun")); err != nil { // as /var/run -> /run
+		t.Fatal(err)
+	}
+	root := filepath.Join(base, "nodes/n1/root")
+	cg := filepath.Join(base, "cgroup/n1")
+	os.MkdirAll(cg, 0o755)
+	os.WriteFile(filepath.Join(cg, "cgroup.procs"), nil, 0o644)
+	binds := []Bind{
+		{Src: filepath.Join(root, "var/run/glia"), Dst: filepath.Join(host, "varrun/glia")},
+		{Src: cg, Dst: filepath.Join(host, "run/glia/cgroupv2")}, // inside the first bind
+	}
+	inNodeNamespace(t, func() error {
+		if err := prepareNodeMounts(binds); err != nil {
+			return err
+		}
+		if _, err := os.Stat(filepath.Join(host, "run/glia/cgroupv2/cgroup.procs")); err != nil {
+			return fmt.Errorf("nested bind not in place: %w", err)
+		}
+		if _, err := os.Stat(filepath.Join(root, "var/run/glia/cgroupv2")); err != nil {
+			return fmt.Errorf("the nested mount point was not made on the node side: %w", err)
+		}
+		err := prepareNodeMounts([]Bind{{Src: filepath.Join(root, "x"), Dst: filepath.Join(host, "missing/x")}})
+		if err == nil || !strings.Contains(err.Error(), "must exist on the host") {
+			return fmt.Errorf("a missing host mount point: %v", err)
+		}
+		return nil
+	})
+	// The host's view is untouched: no mount, no node-side dir made there.
+	if _, err := os.Stat(filepath.Join(host, "run/glia/cgroupv2")); err == nil {
+		t.Errorf("the nested mount point was created on the host")
+	}
+	if _, ok := mountinfo.At(mustMounts(t), filepath.Join(host, "run/glia")); ok {
+		t.Errorf("a node bind shows in the host's namespace")
+	}
+	if _, err := ParseBind("relative:/x"); err == nil {
+		t.Error("ParseBind accepted a relative source")
+	}
+	if b, err := ParseBind("/a/b:/c/"); err != nil || b != (Bind{Src: "/a/b", Dst: "/c"}) {
+		t.Errorf("ParseBind = %+v, %v", b, err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -203,5 +204,14 @@ func TestRegisterWithTaints(t *testing.T) {
 	want := []corev1.Taint{{Key: "other", Effect: corev1.TaintEffectNoSchedule}, taint}
 	if diff := cmp.Diff(want, n.Spec.Taints); diff != "" || n.Labels["io.glia.enable-ebpf"] != "true" {
 		t.Errorf("pre-created node: taints (-want +got):\n%s labels %v", diff, n.Labels)
+	}
+}
+
+func TestRunnerRefusesTheHostMountNamespace(t *testing.T) {
+	// The test shares its mount namespace with `go test`: the runner must
+	// refuse before it mounts anything.
+	err := setupNodeMounts([]Bind{{Src: t.TempDir(), Dst: t.TempDir()}})
+	if err == nil || !strings.Contains(err.Error(), "mount namespace of its own") {
+		t.Fatalf("setupNodeMounts outside a mount namespace of its own = %v, want a refusal", err)
 	}
 }

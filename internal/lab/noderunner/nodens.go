@@ -61,8 +61,16 @@ func prepareNodeMounts(binds []Bind) error {
 		// Hidden mounts cannot be named by path, nor mounted on: harmless.
 		unix.Mount("", m.Point, "", unix.MS_SLAVE, "")
 	}
+	var bound []string // resolved DSTs so far
 	for _, b := range binds {
 		dst, err := os.Stat(b.Dst)
+		if errors.Is(err, os.ErrNotExist) && underAnyDir(resolveExisting(b.Dst), bound) {
+			// Inside an earlier bind: a node-local directory, not the
+			// host's (e.g. /run/glia/cgroupv2 under /var/run/glia).
+			if err = os.MkdirAll(b.Dst, 0o755); err == nil {
+				dst, err = os.Stat(b.Dst)
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("--bind %s: the mount point %s must exist on the host (the lab creates it before starting the runner): %w", b, b.Dst, err)
 		}
@@ -79,8 +87,34 @@ func prepareNodeMounts(binds []Bind) error {
 		if err := unix.Mount(b.Src, b.Dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 			return fmt.Errorf("--bind %s: %w", b, err)
 		}
+		bound = append(bound, resolveExisting(b.Dst))
 	}
 	return nil
+}
+
+// resolveExisting resolves the symlinks of p's longest existing ancestor
+// (/var/run/glia/x → /run/glia/x).
+func resolveExisting(p string) string {
+	p = filepath.Clean(p)
+	rest := ""
+	for cur := p; ; cur = filepath.Dir(cur) {
+		if r, err := filepath.EvalSymlinks(cur); err == nil {
+			return filepath.Join(r, rest)
+		}
+		if filepath.Dir(cur) == cur {
+			return p
+		}
+		rest = filepath.Join(filepath.Base(cur), rest)
+	}
+}
+
+func underAnyDir(p string, dirs []string) bool {
+	for _, d := range dirs {
+		if mountinfo.Under(p, d) {
+			return true
+		}
+	}
+	return false
 }
 
 // nodeMounter is what the runner mounts in the node's mount namespace, behind
