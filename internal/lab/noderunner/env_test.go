@@ -12,6 +12,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/utils/ptr"
+
+	"glia.dev/glia/internal/lab/podinit"
 )
 
 func TestExpandVars(t *testing.T) {
@@ -205,5 +207,45 @@ func TestContainerEnv(t *testing.T) {
 	}, nil)
 	if err != nil || strings.Contains(strings.Join(env, " "), "X=") {
 		t.Errorf("optional references: %q, %v", env, err)
+	}
+}
+
+func TestRunAs(t *testing.T) {
+	i := func(v int) *int { return &v }
+	tests := []struct {
+		name     string
+		psc      *corev1.PodSecurityContext
+		sc       *corev1.SecurityContext
+		uid, gid *int
+		groups   []int
+		err      string
+	}{
+		{name: "root by default"},
+		{name: "pod user and groups", psc: &corev1.PodSecurityContext{RunAsUser: ptr.To[int64](1000), SupplementalGroups: []int64{5}, FSGroup: ptr.To[int64](7)},
+			uid: i(1000), gid: i(0), groups: []int{5, 7}},
+		{name: "container wins", psc: &corev1.PodSecurityContext{RunAsUser: ptr.To[int64](1000), RunAsGroup: ptr.To[int64](1000)},
+			sc: &corev1.SecurityContext{RunAsUser: ptr.To[int64](2000)}, uid: i(2000), gid: i(1000)},
+		{name: "runAsNonRoot without a user", psc: &corev1.PodSecurityContext{RunAsNonRoot: ptr.To(true)}, err: "runAsNonRoot and image will run as root"},
+		{name: "runAsNonRoot with user 0", sc: &corev1.SecurityContext{RunAsNonRoot: ptr.To(true), RunAsUser: ptr.To[int64](0)}, err: "breaks non-root policy"},
+		{name: "runAsNonRoot with a user", sc: &corev1.SecurityContext{RunAsNonRoot: ptr.To(true), RunAsUser: ptr.To[int64](65534)}, uid: i(65534), gid: i(0)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns"}, Spec: corev1.PodSpec{SecurityContext: tt.psc}}
+			var o podinit.Options
+			err := runAs(&o, pod, &corev1.Container{Name: "c", SecurityContext: tt.sc})
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("runAs = %v, want %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff([]any{tt.uid, tt.gid, tt.groups}, []any{o.UID, o.GID, o.Groups}); diff != "" {
+				t.Errorf("uid, gid, groups (-want +got):\n%s", diff)
+			}
+		})
 	}
 }

@@ -168,6 +168,9 @@ func (w *podWorker) containerOptions(pod *corev1.Pod, c *corev1.Container, argv 
 	if c.WorkingDir != "" {
 		o.Dir = c.WorkingDir
 	}
+	if err := runAs(&o, pod, c); err != nil {
+		return o, err
+	}
 	if sc := c.SecurityContext; sc != nil {
 		o.Privileged = sc.Privileged != nil && *sc.Privileged
 		o.ReadOnlyRoot = sc.ReadOnlyRootFilesystem != nil && *sc.ReadOnlyRootFilesystem
@@ -263,5 +266,52 @@ func (w *podWorker) containerOptions(pod *corev1.Pod, c *corev1.Container, argv 
 	}
 	return o, nil
 }
+
+// runAs sets the user the container runs as from the container's and the
+// pod's securityContext (the container's wins), and enforces runAsNonRoot:
+// the lab's images have no user of their own, so they run as root unless
+// told otherwise.
+func runAs(o *podinit.Options, pod *corev1.Pod, c *corev1.Container) error {
+	var uid, gid *int64
+	var nonRoot *bool
+	if psc := pod.Spec.SecurityContext; psc != nil {
+		uid, gid, nonRoot = psc.RunAsUser, psc.RunAsGroup, psc.RunAsNonRoot
+		for _, g := range psc.SupplementalGroups {
+			o.Groups = append(o.Groups, int(g))
+		}
+		if psc.FSGroup != nil {
+			o.Groups = append(o.Groups, int(*psc.FSGroup))
+		}
+	}
+	if sc := c.SecurityContext; sc != nil {
+		if sc.RunAsUser != nil {
+			uid = sc.RunAsUser
+		}
+		if sc.RunAsGroup != nil {
+			gid = sc.RunAsGroup
+		}
+		if sc.RunAsNonRoot != nil {
+			nonRoot = sc.RunAsNonRoot
+		}
+	}
+	if nonRoot != nil && *nonRoot && (uid == nil || *uid == 0) {
+		if uid == nil {
+			return fmt.Errorf("container has runAsNonRoot and image will run as root (pod: %q, container: %s)", pod.Namespace+"/"+pod.Name, c.Name)
+		}
+		return fmt.Errorf("container's runAsUser breaks non-root policy (pod: %q, container: %s)", pod.Namespace+"/"+pod.Name, c.Name)
+	}
+	if uid != nil {
+		o.UID = ptrInt(*uid)
+		if gid == nil {
+			o.GID = ptrInt(0) // the image has no passwd entry: group root, as runtimes do
+		}
+	}
+	if gid != nil {
+		o.GID = ptrInt(*gid)
+	}
+	return nil
+}
+
+func ptrInt(v int64) *int { i := int(v); return &i }
 
 func depth(p string) int { return len(strings.Split(filepath.Clean(p), "/")) }

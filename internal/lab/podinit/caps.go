@@ -104,28 +104,55 @@ func lastCap() (int, error) {
 	return strconv.Atoi(strings.TrimSpace(string(b)))
 }
 
-// restrictCapabilities limits the calling thread (the one that execs) to
-// the container's set: bounding set, effective and permitted; inheritable
-// and ambient empty. Root's exec then keeps exactly that set.
-func restrictCapabilities(add, drop []string) error {
-	set, err := CapabilitySet(add, drop)
-	if err != nil {
-		return err
-	}
-	last, err := lastCap()
-	if err != nil {
-		return err
-	}
-	for c := 0; c <= last; c++ {
-		if set[c] {
-			continue
+// setCredentials gives the calling thread (the one that execs) the
+// container's capabilities and user. An unprivileged container keeps its
+// set in the bounding set, and, running as root, in its effective and
+// permitted sets (inheritable and ambient stay empty, so root's exec keeps
+// exactly that set); a container running as another user loses them all
+// at exec, as in any runtime.
+func setCredentials(o Options) error {
+	var set map[int]bool
+	if !o.Privileged {
+		var err error
+		if set, err = CapabilitySet(o.CapAdd, o.CapDrop); err != nil {
+			return err
 		}
-		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil {
-			return fmt.Errorf("drop capability %d from the bounding set: %w", c, err)
+		last, err := lastCap()
+		if err != nil {
+			return err
+		}
+		for c := 0; c <= last; c++ {
+			if set[c] {
+				continue
+			}
+			if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil {
+				return fmt.Errorf("drop capability %d from the bounding set: %w", c, err)
+			}
+		}
+		if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
+			return fmt.Errorf("clear ambient capabilities: %w", err)
 		}
 	}
-	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
-		return fmt.Errorf("clear ambient capabilities: %w", err)
+	// The user last but for the capability sets: changing it needs
+	// CAP_SETUID and CAP_SETGID, which the container may have dropped.
+	if o.GID != nil || o.UID != nil || len(o.Groups) > 0 {
+		if err := unix.Setgroups(o.Groups); err != nil {
+			return fmt.Errorf("set supplementary groups %v: %w", o.Groups, err)
+		}
+	}
+	if o.GID != nil {
+		if err := unix.Setresgid(*o.GID, *o.GID, *o.GID); err != nil {
+			return fmt.Errorf("set group %d: %w", *o.GID, err)
+		}
+	}
+	if o.UID != nil && *o.UID != 0 {
+		if err := unix.Setresuid(*o.UID, *o.UID, *o.UID); err != nil {
+			return fmt.Errorf("set user %d: %w", *o.UID, err)
+		}
+		return nil // the kernel cleared the effective and permitted sets
+	}
+	if o.Privileged {
+		return nil
 	}
 	var data [2]unix.CapUserData
 	for c := range set {

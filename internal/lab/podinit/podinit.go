@@ -97,6 +97,11 @@ type Options struct {
 	CapDrop []string `json:"capDrop,omitempty"`
 	// NoNewPrivs sets no_new_privs (allowPrivilegeEscalation: false).
 	NoNewPrivs bool `json:"noNewPrivs,omitempty"`
+	// UID, GID and Groups are the user the program runs as
+	// (runAsUser, runAsGroup, supplementalGroups); nil UID/GID: root.
+	UID    *int  `json:"uid,omitempty"`
+	GID    *int  `json:"gid,omitempty"`
+	Groups []int `json:"groups,omitempty"`
 	// ReadOnlyRoot makes the root filesystem read-only.
 	ReadOnlyRoot bool `json:"readOnlyRoot,omitempty"`
 	// Mounts are the image's files and the volumes, in order.
@@ -201,10 +206,8 @@ func Main(args []string) error {
 	if err != nil && !errors.Is(err, exec.ErrDot) {
 		return fmt.Errorf("find program in the container: %w", err)
 	}
-	if !o.Privileged {
-		if err := restrictCapabilities(o.CapAdd, o.CapDrop); err != nil {
-			return err
-		}
+	if err := setCredentials(o); err != nil {
+		return err
 	}
 	if o.NoNewPrivs {
 		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {

@@ -181,6 +181,21 @@ func TestPrivilegedRootFS(t *testing.T) {
 		}
 	})
 
+	t.Run("as a user", func(t *testing.T) {
+		scratch := filepath.Join(base, "scratch-user")
+		if err := os.Mkdir(scratch, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		uid, gid := 1000, 3000
+		out := runContainer(t, Options{Scratch: scratch, UID: &uid, GID: &gid, Groups: []int{2000},
+			Argv: []string{"sh", "-c", "id -u; id -g; id -G; grep '^CapEff' /proc/self/status; touch /etc/x 2>&1 || true"}})
+		for _, want := range []string{"1000\n3000\n", "2000", "CapEff:\t0000000000000000\n", "Permission denied"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("container as user 1000 lacks %q:\n%s", want, out)
+			}
+		}
+	})
+
 	t.Run("setup error", func(t *testing.T) {
 		scratch := filepath.Join(base, "scratch-3")
 		if err := os.Mkdir(scratch, 0o700); err != nil {
