@@ -16,6 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/utils/ptr"
+
+	"golang.org/x/sys/unix"
 )
 
 type fakeClock struct{ t time.Time }
@@ -210,7 +212,11 @@ func TestRegisterWithTaints(t *testing.T) {
 func TestRunnerRefusesTheHostMountNamespace(t *testing.T) {
 	// The test shares its mount namespace with `go test`: the runner must
 	// refuse before it mounts anything.
-	err := setupNodeMounts([]Bind{{Src: t.TempDir(), Dst: t.TempDir()}})
+	dst := t.TempDir()
+	err := setupNodeMounts([]Bind{{Src: t.TempDir(), Dst: dst}})
+	if err == nil {
+		unix.Unmount(dst, unix.MNT_DETACH) // undo what must not have happened
+	}
 	if err == nil || !strings.Contains(err.Error(), "mount namespace of its own") {
 		t.Fatalf("setupNodeMounts outside a mount namespace of its own = %v, want a refusal", err)
 	}

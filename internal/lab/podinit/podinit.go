@@ -221,18 +221,21 @@ func Main(args []string) error {
 }
 
 // ownNamespace fails unless this process's namespace of kind differs from its
-// parent's.
+// parent's: both the calling thread's (which does the mounts) and the
+// process's (a thread may have unshared one of its own, e.g. in tests).
 func ownNamespace(kind string) error {
-	self, err := os.Readlink("/proc/self/ns/" + kind)
-	if err != nil {
-		return fmt.Errorf("read own %s namespace: %w", kind, err)
-	}
 	parent, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", os.Getppid(), kind))
 	if err != nil {
 		return fmt.Errorf("read parent's %s namespace: %w", kind, err)
 	}
-	if self == parent {
-		return fmt.Errorf("refusing to run: _pod-init must be started in a new %s namespace (it shares %s with its parent)", kind, self)
+	for _, who := range []string{"thread-self", "self"} {
+		own, err := os.Readlink("/proc/" + who + "/ns/" + kind)
+		if err != nil {
+			return fmt.Errorf("read own %s namespace: %w", kind, err)
+		}
+		if own == parent {
+			return fmt.Errorf("refusing to run: must be started in a new %s namespace (it shares %s with its parent)", kind, own)
+		}
 	}
 	return nil
 }

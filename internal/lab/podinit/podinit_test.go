@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 )
 
 func TestParseRoundTrip(t *testing.T) {
@@ -61,8 +62,10 @@ func TestParseErrors(t *testing.T) {
 func TestMainRefusesSharedNamespaces(t *testing.T) {
 	// The test process shares its mount namespace with its parent (go test),
 	// so Main must refuse before touching any mount.
-	err := Main(Options{Scratch: t.TempDir(), ResolvConf: "/nonexistent", Argv: []string{"true"}}.Args())
+	scratch := t.TempDir()
+	err := Main(Options{Scratch: scratch, ResolvConf: "/nonexistent", Argv: []string{"true"}}.Args())
 	if err == nil || !strings.Contains(err.Error(), "refusing to run") {
+		unix.Unmount(scratch, unix.MNT_DETACH) // undo what must not have happened
 		t.Fatalf("Main in its parent's mount namespace = %v, want a refusal", err)
 	}
 }
