@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -234,6 +236,38 @@ func TestPrivilegedPodFilesystem(t *testing.T) {
 		}
 		check(strings.Contains(out, "glia-agent --node-name=n1\n") && strings.Contains(out, "ns=glia-system\n"), "glia image container:\n%s", out)
 
+		// A built-in image (the glia binary's echo server) still runs
+		// inside the container's root.
+		echo := &corev1.Container{Name: "echo", Image: "glia/echo", Ports: []corev1.ContainerPort{{ContainerPort: int32(freePort(t))}}}
+		spec, err := w.launchSpec(context.Background(), pod, echo)
+		if err != nil {
+			return err
+		}
+		logf, err := os.Create(filepath.Join(base, "echo.log"))
+		if err != nil {
+			return err
+		}
+		defer logf.Close()
+		cmd := exec.Command(self, append([]string{"lab", "_pod-init"}, spec.opts.Args()...)...)
+		cmd.Env, cmd.Stdout, cmd.Stderr = spec.env, logf, logf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS}
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		var body string
+		for i := 0; i < 100 && !strings.Contains(body, "hello from"); i++ {
+			time.Sleep(50 * time.Millisecond)
+			if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", echo.Ports[0].ContainerPort)); err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				body = string(b)
+			}
+		}
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		logb, _ := os.ReadFile(filepath.Join(base, "echo.log"))
+		check(body == "hello from n1\n", "built-in echo image answered %q, want the node's hostname (a host-network pod); log:\n%s", body, logb)
+
 		// Clean up what this node namespace holds (the thread's end would
 		// too) and the pod's volumes.
 		w.releaseVolumes()
@@ -255,6 +289,17 @@ func TestPrivilegedPodFilesystem(t *testing.T) {
 			t.Errorf("the Bidirectional mount shows in the host's namespace")
 		}
 	}
+}
+
+// freePort returns a TCP port free on loopback right now.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }
 
 func mustMounts(t *testing.T) []mountinfo.Mount {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -19,12 +20,13 @@ import (
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 
+	"glia.dev/glia/internal/lab/images"
 	"glia.dev/glia/internal/lab/podinit"
 	"glia.dev/glia/internal/netnsfile"
 )
 
 // TestMain lets the test binary stand in for the glia binary: Spawn starts
-// `SELF lab _pod-init ...`.
+// `SELF lab _pod-init ...`, and built-in images run as `SELF lab _image ...`.
 func TestMain(m *testing.M) {
 	if filepath.Base(os.Args[0]) == testPluginName {
 		os.Exit(runTestPlugin())
@@ -35,6 +37,15 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		os.Exit(0) // unreachable: Main execs
+	}
+	if len(os.Args) > 3 && os.Args[1] == "lab" && os.Args[2] == "_image" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+		defer stop()
+		if err := images.Run(ctx, os.Args[3], os.Args[4:], os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, "image:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }

@@ -143,10 +143,23 @@ func findProgram(prog, path string, files map[string]string) error {
 	return fmt.Errorf("exec: %q: executable file not found in $PATH (%s)", prog, path)
 }
 
-// onRootFS reports whether the node's root file system holds path, so the
-// container's overlay (whose lower layer is that file system alone, without
-// what is mounted on it) shows it.
-func onRootFS(path string) bool {
+// freshDirs are what every container gets fresh (podinit mounts them): the
+// node's files below them are hidden from it.
+var freshDirs = []string{"/proc", "/sys", "/dev", "/tmp", "/run"}
+
+// visibleInContainer reports whether a container sees the node's file at
+// path through its root overlay: the overlay's lower layer is the node's
+// root file system alone (not what is mounted on it), and the container's
+// fresh /tmp, /run… hide what lies below them.
+func visibleInContainer(path string) bool {
+	if r, err := filepath.EvalSymlinks(path); err == nil {
+		path = r
+	}
+	for _, d := range freshDirs {
+		if path == d || strings.HasPrefix(path, d+"/") {
+			return false
+		}
+	}
 	var root, st unix.Stat_t
 	if unix.Stat("/", &root) != nil || unix.Stat(path, &st) != nil {
 		return false
@@ -196,8 +209,9 @@ func (w *podWorker) containerOptions(pod *corev1.Pod, c *corev1.Container, argv 
 	for _, t := range targets {
 		o.Mounts = append(o.Mounts, podinit.Mount{Source: files[t], Target: t, ReadOnly: true})
 	}
-	// Host programs and files the overlay cannot show (they live on
-	// another file system than the node's /) appear at their own path.
+	// Host programs and files the container would not see (on another
+	// file system than the node's /, or under its fresh /tmp or /run)
+	// appear at their own path.
 	var hostFiles []string
 	if len(argv) > 0 && filepath.IsAbs(argv[0]) {
 		if _, ok := files[argv[0]]; !ok {
@@ -215,7 +229,7 @@ func (w *podWorker) containerOptions(pod *corev1.Pod, c *corev1.Container, argv 
 		}
 	}
 	for _, f := range hostFiles {
-		if !onRootFS(f) {
+		if !visibleInContainer(f) {
 			o.Mounts = append(o.Mounts, podinit.Mount{Source: f, Target: f, ReadOnly: true})
 		}
 	}

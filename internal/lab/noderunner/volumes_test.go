@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"os/exec"
 	"os"
 	"path/filepath"
 	"strings"
@@ -327,5 +328,29 @@ func TestSubPathSource(t *testing.T) {
 	}
 	if _, err := subPathSource(&volume{path: dir, readOnly: true}, "absent"); err == nil {
 		t.Error("a missing subPath of a read-only volume was accepted")
+	}
+}
+
+func TestVisibleInContainer(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	tmp := filepath.Join(t.TempDir(), "prog") // under /tmp: hidden by the container's own /tmp
+	os.WriteFile(tmp, nil, 0o755)
+	tests := []struct {
+		path string
+		want bool
+	}{
+		{sh, !strings.HasPrefix(sh, "/tmp/") && !strings.HasPrefix(sh, "/run/")},
+		{tmp, !strings.HasPrefix(tmp, "/tmp/")},
+		{"/proc/self/exe", false},
+		{"/dev/null", false},
+		{"/nonexistent/glia", false},
+	}
+	for _, tt := range tests {
+		if got := visibleInContainer(tt.path); got != tt.want {
+			t.Errorf("visibleInContainer(%s) = %t, want %t", tt.path, got, tt.want)
+		}
 	}
 }
