@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -59,8 +60,14 @@ type Agent struct {
 	cfg     Config
 	started time.Time
 
+	// What readiness reads; set as the agent gets there.
+	live        *liveness
+	apiHealth   *k8s.APIHealth
+	restored    atomic.Bool // endpoints restored
+	initialised atomic.Bool // datapath initialised
+	programmed  atomic.Bool // the first full pass programmed the cluster's state
+
 	clients  *k8s.Clients
-	k8sVer   string
 	conf     *config.Config
 	inputs   config.Inputs
 	probe    config.KernelProbe
@@ -89,7 +96,20 @@ func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	a := &Agent{log: log, cfg: cfg, started: time.Now(), ctrl: newControllers()}
+	a := &Agent{log: log, cfg: cfg, started: time.Now(), ctrl: newControllers(), live: newLiveness(), apiHealth: k8s.NewAPIHealth()}
+	if cfg.HealthProbeBindAddress != "" {
+		// Served from the start: the startup probe reads /healthz while
+		// the agent waits for its Node and restores.
+		serve, err := serveProbes(ctx, cfg.HealthProbeBindAddress, probeHandler(a.live.check, a.readiness))
+		if err != nil {
+			return err
+		}
+		go func() {
+			if err := serve(); err != nil {
+				a.log.Error("Probe server failed", "addr", cfg.HealthProbeBindAddress, "error", err)
+			}
+		}()
+	}
 	if err := a.start(ctx); err != nil {
 		return err
 	}
@@ -102,7 +122,9 @@ func (a *Agent) start(ctx context.Context) error {
 		return err
 	}
 	if v, err := a.clients.Kube.Discovery().ServerVersion(); err == nil {
-		a.k8sVer = v.GitVersion
+		a.apiHealth.Success(v.GitVersion)
+	} else {
+		a.apiHealth.Failure(err)
 	}
 	waitCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	node, err := k8s.WaitForNode(waitCtx, a.log, a.clients.Kube, a.cfg.NodeName)
@@ -121,10 +143,18 @@ func (a *Agent) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("refusing to start on a config this agent cannot honour:\n%w", err)
 	}
+	r := a.conf.Typed()
+	if a.cfg.LogLevel != nil {
+		level := slog.LevelInfo
+		if r.Debug {
+			level = slog.LevelDebug
+		}
+		a.cfg.LogLevel.Set(level)
+		a.log.Info("Log level set", "level", level, "source", r.Sources[config.KeyDebug].String())
+	}
 	for _, w := range a.warnings {
 		a.log.Warn("Config warning", "key", w.Key, "warning", w.Message)
 	}
-	r := a.conf.Typed()
 	probe, err := probeKernel()
 	if err != nil {
 		a.log.Warn("Kernel probe incomplete; features it could not confirm count as missing", "error", err)
@@ -187,6 +217,7 @@ func (a *Agent) start(ctx context.Context) error {
 	if err := a.dp.Init(ctx); err != nil {
 		return fmt.Errorf("initialise %s datapath: %w", a.dp.Name(), err)
 	}
+	a.initialised.Store(true)
 	if err := a.setupHealthEndpoint(mtu, r.HealthPort); err != nil {
 		return err
 	}
@@ -196,6 +227,7 @@ func (a *Agent) start(ctx context.Context) error {
 	if err := a.dp.UpsertEndpoint(ctx, a.healthEP.API()); err != nil {
 		return fmt.Errorf("program health endpoint: %w", err)
 	}
+	a.restored.Store(true)
 	if err := a.publishCondition(ctx); err != nil {
 		a.log.Warn("Could not publish node condition", "error", err)
 	}
@@ -224,11 +256,12 @@ func (a *Agent) publishCondition(ctx context.Context) error {
 }
 
 func (a *Agent) run(ctx context.Context) error {
-	a.watcher = k8s.NewWatcher(a.clients, a.modes.KubeProxyReplacement)
+	a.watcher = k8s.NewWatcher(a.clients, a.modes.KubeProxyReplacement, a.apiHealth)
 	if err := a.watcher.Start(ctx); err != nil {
 		return err
 	}
 	defer a.watcher.Stop()
+	go k8s.Heartbeat(ctx, a.log, a.clients.Kube.Discovery(), a.apiHealth, apiHeartbeat)
 
 	if err := a.startObservability(ctx, a.conf.Typed()); err != nil {
 		return err
@@ -245,6 +278,12 @@ func (a *Agent) run(ctx context.Context) error {
 		"podCIDR", a.node.PodCIDR, "nodeIP", a.node.IP)
 
 	a.reconcile(ctx, true)
+	a.programmed.Store(true)
+	a.live.beat()
+	go a.removeNotReadyTaint(ctx, func() bool {
+		n, ok := a.watcher.Node(a.node.Name)
+		return ok && k8s.HasTaint(n, k8s.TaintAgentNotReady)
+	})
 	if a.dp.Name() == "legacy" {
 		// A node switched back from the eBPF datapath: now that the kernel
 		// routes every pod and node, detach what the eBPF datapath left.
@@ -258,9 +297,13 @@ func (a *Agent) run(ctx context.Context) error {
 	// true; every servicePassEvery passes, a full pass covers Services.
 	tick := time.NewTicker(resyncInterval)
 	defer tick.Stop()
+	heartbeat := time.NewTicker(heartbeatPeriod)
+	defer heartbeat.Stop()
 	pass := 0
 	for {
+		a.live.beat()
 		select {
+		case <-heartbeat.C:
 		case <-ctx.Done():
 			a.log.Info("glia-agent stopping; the datapath keeps carrying traffic")
 			return errors.Join(a.dp.Close())
@@ -345,6 +388,7 @@ func (a *Agent) verifyServices(ctx context.Context) {
 
 func (a *Agent) apiHandler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc(api.PathHealthz, a.serveHealthz)
 	mux.HandleFunc(api.PathHealth, a.serveHealth)
 	mux.HandleFunc(api.PathConfig, a.serveConfig)
 	mux.HandleFunc(api.PathServices, a.serveServices)
@@ -355,7 +399,9 @@ func (a *Agent) apiHandler() http.Handler {
 // status is the agent's answer to `glia status`.
 func (a *Agent) status(ctx context.Context) (*api.Status, error) {
 	s := &api.Status{NodeName: a.node.Name, Time: time.Now(), Datapath: a.dp.Name(), AgentUptime: time.Since(a.started)}
-	s.Kubernetes = api.KubernetesStatus{State: "Ok", Version: a.k8sVer}
+	s.Readiness = a.readiness()
+	s.Ready = ready(s.Readiness)
+	s.Kubernetes = a.kubernetesStatus()
 	status.FromConfig(s, a.conf, a.warnings, a.modes)
 	if a.modes.KubeProxyReplacement {
 		s.KubeProxyReplacement.Devices = []string{a.node.Device + " " + a.node.IP.String()}

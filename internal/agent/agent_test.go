@@ -186,7 +186,8 @@ func TestKeepExtra(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
-	good := Config{NodeName: "lab-node-1", StateDir: "/var/lib/glia", Socket: "/run/glia/glia.sock", BPFFSDir: "/sys/fs/bpf/glia", Device: "eth0"}
+	good := Config{NodeName: "lab-node-1", StateDir: "/var/lib/glia", Socket: "/run/glia/glia.sock", BPFFSDir: "/sys/fs/bpf/glia", Device: "eth0",
+		HealthProbeBindAddress: "127.0.0.1:9879", CNIConfDir: "/etc/cni/net.d", CNIBinDir: "/opt/cni/bin"}
 	tests := []struct {
 		name   string
 		mutate func(*Config)
@@ -198,6 +199,13 @@ func TestConfigValidate(t *testing.T) {
 		{name: "relative socket", mutate: func(c *Config) { c.Socket = "glia.sock" }, want: []string{`--socket "glia.sock" must be an absolute path`}},
 		{name: "relative bpffs dir", mutate: func(c *Config) { c.BPFFSDir = "" }, want: []string{`--bpffs-dir "" must be an absolute path`}},
 		{name: "no device", mutate: func(c *Config) { c.Device = "" }, want: []string{"--device is required: the node's network device, e.g. eth0"}},
+		{name: "probes off", mutate: func(c *Config) { c.HealthProbeBindAddress = "" }},
+		{name: "probe address without port", mutate: func(c *Config) { c.HealthProbeBindAddress = "127.0.0.1" },
+			want: []string{`--health-probe-bind-address "127.0.0.1" is not host:port (e.g. 127.0.0.1:9879; empty: off)`}},
+		{name: "probe port out of range", mutate: func(c *Config) { c.HealthProbeBindAddress = ":70000" },
+			want: []string{`--health-probe-bind-address ":70000" has no port in 1..65535 (e.g. 127.0.0.1:9879)`}},
+		{name: "relative CNI dirs", mutate: func(c *Config) { c.CNIConfDir, c.CNIBinDir = "net.d", "bin" },
+			want: []string{`--cni-conf-dir "net.d" must be an absolute path`, `--cni-bin-dir "bin" must be an absolute path`}},
 		{name: "everything wrong, in flag order", mutate: func(c *Config) { *c = Config{} }, want: []string{
 			"--node-name is required: the name of this node's Node object",
 			`--state-dir "" must be an absolute path`,

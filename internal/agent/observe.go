@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/cilium/ebpf"
 
@@ -152,6 +153,29 @@ func (a *Agent) updateMetrics(ctx context.Context) {
 		}
 	}
 	m.SetForwarded(metrics.DirectionEgress, fwdP, fwdB)
+}
+
+// serveHealthz answers the socket's health check with the agent's
+// readiness: 200 when ready, else 503 naming every failing check.
+func (a *Agent) serveHealthz(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		http.Error(w, "GET only", http.StatusMethodNotAllowed)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	checks := a.readiness()
+	if !ready(checks) {
+		var failing []string
+		for _, c := range checks {
+			if !c.OK {
+				failing = append(failing, c.Name+": "+c.Message)
+			}
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+		json.NewEncoder(w).Encode(api.Errorf(api.CodeNotReady, "%s", strings.Join(failing, "; ")))
+		return
+	}
+	json.NewEncoder(w).Encode(map[string]string{"status": "ok"})
 }
 
 func (a *Agent) serveHealth(w http.ResponseWriter, r *http.Request) {

@@ -7,6 +7,10 @@ import "time"
 // renders it (internal/status); `glia status -o json` prints it as is.
 type Status struct {
 	NodeName string `json:"nodeName"`
+	// Ready is what the agent's readiness probe answers: true when every
+	// check in Readiness passes.
+	Ready     bool             `json:"ready"`
+	Readiness []ReadinessCheck `json:"readiness"`
 	// Time is when the agent took this snapshot; relative times in the
 	// rendered output ("3s ago") are computed against it.
 	Time                 time.Time                  `json:"time"`
@@ -34,11 +38,24 @@ type Status struct {
 	AgentUptime time.Duration `json:"agentUptime"`
 }
 
-// KubernetesStatus is the agent's connection to the Kubernetes API.
+// KubernetesStatus is the agent's connection to the Kubernetes API, as
+// observed: the last time the API server answered and the last error of
+// a request or watch.
 type KubernetesStatus struct {
-	// State is "Ok", "Disabled", or the text of the last error.
-	State   string `json:"state"`
-	Version string `json:"version,omitempty"` // e.g. v1.37.2
+	// State is "Ok" when the watches have synced and the API server
+	// answered recently, else "Error: " and what failed.
+	State       string    `json:"state"`
+	Version     string    `json:"version,omitempty"` // e.g. v1.37.2
+	LastSuccess time.Time `json:"lastSuccess,omitempty"`
+	LastError   string    `json:"lastError,omitempty"`
+}
+
+// ReadinessCheck is one condition of the agent's readiness: the readiness
+// probe (/readyz) fails, naming the check, while any is not OK.
+type ReadinessCheck struct {
+	Name    string `json:"name"`
+	OK      bool   `json:"ok"`
+	Message string `json:"message,omitempty"` // what is wrong, or what is observed
 }
 
 // KubeProxyReplacementStatus says whether glia load-balances Services.

@@ -42,6 +42,9 @@ type Watcher struct {
 	dirty map[string]bool // "namespace/name" of Services changed since the last take
 
 	handlers []cache.ResourceEventHandlerRegistration
+
+	// Health records the watches' errors and their sync.
+	Health *APIHealth
 }
 
 // register adds a handler and keeps its registration, so Start can wait
@@ -51,15 +54,20 @@ func (w *Watcher) register(inf cache.SharedIndexInformer, h cache.ResourceEventH
 	if err == nil {
 		w.handlers = append(w.handlers, reg)
 	}
+	// A watch that fails (the API server went away, a list was refused)
+	// is what makes the connection unhealthy in the agent's status.
+	_ = inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) { w.Health.Failure(fmt.Errorf("watch: %w", err)) })
 }
 
 // sliceServiceIndex indexes EndpointSlices by "namespace/service-name".
 const sliceServiceIndex = "service"
 
-// NewWatcher sets up the informers; withServices adds Services and EndpointSlices.
-func NewWatcher(c *Clients, withServices bool) *Watcher {
+// NewWatcher sets up the informers; withServices adds Services and
+// EndpointSlices. Their errors and sync are recorded in health.
+func NewWatcher(c *Clients, withServices bool, health *APIHealth) *Watcher {
 	f := informers.NewSharedInformerFactory(c.Kube, 0)
-	w := &Watcher{factory: f, NodesChanged: make(chan struct{}, 1), ServicesChanged: make(chan struct{}, 1), dirty: map[string]bool{}}
+	w := &Watcher{factory: f, NodesChanged: make(chan struct{}, 1), ServicesChanged: make(chan struct{}, 1), dirty: map[string]bool{},
+		Health: health}
 	w.nodes = f.Core().V1().Nodes().Informer()
 	w.register(w.nodes, cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { poke(w.NodesChanged) },
@@ -199,6 +207,7 @@ func (w *Watcher) Start(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("informer handlers did not sync: %w", ctx.Err())
 	}
+	w.Health.Synced()
 	return nil
 }
 
@@ -225,6 +234,16 @@ func (w *Watcher) RemoteNodes(self string) []datapath.RemoteNode {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// Node returns the Node called name from the informer's cache.
+func (w *Watcher) Node(name string) (*corev1.Node, bool) {
+	o, ok, err := w.nodes.GetStore().GetByKey(name)
+	if err != nil || !ok {
+		return nil, false
+	}
+	n, ok := o.(*corev1.Node)
+	return n, ok
 }
 
 // NodeCount is the number of nodes in the cluster.

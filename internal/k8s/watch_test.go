@@ -208,7 +208,7 @@ func internalIP(ip string) corev1.NodeAddress {
 func startWatcher(t testing.TB, withServices bool, objs ...runtime.Object) (*Watcher, *fake.Clientset) {
 	t.Helper()
 	cs := fake.NewClientset(objs...)
-	w := NewWatcher(&Clients{Kube: cs}, withServices)
+	w := NewWatcher(&Clients{Kube: cs}, withServices, NewAPIHealth())
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(func() {
 		cancel()

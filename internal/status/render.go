@@ -26,6 +26,7 @@ const labelWidth = 25
 func Render(w io.Writer, s *api.Status, verbose bool) error {
 	r := &renderer{s: s, verbose: verbose}
 	r.kubernetes()
+	r.readiness()
 	r.kubeProxyReplacement()
 	r.line("Node:", orUnknown(s.NodeName))
 	r.line("Datapath:", orUnknown(s.Datapath))
@@ -98,6 +99,36 @@ func (r *renderer) kubernetes() {
 		r.line("Kubernetes:", "Unknown")
 	default:
 		r.line("Kubernetes:", k.State)
+	}
+	if r.verbose && !k.LastSuccess.IsZero() {
+		r.sub("Last answer:", r.ago(k.LastSuccess))
+	}
+}
+
+// readiness is what the agent's readiness probe answers, with every
+// failing check and why.
+func (r *renderer) readiness() {
+	if len(r.s.Readiness) == 0 {
+		r.line("Readiness:", "Unknown")
+		return
+	}
+	var failing []api.ReadinessCheck
+	for _, c := range r.s.Readiness {
+		if !c.OK {
+			failing = append(failing, c)
+		}
+	}
+	if len(failing) == 0 {
+		r.line("Readiness:", "Ready")
+		return
+	}
+	names := make([]string, len(failing))
+	for i, c := range failing {
+		names[i] = c.Name
+	}
+	r.line("Readiness:", "Not ready: "+strings.Join(names, ", "))
+	for _, c := range failing {
+		r.sub(c.Name+":", c.Message)
 	}
 }
 
