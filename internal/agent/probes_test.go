@@ -4,13 +4,21 @@ import (
 	"context"
 	"errors"
 	"io"
+	"iter"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/cilium/statedb"
+	"github.com/cilium/statedb/reconciler"
+
+	"glia.dev/glia/internal/datapath"
 	"glia.dev/glia/internal/k8s"
+	"glia.dev/glia/internal/reconcile"
+	"glia.dev/glia/internal/state"
 )
 
 func TestLiveness(t *testing.T) {
@@ -80,13 +88,19 @@ func TestProbes(t *testing.T) {
 		t.Fatalf("ready agent: %d\n%s", code, body)
 	}
 
-	// A reconciler in error makes it unready, named with its error.
-	a.ctrl.run(t.Context(), "sync-nodes", func(context.Context) error { return errors.New("route 198.19.2.0/24: network unreachable") })
+	// A reconciler with an object in error makes it unready, named with
+	// the object and its error; once the retry succeeds it is ready again.
+	ops := &flakyOps{err: errors.New("permission denied")}
+	tables, recs := startRecs(t, ops)
+	a.recs.Store(recs)
+	insertAll(tables.DB, tables.Sysctls, []*state.Sysctl{{Name: "net.ipv4.ip_forward", Value: "1"}})
+	waitReadiness(t, a, false)
 	code, body = get(t, h, PathReadiness)
-	if code != http.StatusServiceUnavailable || !strings.Contains(body, "[-]reconcilers: in error: sync-nodes (1 failures: route 198.19.2.0/24: network unreachable)") {
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "[-]reconcilers: in error: sysctls (1 in error: net.ipv4.ip_forward: permission denied)") {
 		t.Fatalf("reconciler in error: %d\n%s", code, body)
 	}
-	a.ctrl.run(t.Context(), "sync-nodes", func(context.Context) error { return nil })
+	ops.set(nil)
+	waitReadiness(t, a, true)
 	if code, _ := get(t, h, PathReadiness); code != 200 {
 		t.Fatalf("after the reconciler recovered: %d", code)
 	}
@@ -100,5 +114,62 @@ func TestProbes(t *testing.T) {
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, PathReadiness, nil))
 	if rec.Code != http.StatusMethodNotAllowed {
 		t.Fatalf("POST /readyz = %d", rec.Code)
+	}
+}
+
+// flakyOps is a sysctl reconciler whose updates fail while err is set.
+type flakyOps struct {
+	mu  sync.Mutex
+	err error
+}
+
+func (f *flakyOps) set(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.err = err
+}
+
+func (f *flakyOps) Update(context.Context, statedb.ReadTxn, statedb.Revision, *state.Sysctl) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.err
+}
+
+func (f *flakyOps) Delete(context.Context, statedb.ReadTxn, statedb.Revision, *state.Sysctl) error {
+	return nil
+}
+
+func (f *flakyOps) Prune(context.Context, statedb.ReadTxn, iter.Seq2[*state.Sysctl, statedb.Revision]) error {
+	return nil
+}
+
+// startRecs runs a sysctls reconciler on ops, retrying fast.
+func startRecs(t *testing.T, ops reconciler.Operations[*state.Sysctl]) (*state.Tables, *reconcile.Set) {
+	t.Helper()
+	tables, err := state.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tables.DB.Start(); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := reconcile.Start(t.Context(), discard(), tables.DB,
+		reconcile.For(datapath.ReconcilerSysctls, tables.Sysctls, ops, reconcile.Periods{RetryMin: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		recs.Stop(context.Background())
+		tables.DB.Stop()
+	})
+	return tables, recs
+}
+
+func waitReadiness(t *testing.T, a *Agent, want bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ready(a.readiness()) != want; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("readiness never became %t: %+v", want, a.readiness())
+		}
 	}
 }

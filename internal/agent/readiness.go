@@ -75,12 +75,12 @@ func (a *Agent) datapathErr() error {
 	return nil
 }
 
-// reconcilersErr names every reconciler whose last run failed.
+// reconcilersErr names every reconciler with objects in error, and them.
 func (a *Agent) reconcilersErr() error {
 	var failing []string
-	for _, c := range a.ctrl.list() {
-		if c.Failures > 0 {
-			failing = append(failing, fmt.Sprintf("%s (%d failures: %s)", c.Name, c.Failures, c.LastError))
+	for _, r := range a.reconcilerStatus() {
+		if r.Errors > 0 {
+			failing = append(failing, fmt.Sprintf("%s (%d in error: %s)", r.Name, r.Errors, strings.Join(r.Failing, "; ")))
 		}
 	}
 	if len(failing) > 0 {

@@ -27,10 +27,17 @@ type Status struct {
 	// set by two GliaNodeConfigs that both select this node.
 	ConfigWarnings []string           `json:"configWarnings,omitempty"`
 	Controllers    []ControllerStatus `json:"controllers"`
+	// Reconcilers are the reconcilers of the desired state, one per kind of
+	// kernel object, with the status of their objects.
+	Reconcilers []ReconcilerStatus `json:"reconcilers"`
 	// ClusterHealth is nil when the health prober is not running.
 	ClusterHealth *ClusterHealthStatus `json:"clusterHealth,omitempty"`
 	Endpoints     int                  `json:"endpoints"`
 	Services      int                  `json:"services"`
+	// ServicesOutsideCIDR counts Services whose ClusterIP lies outside the
+	// config key service-cidr.
+	ServicesOutsideCIDR int    `json:"servicesOutsideCIDR,omitempty"`
+	ServiceCIDR         string `json:"serviceCIDR,omitempty"`
 	// Datapath names the datapath implementation in use, e.g. "legacy" or
 	// "ebpf (tcx)".
 	Datapath string `json:"datapath"`
@@ -124,6 +131,19 @@ type ControllerStatus struct {
 	// Failures counts consecutive failures since the last success; a
 	// controller is healthy when it is 0.
 	Failures int `json:"failures"`
+}
+
+// ReconcilerStatus is one reconciler: how many objects of its table are
+// programmed (done), waiting (pending) or failing (error), the failing
+// ones with their errors, and how many drifted objects it repaired.
+type ReconcilerStatus struct {
+	Name    string   `json:"name"`
+	Objects int      `json:"objects"`
+	Done    int      `json:"done"`
+	Pending int      `json:"pending"`
+	Errors  int      `json:"errors"`
+	Failing []string `json:"failing,omitempty"` // up to 5, "object: error"
+	Repairs uint64   `json:"repairs"`
 }
 
 // ClusterHealthStatus is the result of the last health probe round.

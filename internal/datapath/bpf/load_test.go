@@ -86,14 +86,3 @@ func TestLoadSocketLB(t *testing.T) {
 	}
 }
 
-func TestProbeKernel(t *testing.T) {
-	requireRoot(t)
-	f, err := ProbeKernel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// This project targets 6.6+ kernels, where all of these exist.
-	if !f.TCX || !f.RedirectPeer || !f.RedirectNeigh || !f.FIBLookup {
-		t.Errorf("features %+v: expected all on this kernel", f)
-	}
-}
