@@ -28,9 +28,9 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"glia.dev/glia/internal/api"
-	"glia.dev/glia/internal/state"
 	"glia.dev/glia/internal/endpoint"
 	"glia.dev/glia/internal/ipam"
+	"glia.dev/glia/internal/state"
 )
 
 var pluginDir string

@@ -648,7 +648,9 @@ func (n *NodeIPs) Update(addr netip.Addr, v NodeValue) error {
 func (n *NodeIPs) Delete(addr netip.Addr) error { return n.delete(NodeKey{IPv4From(addr)}) }
 
 // Lookup returns the entry of addr.
-func (n *NodeIPs) Lookup(addr netip.Addr) (NodeValue, bool, error) { return n.lookup(NodeKey{IPv4From(addr)}) }
+func (n *NodeIPs) Lookup(addr netip.Addr) (NodeValue, bool, error) {
+	return n.lookup(NodeKey{IPv4From(addr)})
+}
 
 // List returns every node address.
 func (n *NodeIPs) List() ([]NodeEntry, error) {

@@ -227,4 +227,6 @@ func (f levelFilter) WithAttrs(as []slog.Attr) slog.Handler {
 	return levelFilter{f.Handler.WithAttrs(as), f.min}
 }
 
-func (f levelFilter) WithGroup(n string) slog.Handler { return levelFilter{f.Handler.WithGroup(n), f.min} }
+func (f levelFilter) WithGroup(n string) slog.Handler {
+	return levelFilter{f.Handler.WithGroup(n), f.min}
+}

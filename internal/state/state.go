@@ -25,23 +25,23 @@ import (
 
 // Table names.
 const (
-	TableEndpoints   = "endpoints"
-	TableServices    = "services"
-	TableNodes       = "nodes"
-	TableSysctls     = "sysctls"
-	TableMasquerade  = "masquerade"
-	TablePrograms    = "programs"
+	TableEndpoints  = "endpoints"
+	TableServices   = "services"
+	TableNodes      = "nodes"
+	TableSysctls    = "sysctls"
+	TableMasquerade = "masquerade"
+	TablePrograms   = "programs"
 )
 
 // Tables is the desired-state database and its tables.
 type Tables struct {
-	DB          *statedb.DB
-	Endpoints   statedb.RWTable[*Endpoint]
-	Services    statedb.RWTable[*Service]
-	Nodes       statedb.RWTable[*Node]
-	Sysctls     statedb.RWTable[*Sysctl]
-	Masquerade  statedb.RWTable[*MasqueradeRule]
-	Programs    statedb.RWTable[*Program]
+	DB         *statedb.DB
+	Endpoints  statedb.RWTable[*Endpoint]
+	Services   statedb.RWTable[*Service]
+	Nodes      statedb.RWTable[*Node]
+	Sysctls    statedb.RWTable[*Sysctl]
+	Masquerade statedb.RWTable[*MasqueradeRule]
+	Programs   statedb.RWTable[*Program]
 }
 
 // New creates the database with every table. Start it with

@@ -85,4 +85,3 @@ func TestLoadSocketLB(t *testing.T) {
 		}
 	}
 }
-
