@@ -250,6 +250,40 @@ Config sources:          unknown
 Cluster health:          Probe disabled
 `,
 		},
+		{
+			name: "reconcilers: failing objects always, the table with -v; Services outside service-cidr",
+			status: func(t *testing.T) *api.Status {
+				return &api.Status{
+					Kubernetes: api.KubernetesStatus{State: "Ok", Version: "v1.37.2"}, Services: 12, ServicesOutsideCIDR: 2, ServiceCIDR: "198.18.128.0/17",
+					Reconcilers: []api.ReconcilerStatus{
+						{Name: "endpoints", Objects: 3, Done: 2, Errors: 1, Failing: []string{"c1/eth0: host interface gl1: link not found"}, Repairs: 4},
+						{Name: "nodes", Objects: 3, Done: 3},
+					},
+				}
+			},
+			verbose: true,
+			want: `Kubernetes:              Ok   v1.37.2
+Readiness:               Unknown
+KubeProxyReplacement:    False   [kube-proxy handles Services]
+Node:                    Unknown
+Datapath:                Unknown
+Uptime:                  0s
+IPAM:                    IPv4: no pod CIDR assigned yet
+Endpoints:               0
+Services:                12   (2 with a ClusterIP outside service-cidr 198.18.128.0/17: set service-cidr to kube-apiserver's --service-cluster-ip-range)
+Routing:                 Network: Unknown   Host: Unknown
+Host Routing:            Unknown
+Masquerading:            Unknown
+Reconcilers:             1/2 healthy, 6 objects
+  Name        Objects   Done   Pending   Errors   Repaired
+  endpoints   3         2      0         1        4
+  nodes       3         3      0         0        0
+  endpoints:             c1/eth0: host interface gl1: link not found
+Controller Status:       0/0 healthy
+Config sources:          unknown
+Cluster health:          Probe disabled
+`,
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
