@@ -240,6 +240,15 @@ func loadObjects(log *slog.Logger, cfg Config, pinDir string) (*objects, error) 
 			return nil, fmt.Errorf("load sock_lb spec: %w", err)
 		}
 	}
+	// Every object declares the shared maps: each must agree on their size
+	// for the pinned map to replace its own.
+	for _, spec := range all {
+		for name, n := range cfg.MaxEntries {
+			if ms, ok := spec.Maps[name]; ok {
+				ms.MaxEntries = n
+			}
+		}
+	}
 	maps, err := openMaps(log, all["from_container"], pinDir, cfg.MaxEntries)
 	if err != nil {
 		return nil, err
