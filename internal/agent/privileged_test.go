@@ -285,6 +285,11 @@ func wrap[Obj any](n ns.NetNS, ops reconciler.Operations[Obj]) reconciler.Operat
 // local node and svcs, and the reconcilers of Agent.specs with periods.
 // It returns once everything is reconciled.
 func runAgent(t *testing.T, l *lab, m config.Modes, k config.KernelProbe, pinDir string, periods map[string]reconcile.Periods, svcs ...*state.Service) *Agent {
+	return runAgentWith(t, l, m, k, pinDir, periods, nil, svcs...)
+}
+
+// runAgentWith is runAgent with other nodes in the nodes table.
+func runAgentWith(t *testing.T, l *lab, m config.Modes, k config.KernelProbe, pinDir string, periods map[string]reconcile.Periods, others []*state.Node, svcs ...*state.Service) *Agent {
 	t.Helper()
 	a := &Agent{log: discard(), metrics: metrics.New(), repairs: map[string]uint64{}, periods: periods, node: l.local, modes: m}
 	opts := datapath.Options{Modes: m, LBAlgorithm: "random", Kernel: k, BPFFSDir: pinDir, MTU: 1500, Drift: a.drift}
@@ -307,7 +312,7 @@ func runAgent(t *testing.T, l *lab, m config.Modes, k config.KernelProbe, pinDir
 	insertAll(a.tables.DB, a.tables.Masquerade, host.Masquerade)
 	insertAll(a.tables.DB, a.tables.Programs, host.Programs)
 	insertAll(a.tables.DB, a.tables.Endpoints, l.eps)
-	insertAll(a.tables.DB, a.tables.Nodes, []*state.Node{{Name: l.local.Name, IP: l.local.IP, PodCIDR: l.local.PodCIDR, Local: true}})
+	insertAll(a.tables.DB, a.tables.Nodes, append([]*state.Node{{Name: l.local.Name, IP: l.local.IP, PodCIDR: l.local.PodCIDR, Local: true}}, others...))
 	insertAll(a.tables.DB, a.tables.Services, svcs)
 	ops := opsOf(a.dp, opts)
 	ops = kernelOps{endpoints: wrap(l.node, ops.endpoints), nodes: wrap(l.node, ops.nodes), sysctls: wrap(l.node, ops.sysctls),
@@ -539,7 +544,9 @@ func TestPrivilegedDriftRepaired(t *testing.T) {
 		PortName: "http", Protocol: "TCP", Addr: netip.MustParseAddrPort("198.18.128.10:80"),
 		Backends: []state.Backend{{Addr: netip.MustParseAddrPort("198.19.1.20:8080"), Ready: true}}}}}
 	m := modes(t, map[string]string{config.KeyKubeProxyReplacement: "true", config.KeyBPFMasquerade: "true"}, k)
-	a := runAgent(t, l, m, k, pinDir, periods, echo)
+	// Another node, routed via the gateway (auto-direct-node-routes).
+	other := &state.Node{Name: "node2", IP: netip.MustParseAddr("198.18.0.254"), PodCIDR: netip.MustParsePrefix("198.19.2.0/24")}
+	a := runAgentWith(t, l, m, k, pinDir, periods, []*state.Node{other}, echo)
 
 	openMap := func(name string) *ebpf.Map {
 		t.Helper()
@@ -604,8 +611,16 @@ func TestPrivilegedDriftRepaired(t *testing.T) {
 	if got := after[key("services")] - before[key("services")]; got < 1 {
 		t.Errorf("service repairs counted: %v, want at least 1", got)
 	}
-	st := a.reconcilerStatus()
-	for _, r := range st {
+	// Nothing else drifted: refreshes of what was not touched (the node
+	// route, the sysctls, the device programs) count no repair.
+	time.Sleep(2 * refresh)
+	after = gauges(t, a.metrics, metrics.NameReconcileRepairs)
+	for _, rec := range []string{"nodes", "sysctls", "programs", "masquerade"} {
+		if got := after[key(rec)]; got != 0 {
+			t.Errorf("%s repairs counted: %v, want none (nothing of theirs was touched)", rec, got)
+		}
+	}
+	for _, r := range a.reconcilerStatus() {
 		if r.Errors > 0 {
 			t.Errorf("reconciler %s in error after the repair: %+v", r.Name, r)
 		}

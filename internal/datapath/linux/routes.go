@@ -133,10 +133,12 @@ func PruneRoutes(stale func(netlink.Route) bool) (int, error) {
 }
 
 // SameRoute says whether the route in the kernel is the one wanted: same
-// destination, device, gateway, scope, source and marker.
+// destination, gateway, scope and marker, and the device and source when
+// want names them (the kernel fills in the device of a route via a
+// gateway).
 func SameRoute(have netlink.Route, want *netlink.Route) bool {
-	return have.Protocol == RouteProtocol && have.LinkIndex == want.LinkIndex && have.Scope == want.Scope &&
-		have.Gw.Equal(want.Gw) && have.Src.Equal(want.Src) && have.Dst.String() == want.Dst.String()
+	return have.Protocol == RouteProtocol && (want.LinkIndex == 0 || have.LinkIndex == want.LinkIndex) && have.Scope == want.Scope &&
+		have.Gw.Equal(want.Gw) && (want.Src == nil || have.Src.Equal(want.Src)) && have.Dst.String() == want.Dst.String()
 }
 
 // EnsureRoute installs want unless the kernel already has it, and says
