@@ -344,11 +344,15 @@ func (d *Datapath) removeVXLAN() error {
 	return errors.Join(errs...)
 }
 
-func (d *Datapath) ready() error {
+// locked runs f, one of the units' reconciler operations, holding the
+// datapath's lock, once Init has loaded the programs and maps.
+func (d *Datapath) locked(f func() error) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if d.objs == nil {
 		return errors.New("eBPF datapath not initialised: call Init first")
 	}
-	return nil
+	return f()
 }
 
 // Endpoints implements datapath.Datapath.

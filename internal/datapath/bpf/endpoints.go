@@ -28,64 +28,61 @@ type endpointOps struct{ d *Datapath }
 
 func (o endpointOps) Update(_ context.Context, _ statedb.ReadTxn, _ statedb.Revision, ep *state.Endpoint) error {
 	d := o.d
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.ready(); err != nil {
-		return err
-	}
-	if !ep.IP.Is4() {
-		return fmt.Errorf("endpoint %s: address %s: IPv4 required", ep.Attachment, ep.IP)
-	}
-	host, err := netlinksafe.LinkByName(ep.HostIfName)
-	if err != nil {
-		return fmt.Errorf("endpoint %s: host interface %s: %w", ep.IP, ep.HostIfName, err)
-	}
-	info := maps.EndpointInfo{IfIndex: uint32(host.Attrs().Index)}
-	copy(info.HostMAC[:], host.Attrs().HardwareAddr)
-	podMAC, err := podMAC(ep)
-	if err != nil {
-		return fmt.Errorf("endpoint %s: %w", ep.IP, err)
-	}
-	copy(info.PodMAC[:], podMAC)
-	refresh := datapath.Refreshing(ep.Status)
-	drift := func(what string) {
-		if refresh {
-			d.opts.Drifted(datapath.ReconcilerEndpoints, ep.Key(), what)
+	return d.locked(func() error {
+		if !ep.IP.Is4() {
+			return fmt.Errorf("endpoint %s: address %s: IPv4 required", ep.Attachment, ep.IP)
 		}
-	}
-
-	changed, err := linux.EnsureRoute(&netlink.Route{LinkIndex: host.Attrs().Index, Scope: netlink.SCOPE_LINK, Dst: linux.Host32(ep.IP)})
-	if err != nil {
-		return fmt.Errorf("endpoint %s: %w", ep.IP, err)
-	}
-	if changed {
-		drift("route to " + ep.IP.String() + " was missing or wrong")
-	}
-	have, found, err := d.eps.Lookup(ep.IP)
-	if err != nil {
-		return fmt.Errorf("endpoint %s: %w", ep.IP, err)
-	}
-	if !found || have != info {
-		if err := d.eps.Update(ep.IP, info); err != nil {
-			return fmt.Errorf("endpoint %s: %w", ep.IP, err)
+		host, err := netlinksafe.LinkByName(ep.HostIfName)
+		if err != nil {
+			return fmt.Errorf("endpoint %s: host interface %s: %w", ep.IP, ep.HostIfName, err)
 		}
-		drift(maps.NameEndpoints + " entry of " + ep.IP.String() + " was missing or wrong")
-	}
-	a := attachment{prog: "from_container", ifname: ep.HostIfName, ifindex: host.Attrs().Index}
-	if refresh {
-		attached, err := d.attached(a)
+		info := maps.EndpointInfo{IfIndex: uint32(host.Attrs().Index)}
+		copy(info.HostMAC[:], host.Attrs().HardwareAddr)
+		podMAC, err := podMAC(ep)
 		if err != nil {
 			return fmt.Errorf("endpoint %s: %w", ep.IP, err)
 		}
-		if !attached {
-			drift("from_container was not attached to " + ep.HostIfName)
+		copy(info.PodMAC[:], podMAC)
+		refresh := datapath.Refreshing(ep.Status)
+		drift := func(what string) {
+			if refresh {
+				d.opts.Drifted(datapath.ReconcilerEndpoints, ep.Key(), what)
+			}
 		}
-	}
-	// Always: a new agent version replaces the program in place.
-	if err := d.attach(a, d.objs.FromContainer); err != nil {
-		return fmt.Errorf("endpoint %s: %w", ep.IP, err)
-	}
-	return nil
+
+		changed, err := linux.EnsureRoute(&netlink.Route{LinkIndex: host.Attrs().Index, Scope: netlink.SCOPE_LINK, Dst: linux.Host32(ep.IP)})
+		if err != nil {
+			return fmt.Errorf("endpoint %s: %w", ep.IP, err)
+		}
+		if changed {
+			drift("route to " + ep.IP.String() + " was missing or wrong")
+		}
+		have, found, err := d.eps.Lookup(ep.IP)
+		if err != nil {
+			return fmt.Errorf("endpoint %s: %w", ep.IP, err)
+		}
+		if !found || have != info {
+			if err := d.eps.Update(ep.IP, info); err != nil {
+				return fmt.Errorf("endpoint %s: %w", ep.IP, err)
+			}
+			drift(maps.NameEndpoints + " entry of " + ep.IP.String() + " was missing or wrong")
+		}
+		a := attachment{prog: "from_container", ifname: ep.HostIfName, ifindex: host.Attrs().Index}
+		if refresh {
+			attached, err := d.attached(a)
+			if err != nil {
+				return fmt.Errorf("endpoint %s: %w", ep.IP, err)
+			}
+			if !attached {
+				drift("from_container was not attached to " + ep.HostIfName)
+			}
+		}
+		// Always: a new agent version replaces the program in place.
+		if err := d.attach(a, d.objs.FromContainer); err != nil {
+			return fmt.Errorf("endpoint %s: %w", ep.IP, err)
+		}
+		return nil
+	})
 }
 
 func podMAC(ep *state.Endpoint) (net.HardwareAddr, error) {
@@ -111,12 +108,10 @@ func podMAC(ep *state.Endpoint) (net.HardwareAddr, error) {
 }
 
 func (o endpointOps) Delete(_ context.Context, _ statedb.ReadTxn, _ statedb.Revision, ep *state.Endpoint) error {
-	o.d.mu.Lock()
-	defer o.d.mu.Unlock()
-	if err := o.d.ready(); err != nil {
-		return err
-	}
-	return o.d.deleteEndpoint(ep.IP, ep.HostIfName)
+	d := o.d
+	return d.locked(func() error {
+		return d.deleteEndpoint(ep.IP, ep.HostIfName)
+	})
 }
 
 // deleteEndpoint removes an endpoint's program (hostIf "" keeps it), its
@@ -140,42 +135,39 @@ func (d *Datapath) deleteEndpoint(ip netip.Addr, hostIf string) error {
 // table no longer holds.
 func (o endpointOps) Prune(_ context.Context, _ statedb.ReadTxn, eps iter.Seq2[*state.Endpoint, statedb.Revision]) error {
 	d := o.d
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.ready(); err != nil {
-		return err
-	}
-	wantIP := map[netip.Addr]bool{}
-	wantIf := map[string]bool{}
-	for ep := range eps {
-		wantIP[ep.IP] = true
-		wantIf[ep.HostIfName] = true
-	}
-	var errs []error
-	cur, err := d.eps.List()
-	if err != nil {
-		return err
-	}
-	for _, e := range cur {
-		if !wantIP[e.Addr] {
-			d.log.Info("removing stale endpoint", "ip", e.Addr)
-			errs = append(errs, d.deleteEndpoint(e.Addr, ""))
+	return d.locked(func() error {
+		wantIP := map[netip.Addr]bool{}
+		wantIf := map[string]bool{}
+		for ep := range eps {
+			wantIP[ep.IP] = true
+			wantIf[ep.HostIfName] = true
 		}
-	}
-	pins, err := d.pinnedLinks("from_container")
-	if err != nil {
+		var errs []error
+		cur, err := d.eps.List()
+		if err != nil {
+			return err
+		}
+		for _, e := range cur {
+			if !wantIP[e.Addr] {
+				d.log.Info("removing stale endpoint", "ip", e.Addr)
+				errs = append(errs, d.deleteEndpoint(e.Addr, ""))
+			}
+		}
+		pins, err := d.pinnedLinks("from_container")
+		if err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		for _, p := range pins {
+			ifname := strings.TrimSuffix(strings.TrimPrefix(p, "from_container-"), "-ingress")
+			if !wantIf[ifname] {
+				d.log.Info("removing stale endpoint program", "interface", ifname)
+				errs = append(errs, d.deleteEndpoint(netip.Addr{}, ifname))
+			}
+		}
+		_, err = linux.PruneRoutes(func(r netlink.Route) bool {
+			p, ok := linux.PrefixOf(r.Dst)
+			return ok && p.Bits() == 32 && r.Gw == nil && !wantIP[p.Addr()]
+		})
 		return errors.Join(append(errs, err)...)
-	}
-	for _, p := range pins {
-		ifname := strings.TrimSuffix(strings.TrimPrefix(p, "from_container-"), "-ingress")
-		if !wantIf[ifname] {
-			d.log.Info("removing stale endpoint program", "interface", ifname)
-			errs = append(errs, d.deleteEndpoint(netip.Addr{}, ifname))
-		}
-	}
-	_, err = linux.PruneRoutes(func(r netlink.Route) bool {
-		p, ok := linux.PrefixOf(r.Dst)
-		return ok && p.Bits() == 32 && r.Gw == nil && !wantIP[p.Addr()]
 	})
-	return errors.Join(append(errs, err)...)
 }

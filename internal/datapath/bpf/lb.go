@@ -19,47 +19,40 @@ import (
 type serviceOps struct{ d *Datapath }
 
 func (o serviceOps) Update(_ context.Context, _ statedb.ReadTxn, _ statedb.Revision, s *state.Service) error {
-	o.d.mu.Lock()
-	defer o.d.mu.Unlock()
-	if err := o.d.ready(); err != nil {
-		return err
-	}
-	return o.d.lb.update(s.Name, s.Frontends)
+	d := o.d
+	return d.locked(func() error {
+		return d.lb.update(s.Name, s.Frontends)
+	})
 }
 
 func (o serviceOps) Delete(_ context.Context, _ statedb.ReadTxn, _ statedb.Revision, s *state.Service) error {
-	o.d.mu.Lock()
-	defer o.d.mu.Unlock()
-	if err := o.d.ready(); err != nil {
-		return err
-	}
-	return o.d.lb.update(s.Name, nil)
+	d := o.d
+	return d.locked(func() error {
+		return d.lb.update(s.Name, nil)
+	})
 }
 
 func (o serviceOps) Prune(_ context.Context, _ statedb.ReadTxn, svcs iter.Seq2[*state.Service, statedb.Revision]) error {
 	d := o.d
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.ready(); err != nil {
-		return err
-	}
-	syncErr := d.lb.sync(func(yield func(*state.Service) bool) {
-		for s := range svcs {
-			if !yield(s) {
-				return
+	return d.locked(func() error {
+		syncErr := d.lb.sync(func(yield func(*state.Service) bool) {
+			for s := range svcs {
+				if !yield(s) {
+					return
+				}
+			}
+		})
+		st, err := d.lb.verify()
+		if st.total() > 0 {
+			d.log.Info("Repaired service maps that drifted from the written state",
+				"stray-services", st.Services, "backends", st.Backends, "stray-slots", st.Slots, "frontends-rewritten", st.Frontends)
+			for what, n := range map[string]int{"stray service entries": st.Services, "backend entries": st.Backends,
+				"stray slot entries": st.Slots, "frontends rewritten": st.Frontends} {
+				for range n {
+					d.opts.Drifted(datapath.ReconcilerServices, "service maps", what)
+				}
 			}
 		}
+		return errors.Join(syncErr, err)
 	})
-	st, err := d.lb.verify()
-	if st.total() > 0 {
-		d.log.Info("Repaired service maps that drifted from the written state",
-			"stray-services", st.Services, "backends", st.Backends, "stray-slots", st.Slots, "frontends-rewritten", st.Frontends)
-		for what, n := range map[string]int{"stray service entries": st.Services, "backend entries": st.Backends,
-			"stray slot entries": st.Slots, "frontends rewritten": st.Frontends} {
-			for range n {
-				d.opts.Drifted(datapath.ReconcilerServices, "service maps", what)
-			}
-		}
-	}
-	return errors.Join(syncErr, err)
 }

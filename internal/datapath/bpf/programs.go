@@ -20,16 +20,13 @@ type programOps struct{ d *Datapath }
 
 func (o programOps) Update(_ context.Context, _ statedb.ReadTxn, _ statedb.Revision, p *state.Program) error {
 	d := o.d
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.ready(); err != nil {
+	return d.locked(func() error {
+		changed, err := d.attachProgram(p)
+		if changed && datapath.Refreshing(p.Status) {
+			d.opts.Drifted(datapath.ReconcilerPrograms, p.Name(), "was not attached")
+		}
 		return err
-	}
-	changed, err := d.attachProgram(p)
-	if changed && datapath.Refreshing(p.Status) {
-		d.opts.Drifted(datapath.ReconcilerPrograms, p.Name(), "was not attached")
-	}
-	return err
+	})
 }
 
 func (o programOps) Delete(_ context.Context, _ statedb.ReadTxn, _ statedb.Revision, p *state.Program) error {
