@@ -21,6 +21,7 @@ type serviceOps struct{ d *Datapath }
 func (o serviceOps) Update(_ context.Context, _ statedb.ReadTxn, _ statedb.Revision, s *state.Service) error {
 	d := o.d
 	return d.locked(func() error {
+		d.log.Debug("Programming Service", "service", s.Name, "frontends", len(s.Frontends))
 		return d.lb.update(s.Name, s.Frontends)
 	})
 }
