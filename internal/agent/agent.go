@@ -222,6 +222,9 @@ func (a *Agent) start(ctx context.Context) error {
 	if err := a.tables.DB.Start(); err != nil {
 		return err
 	}
+	txn := a.tables.DB.WriteTxn(a.tables.Decision)
+	a.tables.Decision.Insert(txn, &state.Decision{Node: node.Name, Config: r, Modes: a.modes, Kernel: a.probe})
+	txn.Commit()
 	if a.alloc, err = ipam.New(a.log, filepath.Join(a.cfg.StateDir, "ipam.json"), local.PodCIDR, ipam.RouterIP(local.PodCIDR)); err != nil {
 		return err
 	}

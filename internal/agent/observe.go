@@ -95,9 +95,10 @@ func (a *Agent) updateMetrics() {
 	txn := a.tables.DB.ReadTxn()
 	m.SetEndpoints(a.eps.Count())
 	m.SetServices(a.tables.Services.NumObjects(txn))
-	m.SetHostRoutingMode(a.modes.HostRouting.Mode)
-	if a.modes.HostRouting.Mode == config.HostRoutingLegacy && a.modes.HostRouting.BlockingKey != "" {
-		m.SetDatapathFallback(a.modes.HostRouting.BlockingKey)
+	dec, _ := a.tables.Decided()
+	m.SetHostRoutingMode(dec.Modes.HostRouting.Mode)
+	if hr := dec.Modes.HostRouting; hr.Mode == config.HostRoutingLegacy && hr.BlockingKey != "" {
+		m.SetDatapathFallback(hr.BlockingKey)
 	} else {
 		m.SetDatapathFallback()
 	}
@@ -150,9 +151,10 @@ func (a *Agent) status() *api.Status {
 	s.Readiness = a.readiness()
 	s.Ready = ready(s.Readiness)
 	s.Kubernetes = a.kubernetesStatus()
-	status.FromConfig(s, a.conf, a.warnings, a.modes)
+	dec, _ := a.tables.Decided()
+	status.FromConfig(s, a.conf, a.warnings, dec.Modes)
 	a.observeHostRouting(s)
-	if a.modes.KubeProxyReplacement {
+	if dec.Modes.KubeProxyReplacement {
 		s.KubeProxyReplacement.Devices = []string{a.node.Device + " " + a.node.IP.String()}
 	}
 	if s.Masquerading.Mode == config.MasqBPF {

@@ -7,7 +7,8 @@
 //	    → kernel (datapath: linux shared, legacy and bpf beside each other)
 //
 // with status, metrics and health reading the same state (agent wires
-// them). The rules: the desired state imports no other glia package; the
+// them). The rules: the desired state imports no other glia package but
+// config (the decision it holds is config's); the
 // Kubernetes edge writes the state and never reaches the datapath; the
 // datapaths reach neither Kubernetes nor the socket API nor the
 // reconcilers, and never each other; the wire package (api) imports no

@@ -78,7 +78,8 @@ func TestImportRules(t *testing.T) {
 	}{
 		{"internal/datapath/legacy", []string{"internal/datapath/bpf"}, "the two datapaths stand beside each other on the shared Linux layer"},
 		{"internal/datapath/bpf", []string{"internal/datapath/legacy"}, "the two datapaths stand beside each other on the shared Linux layer"},
-		{"internal/state", []string{"internal/..."}, "the desired state is the bottom of the flow"},
+		{"internal/state", []string{"internal/agent", "internal/k8s", "internal/api", "internal/endpoint", "internal/reconcile", "internal/datapath/...", "internal/maps"},
+			"the desired state is the bottom of the flow: its values, and the config it is decided from"},
 		{"internal/api", []string{"internal/..."}, "the socket API's package is wire types, paths and the one client"},
 		{"internal/k8s", []string{"internal/datapath/...", "internal/reconcile", "internal/endpoint", "internal/agent", "internal/api"},
 			"the Kubernetes edge writes the desired state and nothing else"},

@@ -2,7 +2,9 @@
 // cilium/statedb database, written by the edges (the Kubernetes watchers,
 // the endpoint manager serving the CNI plugin, the agent's own start) and
 // read by the reconcilers that drive the kernel toward it (package
-// reconcile) and by status, metrics and health.
+// reconcile) and by status, metrics and health. Beside the reconciled
+// tables, one row holds the node's resolved config and the datapath
+// decision made from it (Decision).
 //
 // Values are typed (netip.Addr, netip.Prefix, net.HardwareAddr), parsed
 // once where they enter the agent and never again. Objects in a table are
@@ -31,6 +33,7 @@ const (
 	TableSysctls    = "sysctls"
 	TableMasquerade = "masquerade"
 	TablePrograms   = "programs"
+	TableDecision   = "decision"
 )
 
 // Tables is the desired-state database and its tables.
@@ -42,6 +45,7 @@ type Tables struct {
 	Sysctls    statedb.RWTable[*Sysctl]
 	Masquerade statedb.RWTable[*MasqueradeRule]
 	Programs   statedb.RWTable[*Program]
+	Decision   statedb.RWTable[*Decision]
 }
 
 // New creates the database with every table. Start it with
@@ -68,7 +72,18 @@ func New() (*Tables, error) {
 	if t.Programs, err = statedb.NewTable(db, TablePrograms, ProgramByName); err != nil {
 		return nil, fmt.Errorf("table %s: %w", TablePrograms, err)
 	}
+	if t.Decision, err = statedb.NewTable(db, TableDecision, DecisionByNode); err != nil {
+		return nil, fmt.Errorf("table %s: %w", TableDecision, err)
+	}
 	return t, nil
+}
+
+// Decided returns the decision row, if the agent has written it.
+func (t *Tables) Decided() (*Decision, bool) {
+	for d := range t.Decision.All(t.DB.ReadTxn()) {
+		return d, true
+	}
+	return nil, false
 }
 
 // Replace makes tbl hold exactly objs (matched by primary key): new and
