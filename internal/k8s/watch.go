@@ -186,18 +186,18 @@ func (w *Watcher) markService(n state.ServiceName, ok bool) {
 }
 
 func serviceName(o any) (state.ServiceName, bool) {
-	if s, ok := unwrap(o).(*corev1.Service); ok {
-		return state.ServiceName{Namespace: s.Namespace, Name: s.Name}, true
+	if s, ok := unwrap(o).(*service); ok {
+		return state.ServiceName{Namespace: s.namespace, Name: s.name}, true
 	}
 	return state.ServiceName{}, false
 }
 
 func sliceServiceName(o any) (state.ServiceName, bool) {
-	es, ok := unwrap(o).(*discoveryv1.EndpointSlice)
-	if !ok || es.Labels[discoveryv1.LabelServiceName] == "" {
+	es, ok := unwrap(o).(*slice)
+	if !ok || es.service == "" {
 		return state.ServiceName{}, false
 	}
-	return state.ServiceName{Namespace: es.Namespace, Name: es.Labels[discoveryv1.LabelServiceName]}, true
+	return state.ServiceName{Namespace: es.namespace, Name: es.service}, true
 }
 
 // Start starts the informers, waits for their caches and for the handlers
@@ -312,12 +312,12 @@ func (w *Watcher) service(n state.ServiceName) *state.Service {
 	if err != nil || !exists {
 		return nil
 	}
-	var slices []*discoveryv1.EndpointSlice
+	var slices []*slice
 	objs, _ := w.slices.GetIndexer().ByIndex(sliceServiceIndex, n.String())
 	for _, so := range objs {
-		slices = append(slices, so.(*discoveryv1.EndpointSlice))
+		slices = append(slices, so.(*slice))
 	}
-	return TranslateService(o.(*corev1.Service), slices)
+	return translate(o.(*service), slices)
 }
 
 // Node returns the Node called name from the informer's cache.
@@ -331,27 +331,32 @@ func (w *Watcher) Node(name string) (*corev1.Node, bool) {
 }
 
 // TranslateService turns one Service and its EndpointSlices into its
-// frontends: one per (ClusterIP, port), with the NodePort where the
-// Service has one, sorted by protocol and address. Headless Services and
-// those without an IPv4 ClusterIP have none (nil); only IPv4 slices and
-// addresses become backends.
+// frontends, as the watcher does with the slim copies it keeps.
 func TranslateService(s *corev1.Service, slices []*discoveryv1.EndpointSlice) *state.Service {
-	vip, err := netip.ParseAddr(s.Spec.ClusterIP)
-	if err != nil || !vip.Is4() {
+	sl := make([]*slice, len(slices))
+	for i, es := range slices {
+		sl[i] = sliceOf(es)
+	}
+	return translate(serviceOf(s), sl)
+}
+
+// translate makes the frontends of a Service: one per (ClusterIP, port),
+// with the NodePort where the Service has one, sorted by protocol and
+// address. Headless Services and those without an IPv4 ClusterIP have
+// none (nil); only IPv4 slices and addresses become backends.
+func translate(s *service, slices []*slice) *state.Service {
+	if !s.clusterIP.Is4() {
 		return nil
 	}
-	out := &state.Service{Name: state.ServiceName{Namespace: s.Namespace, Name: s.Name}}
-	for _, p := range s.Spec.Ports {
-		if p.Protocol != corev1.ProtocolTCP && p.Protocol != corev1.ProtocolUDP {
+	out := &state.Service{Name: state.ServiceName{Namespace: s.namespace, Name: s.name}}
+	for _, p := range s.ports {
+		if p.protocol != corev1.ProtocolTCP && p.protocol != corev1.ProtocolUDP {
 			continue
 		}
-		fe := state.Frontend{
-			PortName: p.Name, Protocol: string(p.Protocol),
-			Addr:            netip.AddrPortFrom(vip, uint16(p.Port)),
-			SessionAffinity: s.Spec.SessionAffinity == corev1.ServiceAffinityClientIP,
-		}
-		if s.Spec.Type == corev1.ServiceTypeNodePort || s.Spec.Type == corev1.ServiceTypeLoadBalancer {
-			fe.NodePort = uint16(p.NodePort)
+		fe := state.Frontend{PortName: p.name, Protocol: string(p.protocol), Addr: netip.AddrPortFrom(s.clusterIP, p.port),
+			SessionAffinity: s.affinity}
+		if s.nodePorts {
+			fe.NodePort = p.nodePort
 		}
 		fe.Backends = backends(p, slices)
 		out.Frontends = append(out.Frontends, fe)
@@ -373,43 +378,33 @@ func sortFrontends(fes []state.Frontend) {
 }
 
 // backends are the IPv4 endpoints of the slices for Service port p.
-func backends(p corev1.ServicePort, slices []*discoveryv1.EndpointSlice) []state.Backend {
+func backends(p servicePort, slices []*slice) []state.Backend {
 	var out []state.Backend
 	seen := map[netip.AddrPort]bool{}
 	for _, es := range slices {
-		if es.AddressType != discoveryv1.AddressTypeIPv4 {
-			continue // an IPv4 frontend balances to IPv4 backends only
+		if !es.ipv4 {
+			continue
 		}
 		var port int32 = -1
-		for _, ep := range es.Ports {
-			if ep.Port == nil || (ep.Protocol != nil && *ep.Protocol != p.Protocol) {
+		for _, ep := range es.ports {
+			if ep.port < 0 || (ep.protocol != "" && ep.protocol != p.protocol) {
 				continue
 			}
-			if (ep.Name == nil && p.Name == "") || (ep.Name != nil && *ep.Name == p.Name) {
-				port = *ep.Port
+			if ep.name == p.name {
+				port = ep.port
 			}
 		}
 		if port < 0 {
 			continue
 		}
-		for _, e := range es.Endpoints {
-			ready := e.Conditions.Ready == nil || *e.Conditions.Ready
-			terminating := e.Conditions.Terminating != nil && *e.Conditions.Terminating
-			node := ""
-			if e.NodeName != nil {
-				node = *e.NodeName
-			}
-			for _, a := range e.Addresses {
-				ip, err := netip.ParseAddr(a)
-				if err != nil || !ip.Is4() {
-					continue
-				}
+		for _, e := range es.endpoints {
+			for _, ip := range e.addrs {
 				ap := netip.AddrPortFrom(ip, uint16(port))
 				if seen[ap] {
 					continue
 				}
 				seen[ap] = true
-				out = append(out, state.Backend{Addr: ap, NodeName: node, Ready: ready, Terminating: terminating})
+				out = append(out, state.Backend{Addr: ap, NodeName: e.node, Ready: e.ready, Terminating: e.terminating})
 			}
 		}
 	}

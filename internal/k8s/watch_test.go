@@ -34,7 +34,7 @@ func svc(name, clusterIP string, typ corev1.ServiceType, ports ...corev1.Service
 	}
 }
 
-func slice(name, svcName string, at discoveryv1.AddressType, ports []discoveryv1.EndpointPort, eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
+func newSlice(name, svcName string, at discoveryv1.AddressType, ports []discoveryv1.EndpointPort, eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
 	return &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name,
 			Labels: map[string]string{discoveryv1.LabelServiceName: svcName}},
@@ -93,7 +93,7 @@ func TestTranslateService(t *testing.T) {
 	}{{
 		name: "ClusterIP with named port",
 		svc:  svc("web", "198.18.128.20", corev1.ServiceTypeClusterIP, http),
-		slices: []*discoveryv1.EndpointSlice{slice("web-1", "web", discoveryv1.AddressTypeIPv4,
+		slices: []*discoveryv1.EndpointSlice{newSlice("web-1", "web", discoveryv1.AddressTypeIPv4,
 			[]discoveryv1.EndpointPort{tcpPort("http", 8080)},
 			ep("n2", ptr(true), nil, "198.19.2.5"), ep("n1", ptr(true), ptr(false), "198.19.1.5"))},
 		want: []wantPort{{Namespace: "default", Name: "web", PortName: "http", Protocol: "TCP",
@@ -103,9 +103,9 @@ func TestTranslateService(t *testing.T) {
 		name: "unnamed port matches a slice port named empty or unnamed",
 		svc:  svc("web", "198.18.128.20", corev1.ServiceTypeClusterIP, unnamed),
 		slices: []*discoveryv1.EndpointSlice{
-			slice("web-1", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("", 8080)}, ep("n1", nil, nil, "198.19.1.5")),
-			slice("web-2", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{{Port: ptr(int32(8081))}}, ep("n1", nil, nil, "198.19.1.6")),
-			slice("web-3", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("other", 9)}, ep("n1", nil, nil, "198.19.1.7")),
+			newSlice("web-1", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("", 8080)}, ep("n1", nil, nil, "198.19.1.5")),
+			newSlice("web-2", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{{Port: ptr(int32(8081))}}, ep("n1", nil, nil, "198.19.1.6")),
+			newSlice("web-3", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("other", 9)}, ep("n1", nil, nil, "198.19.1.7")),
 		},
 		want: []wantPort{{Namespace: "default", Name: "web", Protocol: "TCP",
 			Frontend: netip.MustParseAddrPort("198.18.128.20:80"),
@@ -113,7 +113,7 @@ func TestTranslateService(t *testing.T) {
 	}, {
 		name:   "headless",
 		svc:    svc("db", corev1.ClusterIPNone, corev1.ServiceTypeClusterIP, http),
-		slices: []*discoveryv1.EndpointSlice{slice("db-1", "db", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 80)}, ep("n1", nil, nil, "198.19.1.5"))},
+		slices: []*discoveryv1.EndpointSlice{newSlice("db-1", "db", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 80)}, ep("n1", nil, nil, "198.19.1.5"))},
 		want:   nil,
 	}, {
 		name: "no ClusterIP (ExternalName)",
@@ -154,10 +154,10 @@ func TestTranslateService(t *testing.T) {
 		name: "multiple slices, not-ready and terminating endpoints, duplicates across slices",
 		svc:  svc("web", "198.18.128.20", corev1.ServiceTypeClusterIP, http),
 		slices: []*discoveryv1.EndpointSlice{
-			slice("web-1", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 8080)},
+			newSlice("web-1", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 8080)},
 				ep("n1", ptr(false), nil, "198.19.1.5"),
 				ep("n1", ptr(false), ptr(true), "198.19.1.6")),
-			slice("web-2", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 8080)},
+			newSlice("web-2", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 8080)},
 				ep("n1", ptr(false), nil, "198.19.1.5"), // the same endpoint, listed twice while it moves
 				ep("", ptr(true), nil, "198.19.3.7", "not-an-ip")),
 		},
@@ -174,7 +174,7 @@ func TestTranslateService(t *testing.T) {
 			corev1.ServicePort{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53},
 			corev1.ServicePort{Name: "dns-tcp", Protocol: corev1.ProtocolTCP, Port: 53},
 			corev1.ServicePort{Name: "sctp", Protocol: corev1.ProtocolSCTP, Port: 99}),
-		slices: []*discoveryv1.EndpointSlice{slice("dns-1", "dns", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{
+		slices: []*discoveryv1.EndpointSlice{newSlice("dns-1", "dns", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{
 			{Name: ptr("dns"), Protocol: ptr(corev1.ProtocolUDP), Port: ptr(int32(5353))},
 			{Name: ptr("dns-tcp"), Protocol: ptr(corev1.ProtocolTCP), Port: ptr(int32(5354))},
 			{Name: ptr("sctp"), Protocol: ptr(corev1.ProtocolSCTP), Port: ptr(int32(99))},
@@ -192,7 +192,7 @@ func TestTranslateService(t *testing.T) {
 	}, {
 		name: "slice port name matches but protocol differs",
 		svc:  svc("web", "198.18.128.20", corev1.ServiceTypeClusterIP, http),
-		slices: []*discoveryv1.EndpointSlice{slice("web-1", "web", discoveryv1.AddressTypeIPv4,
+		slices: []*discoveryv1.EndpointSlice{newSlice("web-1", "web", discoveryv1.AddressTypeIPv4,
 			[]discoveryv1.EndpointPort{{Name: ptr("http"), Protocol: ptr(corev1.ProtocolUDP), Port: ptr(int32(8080))}},
 			ep("n1", nil, nil, "198.19.1.5"))},
 		want: []wantPort{{Namespace: "default", Name: "web", PortName: "http", Protocol: "TCP",
@@ -201,9 +201,9 @@ func TestTranslateService(t *testing.T) {
 		name: "IPv6 and FQDN slices are ignored",
 		svc:  svc("web", "198.18.128.20", corev1.ServiceTypeClusterIP, http),
 		slices: []*discoveryv1.EndpointSlice{
-			slice("web-v6", "web", discoveryv1.AddressTypeIPv6, []discoveryv1.EndpointPort{tcpPort("http", 8080)}, ep("n1", nil, nil, "fd00::5")),
-			slice("web-fqdn", "web", discoveryv1.AddressTypeFQDN, []discoveryv1.EndpointPort{tcpPort("http", 8080)}, ep("n1", nil, nil, "example.test")),
-			slice("web-v4", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 8080)}, ep("n1", nil, nil, "198.19.1.5")),
+			newSlice("web-v6", "web", discoveryv1.AddressTypeIPv6, []discoveryv1.EndpointPort{tcpPort("http", 8080)}, ep("n1", nil, nil, "fd00::5")),
+			newSlice("web-fqdn", "web", discoveryv1.AddressTypeFQDN, []discoveryv1.EndpointPort{tcpPort("http", 8080)}, ep("n1", nil, nil, "example.test")),
+			newSlice("web-v4", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 8080)}, ep("n1", nil, nil, "198.19.1.5")),
 		},
 		want: []wantPort{{Namespace: "default", Name: "web", PortName: "http", Protocol: "TCP",
 			Frontend: netip.MustParseAddrPort("198.18.128.20:80"),
@@ -325,12 +325,12 @@ func TestWatcherServices(t *testing.T) {
 	web := svc("web", "198.18.128.20", corev1.ServiceTypeClusterIP, http)
 	otherNS := svc("web", "198.18.128.21", corev1.ServiceTypeClusterIP, http)
 	otherNS.Namespace = "prod"
-	webSlice := slice("web-abc", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 8080)}, ep("n1", ptr(true), nil, "198.19.1.5"))
-	webSlice2 := slice("web-def", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 8080)}, ep("n2", ptr(true), nil, "198.19.2.5"))
-	webV6 := slice("web-v6", "web", discoveryv1.AddressTypeIPv6, []discoveryv1.EndpointPort{tcpPort("http", 8080)}, ep("n1", ptr(true), nil, "fd00::5"))
-	prodSlice := slice("web-prod", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 9090)}, ep("n3", ptr(true), nil, "198.19.3.5"))
+	webSlice := newSlice("web-abc", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 8080)}, ep("n1", ptr(true), nil, "198.19.1.5"))
+	webSlice2 := newSlice("web-def", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 8080)}, ep("n2", ptr(true), nil, "198.19.2.5"))
+	webV6 := newSlice("web-v6", "web", discoveryv1.AddressTypeIPv6, []discoveryv1.EndpointPort{tcpPort("http", 8080)}, ep("n1", ptr(true), nil, "fd00::5"))
+	prodSlice := newSlice("web-prod", "web", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 9090)}, ep("n3", ptr(true), nil, "198.19.3.5"))
 	prodSlice.Namespace = "prod"
-	orphan := slice("orphan", "", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 8080)}, ep("n1", ptr(true), nil, "198.19.1.99"))
+	orphan := newSlice("orphan", "", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 8080)}, ep("n1", ptr(true), nil, "198.19.1.99"))
 	orphan.Labels = nil
 	dns := svc("kube-dns", "198.18.128.10", corev1.ServiceTypeClusterIP,
 		corev1.ServicePort{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53},
@@ -455,7 +455,7 @@ func BenchmarkWatcherServices(b *testing.B) {
 				name := fmt.Sprintf("svc-%05d", i)
 				ip := netip.AddrFrom4([4]byte{198, 18, 128 + byte(i>>8), byte(i)})
 				objs = append(objs, svc(name, ip.String(), corev1.ServiceTypeClusterIP, http),
-					slice(name+"-x", name, discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 8080)},
+					newSlice(name+"-x", name, discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{tcpPort("http", 8080)},
 						ep("n1", ptr(true), nil, "198.19.1.5"), ep("n2", ptr(true), nil, "198.19.2.5")))
 			}
 			w, _ := startWatcher(b, true, objs...)
