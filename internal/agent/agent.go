@@ -407,6 +407,7 @@ func (a *Agent) run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			a.log.Info("glia-agent stopping; the datapath keeps carrying traffic")
+			a.uninstallIfRemoved()
 			return errors.Join(a.dp.Close())
 		case err := <-errc:
 			if errors.Is(err, http.ErrServerClosed) {

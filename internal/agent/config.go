@@ -35,6 +35,10 @@ type Config struct {
 	// binary were installed (by the DaemonSet's init container).
 	CNIConfDir string
 	CNIBinDir  string
+	// DaemonSet is the agent's DaemonSet (in Namespace): when the agent is
+	// stopped and it is gone (helm uninstall), the agent removes the CNI
+	// config and plugin from the node. "" = never.
+	DaemonSet string
 	// LogLevel, when set, is the level of the agent's logger: the agent
 	// sets it from the config key debug once the config is resolved.
 	LogLevel *slog.LevelVar
@@ -55,6 +59,7 @@ func (c *Config) Flags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.HealthProbeBindAddress, "health-probe-bind-address", "127.0.0.1:9879", "address serving GET /healthz (liveness) and GET /readyz (readiness) for the kubelet's probes; empty: off")
 	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "directory the CNI network config (05-glia.conflist) was installed in")
 	fs.StringVar(&c.CNIBinDir, "cni-bin-dir", "/opt/cni/bin", "directory the glia-cni plugin binary was installed in")
+	fs.StringVar(&c.DaemonSet, "daemonset-name", "", "the agent's DaemonSet in --namespace: when the agent stops and it is gone (uninstalled), the agent removes the CNI config and plugin from the node; empty: never")
 	fs.StringVar(&c.SocketLBCgroup, "socket-lb-cgroup", "", "cgroup v2 directory (e.g. /sys/fs/cgroup) whose processes in the node's network namespace reach ClusterIPs through socket load balancing, with kube-proxy replacement; empty: off")
 	c.keyFlags = config.AddFlags(fs)
 }

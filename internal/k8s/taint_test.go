@@ -6,9 +6,12 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 )
@@ -69,4 +72,41 @@ func TestRemoveTaint(t *testing.T) {
 			t.Fatal("a refused patch is not an error")
 		}
 	})
+}
+
+func TestUninstalled(t *testing.T) {
+	now := metav1.Now()
+	live := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: "glia-system", Name: "glia"}}
+	deleting := live.DeepCopy()
+	deleting.DeletionTimestamp = &now
+	deleting.Finalizers = []string{"foregroundDeletion"}
+	gr := schema.GroupResource{Group: "apps", Resource: "daemonsets"}
+	for _, tc := range []struct {
+		name    string
+		objs    []runtime.Object
+		getErr  error
+		want    bool
+		wantErr bool
+	}{
+		{name: "in place", objs: []runtime.Object{live}, want: false},
+		{name: "being deleted", objs: []runtime.Object{deleting}, want: true},
+		{name: "gone", want: true},
+		{name: "service account gone", getErr: apierrors.NewUnauthorized("token"), want: true},
+		{name: "rbac gone", getErr: apierrors.NewForbidden(gr, "glia", errors.New("denied")), want: true},
+		{name: "api unreachable", getErr: errors.New("connection refused"), want: false, wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := fake.NewClientset(tc.objs...)
+			if tc.getErr != nil {
+				c.PrependReactor("get", "daemonsets", func(k8stesting.Action) (bool, runtime.Object, error) { return true, nil, tc.getErr })
+			}
+			got, why, err := Uninstalled(context.Background(), c, "glia-system", "glia")
+			if got != tc.want || (err != nil) != tc.wantErr {
+				t.Errorf("Uninstalled = %t, %q, %v; want %t (error %t)", got, why, err, tc.want, tc.wantErr)
+			}
+			if err == nil && why == "" {
+				t.Error("no reason given")
+			}
+		})
+	}
 }
