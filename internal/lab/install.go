@@ -283,16 +283,16 @@ func podReady(p *corev1.Pod) bool {
 }
 
 // agentFailed says why the agent container cannot come up, when its status
-// shows it exited with an error (a config the agent refuses) or cannot be
-// started at all; "" while it is starting or running.
-func agentFailed(p *corev1.Pod) string {
+// shows it exited with an error after since (a config the agent refuses)
+// or cannot be started at all; "" while it is starting or running.
+func agentFailed(p *corev1.Pod, since time.Time) string {
 	for _, s := range append(slices.Clone(p.Status.InitContainerStatuses), p.Status.ContainerStatuses...) {
 		if w := s.State.Waiting; w != nil {
 			switch w.Reason {
 			case "CrashLoopBackOff":
 				// A program's own exit code (1: a config the agent refuses),
 				// not a signal (128+N: killed by `glia lab agent kill`).
-				if t := s.LastTerminationState.Terminated; t != nil && t.ExitCode > 0 && t.ExitCode < 128 {
+				if t := s.LastTerminationState.Terminated; t != nil && t.ExitCode > 0 && t.ExitCode < 128 && t.FinishedAt.Time.After(since) {
 					return fmt.Sprintf("container %s exited with code %d: %s", s.Name, t.ExitCode, w.Message)
 				}
 			case "ErrImagePull", "CreateContainerConfigError", "CreateContainerError", "RunContainerError":
@@ -308,6 +308,10 @@ func agentFailed(p *corev1.Pod) string {
 // the agent's log, when the agent exits with an error (an agent refuses to
 // start on a config it cannot honour).
 func (l *Lab) waitAgent(ctx context.Context, cs kubernetes.Interface, node, notUID string, timeout time.Duration) error {
+	// Only what happens from now on counts: an exit before (a config that
+	// has been fixed since) is not this start's failure. Status times have
+	// a resolution of a second.
+	since := time.Now().Truncate(time.Second)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	last := "no agent pod yet"
@@ -318,9 +322,9 @@ func (l *Lab) waitAgent(ctx context.Context, cs kubernetes.Interface, node, notU
 			last = err.Error()
 		case string(p.UID) == notUID:
 			last = "the old agent pod is still there"
-		case agentFailed(p) != "":
+		case agentFailed(p, since) != "":
 			return fmt.Errorf("glia agent pod %s/%s on %s does not start: %s; the end of its log:\n%s",
-				p.Namespace, p.Name, node, agentFailed(p), l.agentLogTail(ctx, cs, p, 12))
+				p.Namespace, p.Name, node, agentFailed(p, since), l.agentLogTail(ctx, cs, p, 12))
 		case !podReady(p):
 			last = fmt.Sprintf("pod %s is not Ready", p.Name)
 		default:

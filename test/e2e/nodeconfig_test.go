@@ -50,7 +50,9 @@ func TestNodeConfigSwitch(t *testing.T) {
 		"Node configs:       glia-system/glia-switch-from-iptables-ebpf",
 		"Host Routing: Legacy -> BPF",
 		"Masquerading: IPTables -> BPF",
-		"enable-bpf-masquerade: false (default) -> true (GliaNodeConfig glia-system/glia-switch-from-iptables-ebpf)",
+		// The chart renders every key into glia-config, so the old value's
+		// source is the ConfigMap.
+		"enable-bpf-masquerade: false (ConfigMap glia-system/glia-config) -> true (GliaNodeConfig glia-system/glia-switch-from-iptables-ebpf)",
 		"needs an agent restart: true",
 	} {
 		if !strings.Contains(prev, want) {
