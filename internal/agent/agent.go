@@ -44,14 +44,14 @@ import (
 
 // Reconciler periods.
 const (
-	// refreshPeriod re-checks every endpoint, node route, sysctl, the
-	// masquerade rule and the device programs against the kernel: a few
-	// objects per node, cheap.
+	// refreshPeriod re-checks every endpoint, node route, sysctl and the
+	// device programs against the kernel: a few objects per node, cheap.
 	refreshPeriod = 30 * time.Second
 	// servicePrunePeriod reads the service maps back from the kernel and
 	// repairs what drifted, and removes frontends no Service claims. It
 	// walks every service, backend and slot entry (about 20 ms at 10k
-	// Services), which is why it is rarer.
+	// Services), which is why it is rarer; the masquerade rule, which
+	// takes iptables processes to look at, is checked as often.
 	servicePrunePeriod = 5 * time.Minute
 	// gcPeriod collects addresses of interrupted CNI ADDs and refreshes
 	// the metrics.
@@ -126,11 +126,14 @@ func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
 
 func defaultPeriods() map[string]reconcile.Periods {
 	every := reconcile.Periods{Refresh: refreshPeriod, Prune: refreshPeriod, RetryMin: 100 * time.Millisecond, RetryMax: 30 * time.Second}
+	// The masquerade rule is checked by running iptables (a process per
+	// look): as rarely as the service maps.
+	rare := reconcile.Periods{Refresh: servicePrunePeriod, Prune: servicePrunePeriod, RetryMin: 100 * time.Millisecond, RetryMax: 30 * time.Second}
 	return map[string]reconcile.Periods{
 		datapath.ReconcilerEndpoints:  every,
 		datapath.ReconcilerNodes:      every,
 		datapath.ReconcilerSysctls:    every,
-		datapath.ReconcilerMasquerade: every,
+		datapath.ReconcilerMasquerade: rare,
 		datapath.ReconcilerPrograms:   every,
 		datapath.ReconcilerServices:   {Prune: servicePrunePeriod, RetryMin: 100 * time.Millisecond, RetryMax: 30 * time.Second},
 	}

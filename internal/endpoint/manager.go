@@ -33,7 +33,6 @@ type Datapath interface {
 
 // Defaults of Config.
 const (
-	DefaultGateway    = "169.254.1.1"
 	DefaultMTU        = 1500
 	DefaultStaleGrace = 2 * time.Minute
 )
@@ -46,7 +45,7 @@ type Config struct {
 	// PodCIDR is the node's pod CIDR; it must be the allocator's.
 	PodCIDR netip.Prefix
 	// Gateway is the link-local next hop pods route through (default
-	// 169.254.1.1).
+	// linux.PodGateway, 169.254.1.1).
 	Gateway netip.Addr
 	// MTU of pod interfaces (default 1500).
 	MTU int
@@ -58,7 +57,7 @@ type Config struct {
 // WithDefaults returns c with unset fields defaulted.
 func (c Config) WithDefaults() Config {
 	if !c.Gateway.IsValid() {
-		c.Gateway = netip.MustParseAddr(DefaultGateway)
+		c.Gateway = linux.PodGateway
 	}
 	if c.MTU == 0 {
 		c.MTU = DefaultMTU
