@@ -24,15 +24,12 @@ func main() {
 	var cfg agent.Config
 	fs := pflag.NewFlagSet("glia-agent", pflag.ContinueOnError)
 	cfg.Flags(fs)
-	debug := fs.Bool("log-debug", false, "log at debug level")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
 	}
-	level := slog.LevelInfo
-	if *debug {
-		level = slog.LevelDebug
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// Info until the config is resolved; then the config key debug decides.
+	cfg.LogLevel = new(slog.LevelVar)
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := agent.Run(ctx, log, cfg); err != nil {

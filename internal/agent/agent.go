@@ -1,8 +1,12 @@
 // Package agent is glia-agent's one wiring file: it resolves the node's
-// config, decides the datapath and says why, restores endpoints before
-// anything else may allocate, then runs the reconcilers that drive the
-// kernel toward the desired state read from Kubernetes, and serves the
-// local API. Start and stop order live here and nowhere else.
+// config, has config.Decide pick the datapath from the one probe of the
+// kernel, builds the desired-state tables (package state), initialises the
+// datapath, starts the reconcilers (package reconcile) that drive the
+// kernel toward the tables, restores endpoints before anything else may
+// allocate, feeds the tables from Kubernetes (package k8s) and the socket
+// API (package endpoint), and serves status, metrics, health and probes
+// read from the same state. Start and stop order live here and nowhere
+// else.
 package agent
 
 import (
@@ -14,9 +18,12 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/cilium/statedb"
+	"github.com/cilium/statedb/reconciler"
 	"github.com/vishvananda/netlink"
 
 	"glia.dev/glia/internal/api"
@@ -24,58 +31,65 @@ import (
 	"glia.dev/glia/internal/datapath"
 	bpfdp "glia.dev/glia/internal/datapath/bpf"
 	"glia.dev/glia/internal/datapath/legacy"
+	"glia.dev/glia/internal/datapath/probe"
 	"glia.dev/glia/internal/endpoint"
 	"glia.dev/glia/internal/health"
 	"glia.dev/glia/internal/ipam"
 	"glia.dev/glia/internal/k8s"
 	"glia.dev/glia/internal/maps"
 	"glia.dev/glia/internal/metrics"
-	"glia.dev/glia/internal/status"
+	"glia.dev/glia/internal/reconcile"
+	"glia.dev/glia/internal/state"
 )
 
-// resyncInterval is the period of the node pass: every node route
-// compared with the kernel, stale endpoints collected, metrics refreshed.
-const resyncInterval = 30 * time.Second
-
-// servicePassEvery: one node pass in servicePassEvery is a full pass: it
-// also lists every Service from the informers and compares it with what
-// the datapath wrote (repairing a change the watch missed), then reads
-// the service maps back from the kernel and repairs what drifted there
-// (an entry deleted by hand, a lost write). Both cost in proportion to
-// the cluster — 50 ms of CPU and a walk of every map at 10k Services —
-// which is why they are rare: with resyncInterval, every 5 minutes. A
-// Service update that failed brings the full pass forward to the next
-// node pass.
-const servicePassEvery = 10
-
-// serviceVerifier is a datapath that can read its service maps back.
-type serviceVerifier interface {
-	VerifyServices(ctx context.Context) error
-}
+// Reconciler periods.
+const (
+	// refreshPeriod re-checks every endpoint, node route, sysctl and the
+	// device programs against the kernel: a few objects per node, cheap.
+	refreshPeriod = 30 * time.Second
+	// servicePrunePeriod reads the service maps back from the kernel and
+	// repairs what drifted, and removes frontends no Service claims. It
+	// walks every service, backend and slot entry (about 20 ms at 10k
+	// Services), which is why it is rarer; the masquerade rule, which
+	// takes iptables processes to look at, is checked as often.
+	servicePrunePeriod = 5 * time.Minute
+	// gcPeriod collects addresses of interrupted CNI ADDs and refreshes
+	// the metrics.
+	gcPeriod = 30 * time.Second
+)
 
 // Agent is a running glia-agent.
 type Agent struct {
 	log     *slog.Logger
 	cfg     Config
 	started time.Time
+	periods map[string]reconcile.Periods
+
+	// What readiness reads; set as the agent gets there.
+	live        *liveness
+	apiHealth   *k8s.APIHealth
+	restored    atomic.Bool // endpoints restored
+	initialised atomic.Bool // datapath initialised
+	programmed  atomic.Bool // the reconcilers programmed the cluster's state once
 
 	clients  *k8s.Clients
-	k8sVer   string
 	conf     *config.Config
 	inputs   config.Inputs
 	probe    config.KernelProbe
 	warnings []config.Warning
 	modes    config.Modes
 	node     datapath.LocalNode
+	svcCIDR  netip.Prefix
 	dp       datapath.Datapath
+	tables   *state.Tables
+	recs     atomic.Pointer[reconcile.Set] // set once; the probes read it from the start
 	alloc    *ipam.Allocator
 	eps      *endpoint.Manager
 	watcher  *k8s.Watcher
 	ctrl     *controllers
-	// servicesFailed: the last Service update, full pass or read-back
-	// failed; the next node pass makes a full pass. Only the run loop
-	// touches it.
-	servicesFailed bool
+
+	repairsMu sync.Mutex
+	repairs   map[string]uint64
 
 	healthEP   *health.Endpoint
 	prober     *health.Prober
@@ -89,11 +103,40 @@ func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	a := &Agent{log: log, cfg: cfg, started: time.Now(), ctrl: newControllers()}
+	a := &Agent{log: log, cfg: cfg, started: time.Now(), ctrl: newControllers(), live: newLiveness(),
+		apiHealth: k8s.NewAPIHealth(), metrics: metrics.New(), repairs: map[string]uint64{}, periods: defaultPeriods()}
+	if cfg.HealthProbeBindAddress != "" {
+		// Served from the start: the startup probe reads /healthz while
+		// the agent waits for its Node and restores.
+		serve, err := serveProbes(ctx, cfg.HealthProbeBindAddress, probeHandler(a.live.check, a.readiness))
+		if err != nil {
+			return err
+		}
+		go func() {
+			if err := serve(); err != nil {
+				a.log.Error("Probe server failed", "addr", cfg.HealthProbeBindAddress, "error", err)
+			}
+		}()
+	}
 	if err := a.start(ctx); err != nil {
 		return err
 	}
 	return a.run(ctx)
+}
+
+func defaultPeriods() map[string]reconcile.Periods {
+	every := reconcile.Periods{Refresh: refreshPeriod, Prune: refreshPeriod, RetryMin: 100 * time.Millisecond, RetryMax: 30 * time.Second}
+	// The masquerade rule is checked by running iptables (a process per
+	// look): as rarely as the service maps.
+	rare := reconcile.Periods{Refresh: servicePrunePeriod, Prune: servicePrunePeriod, RetryMin: 100 * time.Millisecond, RetryMax: 30 * time.Second}
+	return map[string]reconcile.Periods{
+		datapath.ReconcilerEndpoints:  every,
+		datapath.ReconcilerNodes:      every,
+		datapath.ReconcilerSysctls:    every,
+		datapath.ReconcilerMasquerade: rare,
+		datapath.ReconcilerPrograms:   every,
+		datapath.ReconcilerServices:   {Prune: servicePrunePeriod, RetryMin: 100 * time.Millisecond, RetryMax: 30 * time.Second},
+	}
 }
 
 func (a *Agent) start(ctx context.Context) error {
@@ -102,7 +145,9 @@ func (a *Agent) start(ctx context.Context) error {
 		return err
 	}
 	if v, err := a.clients.Kube.Discovery().ServerVersion(); err == nil {
-		a.k8sVer = v.GitVersion
+		a.apiHealth.Success(v.GitVersion)
+	} else {
+		a.apiHealth.Failure(err)
 	}
 	waitCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	node, err := k8s.WaitForNode(waitCtx, a.log, a.clients.Kube, a.cfg.NodeName)
@@ -121,32 +166,28 @@ func (a *Agent) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("refusing to start on a config this agent cannot honour:\n%w", err)
 	}
+	r := a.conf.Typed()
+	a.setLogLevel(r)
 	for _, w := range a.warnings {
 		a.log.Warn("Config warning", "key", w.Key, "warning", w.Message)
 	}
-	r := a.conf.Typed()
-	probe, err := probeKernel()
-	if err != nil {
+
+	// The kernel, probed once; the decision, made once, names the datapath.
+	if a.probe, err = probe.Kernel(); err != nil {
 		a.log.Warn("Kernel probe incomplete; features it could not confirm count as missing", "error", err)
 	}
-	a.probe = probe
-	a.modes = config.Decide(r, probe)
+	a.modes = config.Decide(r, a.probe)
 	if err := a.modes.Err(); err != nil {
 		return fmt.Errorf("refusing to start: a requested feature cannot work on this node:\n%w", err)
 	}
-	a.logModes(probe)
+	a.logModes()
 
-	// The node as the datapath sees it.
-	nodeIP, err := k8s.NodeAddress(node)
-	if err != nil {
-		return err
+	local := k8s.NodeFromK8s(node, node.Name)
+	if !local.IP.IsValid() || !local.PodCIDR.IsValid() {
+		return fmt.Errorf("node %s: no IPv4 InternalIP or spec.podCIDR %q", node.Name, node.Spec.PodCIDR)
 	}
-	podCIDR, err := netip.ParsePrefix(node.Spec.PodCIDR)
-	if err != nil {
-		return fmt.Errorf("node %s: spec.podCIDR %q: %w", node.Name, node.Spec.PodCIDR, err)
-	}
-	a.node = datapath.LocalNode{Name: node.Name, IP: nodeIP, Device: a.cfg.Device, PodCIDR: podCIDR,
-		ClusterCIDR: r.ClusterCIDR, ServiceCIDR: r.ServiceCIDR}
+	a.node = datapath.LocalNode{Name: node.Name, IP: local.IP, Device: a.cfg.Device, PodCIDR: local.PodCIDR, ClusterCIDR: r.ClusterCIDR}
+	a.svcCIDR = r.ServiceCIDR
 	mtu := r.MTU
 	if mtu == 0 {
 		if mtu, err = deviceMTU(a.cfg.Device); err != nil {
@@ -157,17 +198,15 @@ func (a *Agent) start(ctx context.Context) error {
 		}
 	}
 	opts := datapath.Options{
-		RoutingMode:          a.modes.RoutingMode,
-		AutoDirectNodeRoutes: a.modes.AutoDirectNodeRoutes,
-		KubeProxyReplacement: a.modes.KubeProxyReplacement,
-		Masquerade:           a.modes.Masquerading != config.MasqDisabled,
-		BPFMasquerade:        a.modes.Masquerading == config.MasqBPF,
-		HostRoutingBPF:       a.modes.HostRouting.Mode == config.HostRoutingBPF,
-		LBAlgorithm:          r.LBAlgorithm,
-		StateDir:             filepath.Join(a.cfg.StateDir, "datapath"),
-		BPFFSDir:             a.cfg.BPFFSDir,
-		MTU:                  mtu,
-		SocketLBCgroup:       a.cfg.SocketLBCgroup,
+		Modes:          a.modes,
+		LBAlgorithm:    r.LBAlgorithm,
+		MapSizes:       datapath.MapSizes{LB: r.LBMapMax, CT: r.CTMapMax, NAT: r.NATMapMax},
+		Kernel:         a.probe,
+		StateDir:       filepath.Join(a.cfg.StateDir, "datapath"),
+		BPFFSDir:       a.cfg.BPFFSDir,
+		MTU:            mtu,
+		SocketLBCgroup: a.cfg.SocketLBCgroup,
+		Drift:          a.drift,
 	}
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return err
@@ -176,38 +215,128 @@ func (a *Agent) start(ctx context.Context) error {
 		return err
 	}
 
-	// Restore endpoints before any address can be handed out.
-	if a.alloc, err = ipam.New(a.log, filepath.Join(a.cfg.StateDir, "ipam.json"), podCIDR, ipam.RouterIP(podCIDR)); err != nil {
+	// The desired state, and who writes it: the endpoint manager (from
+	// the socket API), the watcher (from Kubernetes), and Init (the
+	// node-wide state) — before any reconciler runs, so that none prunes
+	// what is not written yet.
+	if a.tables, err = state.New(); err != nil {
 		return err
 	}
-	if a.eps, err = endpoint.NewManager(a.log, endpoint.Config{StateDir: a.cfg.StateDir, PodCIDR: podCIDR, MTU: mtu}, a.alloc,
-		keepExtra{Datapath: a.dp, extra: a.extraEndpoints}); err != nil {
+	if err := a.tables.DB.Start(); err != nil {
 		return err
 	}
-	if err := a.dp.Init(ctx); err != nil {
+	txn := a.tables.DB.WriteTxn(a.tables.Decision)
+	a.tables.Decision.Insert(txn, &state.Decision{Node: node.Name, Config: r, Modes: a.modes, Kernel: a.probe})
+	txn.Commit()
+	if a.alloc, err = ipam.New(a.log, filepath.Join(a.cfg.StateDir, "ipam.json"), local.PodCIDR, ipam.RouterIP(local.PodCIDR)); err != nil {
+		return err
+	}
+	epWriter := reconcile.NewEndpoints(a.tables)
+	if a.eps, err = endpoint.NewManager(a.log, endpoint.Config{StateDir: a.cfg.StateDir, PodCIDR: local.PodCIDR, MTU: mtu}, a.alloc, epWriter); err != nil {
+		return err
+	}
+	a.watcher = k8s.NewWatcher(a.log, a.clients, a.tables, k8s.WatcherConfig{LocalNode: node.Name,
+		Services: a.modes.KubeProxyReplacement, ServiceCIDR: r.ServiceCIDR}, a.apiHealth)
+
+	host, err := a.dp.Init(ctx)
+	if err != nil {
 		return fmt.Errorf("initialise %s datapath: %w", a.dp.Name(), err)
 	}
-	if err := a.setupHealthEndpoint(mtu, r.HealthPort); err != nil {
+	a.initialised.Store(true)
+	insertAll(a.tables.DB, a.tables.Sysctls, host.Sysctls)
+	insertAll(a.tables.DB, a.tables.Masquerade, host.Masquerade)
+	insertAll(a.tables.DB, a.tables.Programs, host.Programs)
+
+	recs, err := reconcile.Start(ctx, a.log, a.tables.DB, a.specs(opsOf(a.dp, opts))...)
+	if err != nil {
 		return err
+	}
+	a.recs.Store(recs)
+	epWriter.Bind(recs)
+
+	// Restore endpoints before any address can be handed out.
+	if a.healthEP, err = health.SetupEndpoint(a.log, health.EndpointConfig{
+		StateDir: a.cfg.StateDir, NodeName: a.node.Name, IP: ipam.RouterIP(a.node.PodCIDR), MTU: mtu, Port: r.HealthPort,
+	}); err != nil {
+		return fmt.Errorf("health endpoint: %w", err)
+	}
+	if err := epWriter.Program(ctx, a.healthEP.State()); err != nil {
+		return fmt.Errorf("program health endpoint: %w", err)
 	}
 	if err := a.eps.Restore(ctx); err != nil {
 		return fmt.Errorf("restore endpoints: %w", err)
 	}
-	if err := a.dp.UpsertEndpoint(ctx, a.healthEP.API()); err != nil {
-		return fmt.Errorf("program health endpoint: %w", err)
-	}
+	a.restored.Store(true)
 	if err := a.publishCondition(ctx); err != nil {
 		a.log.Warn("Could not publish node condition", "error", err)
 	}
 	return nil
 }
 
+// kernelOps are the reconciler operations of every kind of kernel object
+// the node's datapath owns; services and programs are nil where the
+// datapath has none.
+type kernelOps struct {
+	endpoints  reconciler.Operations[*state.Endpoint]
+	nodes      reconciler.Operations[*state.Node]
+	sysctls    reconciler.Operations[*state.Sysctl]
+	masquerade reconciler.Operations[*state.MasqueradeRule]
+	services   reconciler.Operations[*state.Service]
+	programs   reconciler.Operations[*state.Program]
+}
+
+func opsOf(dp datapath.Datapath, opts datapath.Options) kernelOps {
+	return kernelOps{
+		endpoints: dp.Endpoints(), nodes: dp.Nodes(), services: dp.Services(), programs: dp.Programs(),
+		sysctls: datapath.SysctlOps{Opts: opts}, masquerade: datapath.MasqueradeOps{Opts: opts},
+	}
+}
+
+// specs are the reconcilers of ops, one per kind of kernel object.
+func (a *Agent) specs(ops kernelOps) []reconcile.Spec {
+	t := a.tables
+	specs := []reconcile.Spec{
+		reconcile.For(datapath.ReconcilerEndpoints, t.Endpoints, ops.endpoints, a.periods[datapath.ReconcilerEndpoints]),
+		reconcile.For(datapath.ReconcilerNodes, t.Nodes, ops.nodes, a.periods[datapath.ReconcilerNodes]),
+		reconcile.For(datapath.ReconcilerSysctls, t.Sysctls, ops.sysctls, a.periods[datapath.ReconcilerSysctls]),
+		reconcile.For(datapath.ReconcilerMasquerade, t.Masquerade, ops.masquerade, a.periods[datapath.ReconcilerMasquerade]),
+	}
+	if ops.services != nil {
+		specs = append(specs, reconcile.For(datapath.ReconcilerServices, t.Services, ops.services, a.periods[datapath.ReconcilerServices]))
+	}
+	if ops.programs != nil {
+		specs = append(specs, reconcile.For(datapath.ReconcilerPrograms, t.Programs, ops.programs, a.periods[datapath.ReconcilerPrograms]))
+	}
+	return specs
+}
+
+// insertAll puts objs in tbl, pending.
+func insertAll[Obj reconcile.Object[Obj]](db *statedb.DB, tbl statedb.RWTable[Obj], objs []Obj) {
+	txn := db.WriteTxn(tbl)
+	for _, o := range objs {
+		tbl.Insert(txn, o.Clone().SetStatus(reconciler.StatusPending()))
+	}
+	txn.Commit()
+}
+
+func (a *Agent) setLogLevel(r config.Resolved) {
+	if a.cfg.LogLevel == nil {
+		return
+	}
+	level := slog.LevelInfo
+	if r.Debug {
+		level = slog.LevelDebug
+	}
+	a.cfg.LogLevel.Set(level)
+	a.log.Info("Log level set", "level", level, "key", config.KeyDebug, "source", r.Sources[config.KeyDebug].String())
+}
+
 // logModes says which datapath runs and, on a fallback, why and how to lift it.
-func (a *Agent) logModes(k config.KernelProbe) {
+func (a *Agent) logModes() {
 	m := a.modes
-	a.log.Info("Datapath decided",
+	a.log.Info("Datapath decided", "datapath", m.Datapath,
 		"hostRouting", m.HostRouting.Mode, "masquerading", m.Masquerading,
-		"kubeProxyReplacement", m.KubeProxyReplacement, "routingMode", m.RoutingMode, "kernel", k.KernelVersion)
+		"kubeProxyReplacement", m.KubeProxyReplacement, "routingMode", m.RoutingMode, "kernel", a.probe.KernelVersion)
 	if m.HostRouting.Mode == config.HostRoutingLegacy {
 		a.log.Info(m.HostRouting.Message(), "subsys", "daemon", "blockingKey", m.HostRouting.BlockingKey)
 	}
@@ -223,13 +352,23 @@ func (a *Agent) publishCondition(ctx context.Context) error {
 	return k8s.SetDatapathCondition(ctx, a.clients.Kube, a.node.Name, bpf, reason, msg)
 }
 
+// drift records a kernel object a reconciler repaired.
+func (a *Agent) drift(rec, object, what string) {
+	a.log.Info("Repaired drift from the desired state", "reconciler", rec, "object", object, "drift", what)
+	a.metrics.AddRepair(rec)
+	a.repairsMu.Lock()
+	a.repairs[rec]++
+	a.repairsMu.Unlock()
+}
+
 func (a *Agent) run(ctx context.Context) error {
-	a.watcher = k8s.NewWatcher(a.clients, a.modes.KubeProxyReplacement)
+	defer a.recs.Load().Stop(context.WithoutCancel(ctx))
+	defer a.tables.DB.Stop()
 	if err := a.watcher.Start(ctx); err != nil {
 		return err
 	}
 	defer a.watcher.Stop()
-
+	go k8s.Heartbeat(ctx, a.log, a.clients.Kube.Discovery(), a.apiHealth, apiHeartbeat)
 	if err := a.startObservability(ctx, a.conf.Typed()); err != nil {
 		return err
 	}
@@ -241,51 +380,45 @@ func (a *Agent) run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	defer srv.Close()
-	a.log.Info("glia-agent ready", "node", a.node.Name, "datapath", a.dp.Name(), "socket", a.cfg.Socket,
+	a.log.Info("glia-agent serving", "node", a.node.Name, "datapath", a.dp.Name(), "socket", a.cfg.Socket,
 		"podCIDR", a.node.PodCIDR, "nodeIP", a.node.IP)
 
-	a.reconcile(ctx, true)
-	if a.dp.Name() == "legacy" {
+	if err := a.waitProgrammed(ctx); err != nil {
+		return err
+	}
+	a.programmed.Store(true)
+	a.log.Info("glia-agent ready: the cluster's state is programmed")
+	if a.dp.Name() == config.DatapathLegacy {
 		// A node switched back from the eBPF datapath: now that the kernel
 		// routes every pod and node, detach what the eBPF datapath left.
 		if err := bpfdp.Cleanup(a.log, a.cfg.BPFFSDir, a.cfg.Device); err != nil {
 			a.log.Warn("Removing eBPF datapath leftovers failed", "error", err)
 		}
 	}
-	// Work follows change: a node's address or pod CIDR changing resyncs
-	// node routes; a Service or EndpointSlice changing updates that Service
-	// only. A node pass every resyncInterval keeps routes and endpoints
-	// true; every servicePassEvery passes, a full pass covers Services.
-	tick := time.NewTicker(resyncInterval)
-	defer tick.Stop()
-	pass := 0
+	go a.removeNotReadyTaint(ctx, func() bool {
+		n, ok := a.watcher.Node(a.node.Name)
+		return ok && k8s.HasTaint(n, k8s.TaintAgentNotReady)
+	})
+
+	a.updateMetrics()
+	gc := time.NewTicker(gcPeriod)
+	defer gc.Stop()
+	heartbeat := time.NewTicker(heartbeatPeriod)
+	defer heartbeat.Stop()
 	for {
+		a.live.beat()
 		select {
 		case <-ctx.Done():
 			a.log.Info("glia-agent stopping; the datapath keeps carrying traffic")
+			a.uninstallIfRemoved()
 			return errors.Join(a.dp.Close())
 		case err := <-errc:
 			if errors.Is(err, http.ErrServerClosed) {
 				return nil
 			}
 			return fmt.Errorf("agent API: %w", err)
-		case <-a.watcher.NodesChanged:
-			a.syncNodes(ctx)
-		case <-a.watcher.ServicesChanged:
-			changed := a.watcher.TakeDirtyServices()
-			if err := a.ctrl.run(ctx, "update-services", func(ctx context.Context) error {
-				return a.dp.UpdateServices(ctx, changed)
-			}); err != nil {
-				a.servicesFailed = true
-				a.log.Warn("Service update failed; the next node pass retries with a full pass", "services", len(changed), "error", err)
-			}
-		case <-tick.C:
-			pass++
-			full := a.fullPassDue(pass)
-			a.reconcile(ctx, full)
-			if full {
-				a.verifyServices(ctx)
-			}
+		case <-heartbeat.C:
+		case <-gc.C:
 			a.ctrl.run(ctx, "endpoint-gc", func(ctx context.Context) error {
 				released, err := a.eps.CollectStale(ctx)
 				if len(released) > 0 {
@@ -293,88 +426,33 @@ func (a *Agent) run(ctx context.Context) error {
 				}
 				return err
 			})
+			a.updateMetrics()
 		}
 	}
 }
 
-func (a *Agent) syncNodes(ctx context.Context) {
-	if err := a.ctrl.run(ctx, "sync-nodes", func(ctx context.Context) error {
-		return a.dp.SyncNodes(ctx, a.watcher.RemoteNodes(a.node.Name))
-	}); err != nil {
-		a.log.Warn("Node sync failed", "error", err)
+// waitProgrammed waits until every reconciler has processed its table as
+// the watchers, the restore and Init filled it.
+func (a *Agent) waitProgrammed(ctx context.Context) error {
+	txn := a.tables.DB.ReadTxn()
+	revs := map[string]statedb.Revision{
+		datapath.ReconcilerEndpoints:  a.tables.Endpoints.Revision(txn),
+		datapath.ReconcilerNodes:      a.tables.Nodes.Revision(txn),
+		datapath.ReconcilerSysctls:    a.tables.Sysctls.Revision(txn),
+		datapath.ReconcilerMasquerade: a.tables.Masquerade.Revision(txn),
 	}
-}
-
-// reconcile is the node pass — every node route, then the metrics — and,
-// with services, the full pass over every Service too. The datapath
-// diffs against what it wrote, so an unchanged cluster costs no kernel
-// writes.
-func (a *Agent) reconcile(ctx context.Context, services bool) {
-	a.syncNodes(ctx)
-	if services && a.modes.KubeProxyReplacement {
-		a.watcher.TakeDirtyServices() // the full pass covers them
-		svcs := a.watcher.Services()
-		err := a.ctrl.run(ctx, "sync-services", func(ctx context.Context) error {
-			return a.dp.SyncServices(ctx, svcs)
-		})
-		a.servicesFailed = err != nil
-		if err != nil {
-			a.log.Warn("Service sync failed; the next node pass retries", "error", err)
+	if a.dp.Services() != nil {
+		revs[datapath.ReconcilerServices] = a.tables.Services.Revision(txn)
+	}
+	if a.dp.Programs() != nil {
+		revs[datapath.ReconcilerPrograms] = a.tables.Programs.Revision(txn)
+	}
+	for name, rev := range revs {
+		if err := a.recs.Load().WaitReconciled(ctx, name, rev); err != nil {
+			return fmt.Errorf("waiting for the %s reconciler: %w", name, err)
 		}
 	}
-	a.updateMetrics(ctx)
-}
-
-// fullPassDue says whether the pass-th node pass is also a full pass.
-func (a *Agent) fullPassDue(pass int) bool {
-	return pass%servicePassEvery == 0 || a.servicesFailed
-}
-
-// verifyServices reads the service maps back from the kernel and repairs
-// drift, if the datapath balances Services and can.
-func (a *Agent) verifyServices(ctx context.Context) {
-	v, ok := a.dp.(serviceVerifier)
-	if !ok || !a.modes.KubeProxyReplacement {
-		return
-	}
-	if err := a.ctrl.run(ctx, "verify-services", v.VerifyServices); err != nil {
-		a.servicesFailed = true
-		a.log.Warn("Reading the service maps back failed; the next node pass retries", "error", err)
-	}
-}
-
-func (a *Agent) apiHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc(api.PathHealth, a.serveHealth)
-	mux.HandleFunc(api.PathConfig, a.serveConfig)
-	mux.HandleFunc(api.PathServices, a.serveServices)
-	mux.Handle("/", api.NewHandler(a.log, a.eps, func(ctx context.Context) (any, error) { return a.status(ctx) }))
-	return mux
-}
-
-// status is the agent's answer to `glia status`.
-func (a *Agent) status(ctx context.Context) (*api.Status, error) {
-	s := &api.Status{NodeName: a.node.Name, Time: time.Now(), Datapath: a.dp.Name(), AgentUptime: time.Since(a.started)}
-	s.Kubernetes = api.KubernetesStatus{State: "Ok", Version: a.k8sVer}
-	status.FromConfig(s, a.conf, a.warnings, a.modes)
-	if a.modes.KubeProxyReplacement {
-		s.KubeProxyReplacement.Devices = []string{a.node.Device + " " + a.node.IP.String()}
-	}
-	if s.Masquerading.Mode == config.MasqBPF {
-		s.Masquerading.Device = a.node.Device
-		s.Masquerading.CIDR = a.node.ClusterCIDR.String()
-	}
-	allocs := a.alloc.List()
-	s.IPAM = api.IPAMStatus{PodCIDR: a.node.PodCIDR.String(), Allocated: len(allocs), Size: a.alloc.Size()}
-	for owner, ip := range allocs {
-		s.IPAM.Addresses = append(s.IPAM.Addresses, ip.String()+" ("+owner+")")
-	}
-	eps, _ := a.eps.ListEndpoints(ctx)
-	s.Endpoints = len(eps)
-	s.Services = a.watcher.ServiceCount()
-	s.Controllers = a.ctrl.list()
-	s.ClusterHealth = a.prober.Status()
-	return s, nil
+	return nil
 }
 
 func deviceMTU(dev string) (int, error) {
@@ -385,22 +463,13 @@ func deviceMTU(dev string) (int, error) {
 	return l.Attrs().MTU, nil
 }
 
-// newDatapath builds the datapath the decided modes need.
+// newDatapath builds the datapath config.Decide named.
 func newDatapath(log *slog.Logger, node datapath.LocalNode, opts datapath.Options) (datapath.Datapath, error) {
-	if !opts.KubeProxyReplacement && !opts.BPFMasquerade && !opts.HostRoutingBPF && opts.RoutingMode == "native" {
+	switch opts.Modes.Datapath {
+	case config.DatapathLegacy:
 		return legacy.New(log, node, opts)
+	case config.DatapathBPF:
+		return bpfdp.New(log, node, opts)
 	}
-	return bpfdp.New(log, node, opts)
-}
-
-// keepExtra passes the agent's own endpoints (the health endpoint) along
-// with the pods' whenever the endpoint manager syncs the datapath.
-type keepExtra struct {
-	datapath.Datapath
-	extra func() []api.Endpoint
-}
-
-func (k keepExtra) SyncEndpoints(ctx context.Context, eps []api.Endpoint) error {
-	// A new slice: appending to eps could write into the caller's array.
-	return k.Datapath.SyncEndpoints(ctx, slices.Concat(eps, k.extra()))
+	return nil, fmt.Errorf("no datapath %q", opts.Modes.Datapath)
 }

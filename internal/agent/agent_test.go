@@ -7,8 +7,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os/exec"
-	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,9 +17,8 @@ import (
 	"glia.dev/glia/internal/api"
 	"glia.dev/glia/internal/config"
 	"glia.dev/glia/internal/datapath"
-	"glia.dev/glia/internal/endpoint"
-	"glia.dev/glia/internal/ipam"
 	"glia.dev/glia/internal/metrics"
+	"glia.dev/glia/internal/state"
 )
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -86,107 +83,9 @@ func TestControllers(t *testing.T) {
 	})
 }
 
-// fakeDP records what the datapath is asked to do.
-type fakeDP struct {
-	datapath.Datapath // nil: any method not overridden panics
-	synced            [][]api.Endpoint
-	upserted          []api.Endpoint
-}
-
-func (f *fakeDP) SyncEndpoints(_ context.Context, eps []api.Endpoint) error {
-	f.synced = append(f.synced, append([]api.Endpoint(nil), eps...))
-	return nil
-}
-
-func (f *fakeDP) UpsertEndpoint(_ context.Context, ep api.Endpoint) error {
-	f.upserted = append(f.upserted, ep)
-	return nil
-}
-
-func (f *fakeDP) Name() string { return "fake" }
-
-func testEP(id, ip string) api.Endpoint {
-	return api.Endpoint{Attachment: api.Attachment{ContainerID: id, IfName: "eth0"}, IP: ip, HostIfName: "gl" + id}
-}
-
-func TestKeepExtra(t *testing.T) {
-	health := testEP("health", "198.19.1.1")
-	pod := testEP("pod1", "198.19.1.5")
-	ctx := context.Background()
-
-	t.Run("SyncEndpoints gets the extra endpoints", func(t *testing.T) {
-		f := &fakeDP{}
-		k := keepExtra{Datapath: f, extra: func() []api.Endpoint { return []api.Endpoint{health} }}
-		if err := k.SyncEndpoints(ctx, []api.Endpoint{pod}); err != nil {
-			t.Fatal(err)
-		}
-		if err := k.SyncEndpoints(ctx, nil); err != nil {
-			t.Fatal(err)
-		}
-		want := [][]api.Endpoint{{pod, health}, {health}}
-		if diff := cmp.Diff(want, f.synced); diff != "" {
-			t.Errorf("synced (-want +got):\n%s", diff)
-		}
-		// Other methods pass through untouched.
-		if err := k.UpsertEndpoint(ctx, pod); err != nil {
-			t.Fatal(err)
-		}
-		if diff := cmp.Diff([]api.Endpoint{pod}, f.upserted); diff != "" {
-			t.Errorf("upserted (-want +got):\n%s", diff)
-		}
-		if k.Name() != "fake" {
-			t.Errorf("Name = %q", k.Name())
-		}
-	})
-	t.Run("no extra endpoints", func(t *testing.T) {
-		f := &fakeDP{}
-		a := &Agent{} // no health endpoint yet
-		k := keepExtra{Datapath: f, extra: a.extraEndpoints}
-		if err := k.SyncEndpoints(ctx, []api.Endpoint{pod}); err != nil {
-			t.Fatal(err)
-		}
-		if diff := cmp.Diff([][]api.Endpoint{{pod}}, f.synced); diff != "" {
-			t.Errorf("synced (-want +got):\n%s", diff)
-		}
-	})
-	t.Run("does not write into the caller's slice", func(t *testing.T) {
-		f := &fakeDP{}
-		k := keepExtra{Datapath: f, extra: func() []api.Endpoint { return []api.Endpoint{health} }}
-		eps := make([]api.Endpoint, 1, 4)
-		eps[0] = pod
-		other := testEP("pod2", "198.19.1.6")
-		backing := append(eps, other) // the caller's own use of the spare capacity
-		if err := k.SyncEndpoints(ctx, eps); err != nil {
-			t.Fatal(err)
-		}
-		if diff := cmp.Diff(other, backing[1]); diff != "" {
-			t.Errorf("SyncEndpoints overwrote the caller's backing array (-want +got):\n%s", diff)
-		}
-	})
-	t.Run("through the endpoint manager's restore", func(t *testing.T) {
-		podCIDR := netip.MustParsePrefix("198.19.1.0/24")
-		dir := t.TempDir()
-		alloc, err := ipam.New(discard(), filepath.Join(dir, "ipam.json"), podCIDR, ipam.RouterIP(podCIDR))
-		if err != nil {
-			t.Fatal(err)
-		}
-		f := &fakeDP{}
-		eps, err := endpoint.NewManager(discard(), endpoint.Config{StateDir: dir, PodCIDR: podCIDR}, alloc,
-			keepExtra{Datapath: f, extra: func() []api.Endpoint { return []api.Endpoint{health} }})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := eps.Restore(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if diff := cmp.Diff([][]api.Endpoint{{health}}, f.synced); diff != "" {
-			t.Errorf("restore synced (-want +got):\n%s", diff)
-		}
-	})
-}
-
 func TestConfigValidate(t *testing.T) {
-	good := Config{NodeName: "lab-node-1", StateDir: "/var/lib/glia", Socket: "/run/glia/glia.sock", BPFFSDir: "/sys/fs/bpf/glia", Device: "eth0"}
+	good := Config{NodeName: "lab-node-1", StateDir: "/var/lib/glia", Socket: "/run/glia/glia.sock", BPFFSDir: "/sys/fs/bpf/glia", Device: "eth0",
+		HealthProbeBindAddress: "127.0.0.1:9879", CNIConfDir: "/etc/cni/net.d", CNIBinDir: "/opt/cni/bin"}
 	tests := []struct {
 		name   string
 		mutate func(*Config)
@@ -198,6 +97,13 @@ func TestConfigValidate(t *testing.T) {
 		{name: "relative socket", mutate: func(c *Config) { c.Socket = "glia.sock" }, want: []string{`--socket "glia.sock" must be an absolute path`}},
 		{name: "relative bpffs dir", mutate: func(c *Config) { c.BPFFSDir = "" }, want: []string{`--bpffs-dir "" must be an absolute path`}},
 		{name: "no device", mutate: func(c *Config) { c.Device = "" }, want: []string{"--device is required: the node's network device, e.g. eth0"}},
+		{name: "probes off", mutate: func(c *Config) { c.HealthProbeBindAddress = "" }},
+		{name: "probe address without port", mutate: func(c *Config) { c.HealthProbeBindAddress = "127.0.0.1" },
+			want: []string{`--health-probe-bind-address "127.0.0.1" is not host:port (e.g. 127.0.0.1:9879; empty: off)`}},
+		{name: "probe port out of range", mutate: func(c *Config) { c.HealthProbeBindAddress = ":70000" },
+			want: []string{`--health-probe-bind-address ":70000" has no port in 1..65535 (e.g. 127.0.0.1:9879)`}},
+		{name: "relative CNI dirs", mutate: func(c *Config) { c.CNIConfDir, c.CNIBinDir = "net.d", "bin" },
+			want: []string{`--cni-conf-dir "net.d" must be an absolute path`, `--cni-bin-dir "bin" must be an absolute path`}},
 		{name: "everything wrong, in flag order", mutate: func(c *Config) { *c = Config{} }, want: []string{
 			"--node-name is required: the name of this node's Node object",
 			`--state-dir "" must be an absolute path`,
@@ -223,37 +129,42 @@ func TestConfigValidate(t *testing.T) {
 }
 
 func TestNewDatapath(t *testing.T) {
-	if _, err := exec.LookPath("iptables"); err != nil {
-		t.Skip("the legacy datapath needs the iptables command, not installed here")
-	}
 	node := datapath.LocalNode{Name: "lab-node-1", IP: netip.MustParseAddr("198.18.0.11"), Device: "eth0",
-		PodCIDR: netip.MustParsePrefix("198.19.1.0/24"), ClusterCIDR: netip.MustParsePrefix("198.19.0.0/16"),
-		ServiceCIDR: netip.MustParsePrefix("198.18.128.0/17")}
-	base := datapath.Options{RoutingMode: "native", Masquerade: true, BPFFSDir: "/sys/fs/bpf/glia/lab-node-1", StateDir: "/var/lib/glia/datapath", MTU: 1500}
+		PodCIDR: netip.MustParsePrefix("198.19.1.0/24"), ClusterCIDR: netip.MustParsePrefix("198.19.0.0/16")}
+	full := config.KernelProbe{TCX: true, BPFRedirectPeer: true, BPFRedirectNeigh: true, FIBLookup: true, VXLAN: true}
+	decide := func(cm map[string]string) config.Modes {
+		c, _, err := config.Resolve(config.Inputs{ConfigMap: cm})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return config.Decide(c.Typed(), full)
+	}
 	tests := []struct {
 		name    string
-		mutate  func(*datapath.Options)
+		modes   config.Modes
+		bpffs   string
 		want    string
 		wantErr string
 	}{
-		{name: "native, iptables masquerade, kube-proxy", mutate: func(*datapath.Options) {}, want: "legacy"},
-		{name: "native, no masquerade", mutate: func(o *datapath.Options) { o.Masquerade = false }, want: "legacy"},
-		{name: "native with auto-direct-node-routes", mutate: func(o *datapath.Options) { o.AutoDirectNodeRoutes = true }, want: "legacy"},
-		{name: "tunnel", mutate: func(o *datapath.Options) { o.RoutingMode = "tunnel" }, want: "bpf"},
-		{name: "kube-proxy replacement", mutate: func(o *datapath.Options) { o.KubeProxyReplacement = true }, want: "bpf"},
-		{name: "bpf masquerade", mutate: func(o *datapath.Options) { o.BPFMasquerade = true }, want: "bpf"},
-		{name: "bpf host routing", mutate: func(o *datapath.Options) {
-			o.HostRoutingBPF, o.BPFMasquerade, o.KubeProxyReplacement = true, true, true
-		}, want: "bpf"},
-		{name: "bpf without a pin directory", mutate: func(o *datapath.Options) { o.KubeProxyReplacement, o.BPFFSDir = true, "" },
+		{name: "defaults: legacy", modes: decide(nil), want: "legacy"},
+		{name: "kube-proxy replacement: bpf", modes: decide(map[string]string{config.KeyKubeProxyReplacement: "true"}), want: "bpf"},
+		{name: "tunnel: bpf", modes: decide(map[string]string{config.KeyRoutingMode: "tunnel"}), want: "bpf"},
+		{name: "bpf without a pin directory", modes: decide(map[string]string{config.KeyKubeProxyReplacement: "true"}), bpffs: "-",
 			wantErr: "bpffs"},
-		{name: "unknown routing mode", mutate: func(o *datapath.Options) { o.RoutingMode = "carrier-pigeon" }, wantErr: "carrier-pigeon"},
+		{name: "no decision", modes: config.Modes{}, wantErr: `no datapath ""`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			o := base
-			tt.mutate(&o)
-			dp, err := newDatapath(discard(), node, o)
+			if tt.want == "legacy" {
+				if _, err := exec.LookPath("iptables"); err != nil {
+					t.Skip("the legacy datapath needs the iptables command, not installed here")
+				}
+			}
+			opts := datapath.Options{Modes: tt.modes, BPFFSDir: "/sys/fs/bpf/glia/lab-node-1", StateDir: "/var/lib/glia/datapath", MTU: 1500}
+			if tt.bpffs == "-" {
+				opts.BPFFSDir = ""
+			}
+			dp, err := newDatapath(discard(), node, opts)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("newDatapath = %v, %v; want an error mentioning %q", dp, err, tt.wantErr)
@@ -264,9 +175,34 @@ func TestNewDatapath(t *testing.T) {
 				t.Fatalf("newDatapath: %v", err)
 			}
 			if dp.Name() != tt.want {
-				t.Errorf("newDatapath chose %q, want %q", dp.Name(), tt.want)
+				t.Errorf("newDatapath built %q, want %q", dp.Name(), tt.want)
 			}
 		})
+	}
+}
+
+func TestServicesToWire(t *testing.T) {
+	tables, err := state.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	txn := tables.DB.WriteTxn(tables.Services)
+	tables.Services.Insert(txn, &state.Service{Name: state.ServiceName{Namespace: "default", Name: "web"}, Frontends: []state.Frontend{
+		{PortName: "http", Protocol: "TCP", Addr: netip.MustParseAddrPort("198.18.128.20:80"), NodePort: 30080,
+			Backends: []state.Backend{{Addr: netip.MustParseAddrPort("198.19.1.5:8080"), NodeName: "n1", Ready: true},
+				{Addr: netip.MustParseAddrPort("198.19.2.5:8080"), NodeName: "n2", Terminating: true}}}}})
+	tables.Services.Insert(txn, &state.Service{Name: state.ServiceName{Namespace: "kube-system", Name: "kube-dns"}, Frontends: []state.Frontend{
+		{PortName: "dns-tcp", Protocol: "TCP", Addr: netip.MustParseAddrPort("198.18.128.10:53")},
+		{PortName: "dns", Protocol: "UDP", Addr: netip.MustParseAddrPort("198.18.128.10:53")}}})
+	txn.Commit()
+	want := []api.Service{
+		{Name: "kube-system/kube-dns:dns-tcp", Type: "ClusterIP", Frontend: "198.18.128.10:53", Protocol: "TCP", Backends: []api.ServiceBackend{}},
+		{Name: "default/web:http", Type: "NodePort", Frontend: "198.18.128.20:80", NodePort: 30080, Protocol: "TCP", Backends: []api.ServiceBackend{
+			{Address: "198.19.1.5:8080", Node: "n1", Ready: true}, {Address: "198.19.2.5:8080", Node: "n2", Terminating: true}}},
+		{Name: "kube-system/kube-dns:dns", Type: "ClusterIP", Frontend: "198.18.128.10:53", Protocol: "UDP", Backends: []api.ServiceBackend{}},
+	}
+	if diff := cmp.Diff(want, servicesToWire(tables.Services.All(tables.DB.ReadTxn()))); diff != "" {
+		t.Errorf("servicesToWire (-want +got):\n%s", diff)
 	}
 }
 
@@ -291,147 +227,12 @@ func gauges(t *testing.T, m *metrics.Metrics, names ...string) map[string]float6
 			for _, l := range mt.GetLabel() {
 				ls = append(ls, l.GetName()+"="+l.GetValue())
 			}
-			if mt.GetGauge() == nil {
-				t.Fatalf("%s is not a gauge", mf.GetName())
+			v := mt.GetGauge().GetValue()
+			if mt.GetCounter() != nil {
+				v = mt.GetCounter().GetValue()
 			}
-			out[mf.GetName()+"{"+strings.Join(ls, ",")+"}"] = mt.GetGauge().GetValue()
+			out[mf.GetName()+"{"+strings.Join(ls, ",")+"}"] = v
 		}
 	}
 	return out
-}
-
-func TestUpdateMetrics(t *testing.T) {
-	ctx := context.Background()
-	t.Run("no metrics yet", func(t *testing.T) {
-		// Before startObservability: nothing is set up and nothing may be touched.
-		a := &Agent{ctrl: newControllers()}
-		a.updateMetrics(ctx)
-	})
-	t.Run("legacy datapath", func(t *testing.T) {
-		podCIDR := netip.MustParsePrefix("198.19.1.0/24")
-		dir := t.TempDir()
-		alloc, err := ipam.New(discard(), filepath.Join(dir, "ipam.json"), podCIDR, ipam.RouterIP(podCIDR))
-		if err != nil {
-			t.Fatal(err)
-		}
-		f := &fakeDP{}
-		eps, err := endpoint.NewManager(discard(), endpoint.Config{StateDir: dir, PodCIDR: podCIDR}, alloc, f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := eps.Restore(ctx); err != nil {
-			t.Fatal(err)
-		}
-		for _, id := range []string{"0123456789abcdef01", "0123456789abcdef02"} {
-			att := api.Attachment{ContainerID: id, IfName: "eth0"}
-			al, err := eps.Allocate(ctx, api.AllocateRequest{Attachment: att})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := eps.UpsertEndpoint(ctx, api.Endpoint{Attachment: att, IP: al.IP, Netns: "/var/run/netns/" + id, HostIfName: api.HostIfName(att)}); err != nil {
-				t.Fatal(err)
-			}
-		}
-		a := &Agent{
-			log: discard(), ctrl: newControllers(), metrics: metrics.New(), eps: eps, dp: f,
-			modes: config.Modes{HostRouting: config.HostRouting{Mode: config.HostRoutingLegacy, BlockingKey: config.KeyBPFMasquerade}},
-		}
-		a.ctrl.run(ctx, "sync-nodes", func(context.Context) error { return errors.New("x") })
-		a.ctrl.run(ctx, "sync-nodes", func(context.Context) error { return errors.New("x") })
-		a.ctrl.run(ctx, "sync-services", func(context.Context) error { return nil })
-		a.updateMetrics(ctx)
-		names := []string{metrics.NameEndpoints, metrics.NameServices, metrics.NameHostRoutingMode, metrics.NameDatapathFallback, metrics.NameControllerFailures}
-		want := map[string]float64{
-			"glia_endpoints{}":                                            2,
-			"glia_services{}":                                             0, // no watcher: no Services
-			"glia_host_routing_mode{mode=BPF}":                            0,
-			"glia_host_routing_mode{mode=Legacy}":                         1,
-			"glia_datapath_fallback{key=" + config.KeyBPFMasquerade + "}": 1,
-			"glia_controller_failures{name=sync-nodes}":                   2,
-			"glia_controller_failures{name=sync-services}":                0,
-		}
-		if diff := cmp.Diff(want, gauges(t, a.metrics, names...)); diff != "" {
-			t.Errorf("metrics (-want +got):\n%s", diff)
-		}
-
-		// The node switches to BPF host routing: the fallback series goes away.
-		a.modes = config.Modes{HostRouting: config.HostRouting{Mode: config.HostRoutingBPF}}
-		a.updateMetrics(ctx)
-		want = map[string]float64{
-			"glia_endpoints{}":                             2,
-			"glia_services{}":                              0,
-			"glia_host_routing_mode{mode=BPF}":             1,
-			"glia_host_routing_mode{mode=Legacy}":          0,
-			"glia_controller_failures{name=sync-nodes}":    2,
-			"glia_controller_failures{name=sync-services}": 0,
-		}
-		if diff := cmp.Diff(want, gauges(t, a.metrics, names...)); diff != "" {
-			t.Errorf("metrics after the switch (-want +got):\n%s", diff)
-		}
-	})
-}
-
-// verifyingDP is a datapath that reads its service maps back.
-type verifyingDP struct {
-	fakeDP
-	verified int
-	err      error
-}
-
-func (v *verifyingDP) VerifyServices(context.Context) error {
-	v.verified++
-	return v.err
-}
-
-func TestVerifyServices(t *testing.T) {
-	ctx := context.Background()
-	v := &verifyingDP{}
-	a := &Agent{log: discard(), ctrl: newControllers(), dp: v, modes: config.Modes{KubeProxyReplacement: true}}
-	a.verifyServices(ctx)
-	if v.verified != 1 || a.servicesFailed {
-		t.Fatalf("verified %d times, servicesFailed %t; want 1, false", v.verified, a.servicesFailed)
-	}
-
-	// A failure is counted as the controller's and brings the next full
-	// pass forward.
-	v.err = errors.New("map walk interrupted")
-	a.verifyServices(ctx)
-	var failures int
-	for _, c := range a.ctrl.list() {
-		if c.Name == "verify-services" {
-			failures = c.Failures
-		}
-	}
-	if failures != 1 || !a.servicesFailed {
-		t.Fatalf("verify-services failures = %d, servicesFailed %t; want 1, true", failures, a.servicesFailed)
-	}
-
-	// Without kube-proxy replacement kube-proxy owns Services: no walk.
-	v.verified = 0
-	a.modes.KubeProxyReplacement = false
-	a.verifyServices(ctx)
-	// A datapath that cannot read its maps back (legacy) is left alone.
-	a.modes.KubeProxyReplacement = true
-	a.dp = &fakeDP{}
-	a.verifyServices(ctx)
-	if v.verified != 0 {
-		t.Fatalf("%d verifications without kube-proxy replacement or a verifier", v.verified)
-	}
-}
-
-func TestFullPassDue(t *testing.T) {
-	a := &Agent{}
-	var full []int
-	for pass := 1; pass <= 3*servicePassEvery; pass++ {
-		if a.fullPassDue(pass) {
-			full = append(full, pass)
-		}
-	}
-	if want := []int{servicePassEvery, 2 * servicePassEvery, 3 * servicePassEvery}; !slices.Equal(full, want) {
-		t.Fatalf("full passes at %v, want %v", full, want)
-	}
-	a.servicesFailed = true
-	if !a.fullPassDue(1) {
-		t.Fatal("after a failed Service update the next node pass is not a full pass")
-	}
 }

@@ -4,62 +4,43 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"iter"
 	"net"
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/statedb"
 
 	"glia.dev/glia/internal/api"
 	"glia.dev/glia/internal/config"
+	"glia.dev/glia/internal/datapath"
 	"glia.dev/glia/internal/health"
 	"glia.dev/glia/internal/ipam"
 	"glia.dev/glia/internal/maps"
 	"glia.dev/glia/internal/metrics"
+	"glia.dev/glia/internal/state"
+	"glia.dev/glia/internal/status"
 )
 
-// setupHealthEndpoint creates (or adopts, after a restart) the node's health
-// endpoint: the pod CIDR's router address in a namespace of its own, routed
-// by the datapath like any pod.
-func (a *Agent) setupHealthEndpoint(mtu, port int) error {
-	ep, err := health.SetupEndpoint(a.log, health.EndpointConfig{
-		StateDir: a.cfg.StateDir, NodeName: a.node.Name,
-		IP: ipam.RouterIP(a.node.PodCIDR), MTU: mtu, Port: port,
-	})
-	if err != nil {
-		return fmt.Errorf("health endpoint: %w", err)
-	}
-	a.healthEP = ep
-	return nil
-}
-
-// extraEndpoints are the endpoints the agent owns itself (the health
-// endpoint); the endpoint manager's syncs must keep them.
-func (a *Agent) extraEndpoints() []api.Endpoint {
-	if a.healthEP == nil {
-		return nil
-	}
-	return []api.Endpoint{a.healthEP.API()}
-}
-
-// healthTargets are every node's address and health endpoint.
+// healthTargets are every node's address and health endpoint, from the
+// nodes table.
 func (a *Agent) healthTargets() []health.Target {
 	var out []health.Target
-	for _, n := range a.watcher.Nodes() {
-		t := health.Target{Node: n.Name, Local: n.Name == a.node.Name}
-		for _, addr := range n.Status.Addresses {
-			if ip, err := netip.ParseAddr(addr.Address); err == nil && ip.Is4() && addr.Type == "InternalIP" {
-				t.HostIP = ip
-			}
+	for n := range a.tables.Nodes.All(a.tables.DB.ReadTxn()) {
+		if !n.IP.IsValid() {
+			continue
 		}
-		if p, err := netip.ParsePrefix(n.Spec.PodCIDR); err == nil {
-			t.EndpointIP = ipam.RouterIP(p)
+		t := health.Target{Node: n.Name, Local: n.Local, HostIP: n.IP}
+		if n.PodCIDR.IsValid() {
+			t.EndpointIP = ipam.RouterIP(n.PodCIDR)
 		}
-		if t.HostIP.IsValid() {
-			out = append(out, t)
-		}
+		out = append(out, t)
 	}
 	return out
 }
@@ -67,7 +48,6 @@ func (a *Agent) healthTargets() []health.Target {
 // startObservability starts /hello on the node address, the health
 // endpoint's server, the prober and the metrics server.
 func (a *Agent) startObservability(ctx context.Context, r config.Resolved) error {
-	a.metrics = metrics.New()
 	if err := a.healthEP.Start(ctx); err != nil {
 		return fmt.Errorf("health endpoint server: %w", err)
 	}
@@ -98,7 +78,7 @@ func (a *Agent) startObservability(ctx context.Context, r config.Resolved) error
 			}
 		}()
 	}
-	if a.dp.Name() != "legacy" {
+	if a.dp.Name() == config.DatapathBPF {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(a.cfg.BPFFSDir, maps.NameMetrics), &ebpf.LoadPinOptions{ReadOnly: true})
 		if err != nil {
 			return fmt.Errorf("open datapath counters: %w", err)
@@ -108,25 +88,25 @@ func (a *Agent) startObservability(ctx context.Context, r config.Resolved) error
 	return nil
 }
 
-// updateMetrics refreshes the gauges from the agent's state and the
-// datapath's counters.
-func (a *Agent) updateMetrics(ctx context.Context) {
+// updateMetrics refreshes the gauges from the desired state, the
+// reconcilers and the datapath's counters.
+func (a *Agent) updateMetrics() {
 	m := a.metrics
-	if m == nil {
-		return
-	}
-	if eps, err := a.eps.ListEndpoints(ctx); err == nil {
-		m.SetEndpoints(len(eps))
-	}
-	m.SetServices(a.watcher.ServiceCount())
-	m.SetHostRoutingMode(a.modes.HostRouting.Mode)
-	if a.modes.HostRouting.Mode == config.HostRoutingLegacy && a.modes.HostRouting.BlockingKey != "" {
-		m.SetDatapathFallback(a.modes.HostRouting.BlockingKey)
+	txn := a.tables.DB.ReadTxn()
+	m.SetEndpoints(a.eps.Count())
+	m.SetServices(a.tables.Services.NumObjects(txn))
+	dec, _ := a.tables.Decided()
+	m.SetHostRoutingMode(dec.Modes.HostRouting.Mode)
+	if hr := dec.Modes.HostRouting; hr.Mode == config.HostRoutingLegacy && hr.BlockingKey != "" {
+		m.SetDatapathFallback(hr.BlockingKey)
 	} else {
 		m.SetDatapathFallback()
 	}
 	for _, c := range a.ctrl.list() {
 		m.SetControllerFailures(c.Name, c.Failures)
+	}
+	for _, s := range a.recs.Load().Summaries() {
+		m.SetReconcileObjects(s.Name, s.Done, s.Pending, s.Errors)
 	}
 	if a.bpfMetrics == nil {
 		return
@@ -154,6 +134,105 @@ func (a *Agent) updateMetrics(ctx context.Context) {
 	m.SetForwarded(metrics.DirectionEgress, fwdP, fwdB)
 }
 
+func (a *Agent) apiHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc(api.PathHealthz, a.serveHealthz)
+	mux.HandleFunc(api.PathHealth, a.serveHealth)
+	mux.HandleFunc(api.PathConfig, a.serveConfig)
+	mux.HandleFunc(api.PathServices, a.serveServices)
+	mux.Handle("/", api.NewHandler(a.log, a.eps, func(ctx context.Context) (any, error) { return a.status(), nil }))
+	return mux
+}
+
+// status is the agent's answer to `glia status`: observations of the
+// desired state, the reconcilers, the API connection and the datapath.
+func (a *Agent) status() *api.Status {
+	s := &api.Status{NodeName: a.node.Name, Time: time.Now(), Datapath: a.dp.Name(), AgentUptime: time.Since(a.started)}
+	s.Readiness = a.readiness()
+	s.Ready = ready(s.Readiness)
+	s.Kubernetes = a.kubernetesStatus()
+	dec, _ := a.tables.Decided()
+	status.FromConfig(s, a.conf, a.warnings, dec.Modes)
+	a.observeHostRouting(s)
+	if dec.Modes.KubeProxyReplacement {
+		s.KubeProxyReplacement.Devices = []string{a.node.Device + " " + a.node.IP.String()}
+	}
+	if s.Masquerading.Mode == config.MasqBPF {
+		s.Masquerading.Device = a.node.Device
+		s.Masquerading.CIDR = a.node.ClusterCIDR.String()
+	}
+	allocs := a.alloc.List()
+	s.IPAM = api.IPAMStatus{PodCIDR: a.node.PodCIDR.String(), Allocated: len(allocs), Size: a.alloc.Size()}
+	for owner, ip := range allocs {
+		s.IPAM.Addresses = append(s.IPAM.Addresses, ip.String()+" ("+owner+")")
+	}
+	s.Endpoints = a.eps.Count()
+	s.Services = a.tables.Services.NumObjects(a.tables.DB.ReadTxn())
+	s.ServiceCIDR = a.svcCIDR.String()
+	if a.watcher != nil {
+		s.ServicesOutsideCIDR = a.watcher.OutsideServiceCIDR()
+	}
+	s.Controllers = a.ctrl.list()
+	s.Reconcilers = a.reconcilerStatus()
+	if a.prober != nil {
+		s.ClusterHealth = a.prober.Status()
+	}
+	return s
+}
+
+// reconcilerStatus is every reconciler's table, with the repairs counted.
+func (a *Agent) reconcilerStatus() []api.ReconcilerStatus {
+	recs := a.recs.Load()
+	if recs == nil {
+		return nil
+	}
+	a.repairsMu.Lock()
+	defer a.repairsMu.Unlock()
+	var out []api.ReconcilerStatus
+	for _, s := range recs.Summaries() {
+		out = append(out, api.ReconcilerStatus{Name: s.Name, Objects: s.Objects, Done: s.Done, Pending: s.Pending,
+			Errors: s.Errors, Failing: s.Failing, Repairs: a.repairs[s.Name]})
+	}
+	return out
+}
+
+// observeHostRouting checks the host-routing line against the kernel: BPF
+// host routing holds only while the device programs are attached.
+func (a *Agent) observeHostRouting(s *api.Status) {
+	if s.HostRouting.Mode != config.HostRoutingBPF {
+		return
+	}
+	for _, r := range a.reconcilerStatus() {
+		if r.Name == datapath.ReconcilerPrograms && (r.Errors > 0 || r.Done < r.Objects) {
+			s.HostRouting.Reason = fmt.Sprintf("decided, but %d of %d device programs are not attached: %s",
+				r.Objects-r.Done, r.Objects, strings.Join(r.Failing, "; "))
+		}
+	}
+}
+
+// serveHealthz answers the socket's health check with the agent's
+// readiness: 200 when ready, else 503 naming every failing check.
+func (a *Agent) serveHealthz(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		http.Error(w, "GET only", http.StatusMethodNotAllowed)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	checks := a.readiness()
+	if !ready(checks) {
+		var failing []string
+		for _, c := range checks {
+			if !c.OK {
+				failing = append(failing, c.Name+": "+c.Message)
+			}
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+		json.NewEncoder(w).Encode(api.Errorf(api.CodeNotReady, "%s", strings.Join(failing, "; ")))
+		return
+	}
+	json.NewEncoder(w).Encode(map[string]string{"status": "ok"})
+}
+
 func (a *Agent) serveHealth(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		http.Error(w, "GET only", http.StatusMethodNotAllowed)
@@ -172,7 +251,7 @@ func (a *Agent) serveConfig(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(config.Report{Node: a.node.Name, Inputs: a.inputs, Probe: a.probe})
 }
 
-// serveServices lists the Service frontends as the agent sees them.
+// serveServices lists the Service frontends of the services table.
 func (a *Agent) serveServices(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		http.Error(w, "GET only", http.StatusMethodNotAllowed)
@@ -185,22 +264,36 @@ func (a *Agent) serveServices(w http.ResponseWriter, r *http.Request) {
 			" (kube-proxy-replacement=false): see its iptables rules (glia lab exec --node " + a.node.Name + " -- iptables-save -t nat)"})
 		return
 	}
-	out := []api.Service{}
-	for _, s := range a.watcher.Services() {
-		name := s.Namespace + "/" + s.Name
-		if s.PortName != "" {
-			name += ":" + s.PortName
-		}
-		typ := "ClusterIP"
-		if s.NodePort != 0 {
-			typ = "NodePort"
-		}
-		as := api.Service{Name: name, Type: typ, Frontend: s.Frontend.String(), NodePort: s.NodePort, Protocol: s.Protocol, Backends: []api.ServiceBackend{}}
-		for _, b := range s.Backends {
-			as.Backends = append(as.Backends, api.ServiceBackend{Address: b.Addr.String(), Node: b.NodeName, Ready: b.Ready, Terminating: b.Terminating})
-		}
-		out = append(out, as)
-	}
 	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(out)
+	json.NewEncoder(w).Encode(servicesToWire(a.tables.Services.All(a.tables.DB.ReadTxn())))
+}
+
+// servicesToWire lists every frontend of svcs as the socket API shows it,
+// by protocol and frontend.
+func servicesToWire(svcs iter.Seq2[*state.Service, statedb.Revision]) []api.Service {
+	out := []api.Service{}
+	for s := range svcs {
+		for _, f := range s.Frontends {
+			name := s.Name.String()
+			if f.PortName != "" {
+				name += ":" + f.PortName
+			}
+			typ := "ClusterIP"
+			if f.NodePort != 0 {
+				typ = "NodePort"
+			}
+			as := api.Service{Name: name, Type: typ, Frontend: f.Addr.String(), NodePort: f.NodePort, Protocol: f.Protocol, Backends: []api.ServiceBackend{}}
+			for _, b := range f.Backends {
+				as.Backends = append(as.Backends, api.ServiceBackend{Address: b.Addr.String(), Node: b.NodeName, Ready: b.Ready, Terminating: b.Terminating})
+			}
+			out = append(out, as)
+		}
+	}
+	slices.SortFunc(out, func(a, b api.Service) int {
+		if c := strings.Compare(a.Protocol, b.Protocol); c != 0 {
+			return c
+		}
+		return netip.MustParseAddrPort(a.Frontend).Compare(netip.MustParseAddrPort(b.Frontend))
+	})
+	return out
 }

@@ -150,10 +150,14 @@ func (c *Client) CNIStatus(ctx context.Context) error {
 	return c.do(ctx, http.MethodGet, PathCNIStatus, nil, nil, nil)
 }
 
-// Status decodes the agent's status document into out.
-func (c *Client) Status(ctx context.Context, out any) error {
-	return c.do(ctx, http.MethodGet, PathStatus, nil, nil, out)
+// Get decodes the agent's JSON answer to GET path into out (PathStatus,
+// PathHealth, PathConfig, PathServices, PathEndpoints).
+func (c *Client) Get(ctx context.Context, path string, out any) error {
+	return c.do(ctx, http.MethodGet, path, nil, nil, out)
 }
+
+// Status decodes the agent's status document (a Status) into out.
+func (c *Client) Status(ctx context.Context, out any) error { return c.Get(ctx, PathStatus, out) }
 
 // Healthz is nil when the agent is up and restored.
 func (c *Client) Healthz(ctx context.Context) error {

@@ -7,6 +7,10 @@ import "time"
 // renders it (internal/status); `glia status -o json` prints it as is.
 type Status struct {
 	NodeName string `json:"nodeName"`
+	// Ready is what the agent's readiness probe answers: true when every
+	// check in Readiness passes.
+	Ready     bool             `json:"ready"`
+	Readiness []ReadinessCheck `json:"readiness"`
 	// Time is when the agent took this snapshot; relative times in the
 	// rendered output ("3s ago") are computed against it.
 	Time                 time.Time                  `json:"time"`
@@ -23,10 +27,17 @@ type Status struct {
 	// set by two GliaNodeConfigs that both select this node.
 	ConfigWarnings []string           `json:"configWarnings,omitempty"`
 	Controllers    []ControllerStatus `json:"controllers"`
+	// Reconcilers are the reconcilers of the desired state, one per kind of
+	// kernel object, with the status of their objects.
+	Reconcilers []ReconcilerStatus `json:"reconcilers"`
 	// ClusterHealth is nil when the health prober is not running.
 	ClusterHealth *ClusterHealthStatus `json:"clusterHealth,omitempty"`
 	Endpoints     int                  `json:"endpoints"`
 	Services      int                  `json:"services"`
+	// ServicesOutsideCIDR counts Services whose ClusterIP lies outside the
+	// config key service-cidr.
+	ServicesOutsideCIDR int    `json:"servicesOutsideCIDR,omitempty"`
+	ServiceCIDR         string `json:"serviceCIDR,omitempty"`
 	// Datapath names the datapath implementation in use, e.g. "legacy" or
 	// "ebpf (tcx)".
 	Datapath string `json:"datapath"`
@@ -34,11 +45,24 @@ type Status struct {
 	AgentUptime time.Duration `json:"agentUptime"`
 }
 
-// KubernetesStatus is the agent's connection to the Kubernetes API.
+// KubernetesStatus is the agent's connection to the Kubernetes API, as
+// observed: the last time the API server answered and the last error of
+// a request or watch.
 type KubernetesStatus struct {
-	// State is "Ok", "Disabled", or the text of the last error.
-	State   string `json:"state"`
-	Version string `json:"version,omitempty"` // e.g. v1.37.2
+	// State is "Ok" when the watches have synced and the API server
+	// answered recently, else "Error: " and what failed.
+	State       string    `json:"state"`
+	Version     string    `json:"version,omitempty"` // e.g. v1.37.2
+	LastSuccess time.Time `json:"lastSuccess,omitempty"`
+	LastError   string    `json:"lastError,omitempty"`
+}
+
+// ReadinessCheck is one condition of the agent's readiness: the readiness
+// probe (/readyz) fails, naming the check, while any is not OK.
+type ReadinessCheck struct {
+	Name    string `json:"name"`
+	OK      bool   `json:"ok"`
+	Message string `json:"message,omitempty"` // what is wrong, or what is observed
 }
 
 // KubeProxyReplacementStatus says whether glia load-balances Services.
@@ -107,6 +131,19 @@ type ControllerStatus struct {
 	// Failures counts consecutive failures since the last success; a
 	// controller is healthy when it is 0.
 	Failures int `json:"failures"`
+}
+
+// ReconcilerStatus is one reconciler: how many objects of its table are
+// programmed (done), waiting (pending) or failing (error), the failing
+// ones with their errors, and how many drifted objects it repaired.
+type ReconcilerStatus struct {
+	Name    string   `json:"name"`
+	Objects int      `json:"objects"`
+	Done    int      `json:"done"`
+	Pending int      `json:"pending"`
+	Errors  int      `json:"errors"`
+	Failing []string `json:"failing,omitempty"` // up to 5, "object: error"
+	Repairs uint64   `json:"repairs"`
 }
 
 // ClusterHealthStatus is the result of the last health probe round.

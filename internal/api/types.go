@@ -7,7 +7,7 @@ import "time"
 
 // Paths served by the agent on its unix socket (HTTP/1.1, JSON bodies).
 const (
-	PathHealthz   = "/v1/healthz"    // GET: 200 when the agent is up and restored
+	PathHealthz   = "/v1/healthz"    // GET: 200 when the agent is ready; 503 with Error (code "not-ready") naming the failing checks
 	PathStatus    = "/v1/status"     // GET: Status
 	PathIPAM      = "/v1/ipam"       // POST: AllocateRequest -> Allocation; DELETE ?containerID=&ifName=
 	PathEndpoints = "/v1/endpoints"  // GET: []Endpoint; PUT: Endpoint; DELETE ?containerID=&ifName=

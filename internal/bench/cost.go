@@ -59,23 +59,17 @@ type component struct {
 	pid        int
 }
 
-func (e *env) components(modes []string) ([]component, error) {
-	st, err := e.labState()
-	if err != nil {
-		return nil, err
-	}
+func (e *env) components(ctx context.Context, modes []string) ([]component, error) {
 	var out []component
 	for _, m := range modes {
 		node := e.node(m, "client")
-		for _, c := range []string{"agent", "kube-proxy"} {
-			p, ok := st.Procs[node+"/"+c]
-			if !ok || !p.Alive() {
-				if c == "agent" {
-					return nil, fmt.Errorf("glia-agent of %s is not running", node)
-				}
-				continue
-			}
-			out = append(out, component{mode: m, name: c, cgroup: filepath.Join(e.lab.Layout().NodeCgroup(node), "_"+c), pid: p.PID})
+		a, err := e.lab.AgentComponent(ctx, e.cs, node)
+		if err != nil {
+			return nil, fmt.Errorf("glia agent of %s: %w", node, err)
+		}
+		out = append(out, component{mode: m, name: "agent", cgroup: a.Cgroup, pid: a.PID})
+		if kp, ok := e.lab.KubeProxyComponent(node); ok {
+			out = append(out, component{mode: m, name: "kube-proxy", cgroup: kp.Cgroup, pid: kp.PID})
 		}
 	}
 	return out, nil
@@ -146,7 +140,7 @@ func runAgentCost(ctx context.Context, r *runner, rep *Report) error {
 		if err != nil {
 			return err
 		}
-		comps, err := e.components(modes)
+		comps, err := e.components(ctx, modes)
 		if err != nil {
 			return err
 		}

@@ -2,10 +2,8 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -31,9 +29,6 @@ const (
 	ModeVethFloor  = "veth-floor"          // two namespaces joined by a bare veth pair
 	benchNamespace = "bench"
 	modeLabel      = "bench.glia.dev/mode"
-	// KubeProxyModeLabel asks the lab to run kube-proxy in the named mode
-	// on a node (a lab change proposed with glia bench; see BENCHMARKS.md).
-	KubeProxyModeLabel = "lab.glia.dev/kube-proxy-mode"
 )
 
 // ebpfNodeConfig turns on the eBPF datapath on nodes labelled ebpf.
@@ -90,7 +85,7 @@ func upEnv(ctx context.Context, l *lab.Lab, p *progress, specs []nodeSpec) (*env
 		e.nodes = append(e.nodes, name)
 		labels := map[string]string{modeLabel: s.mode}
 		if s.mode == ModeNFTables {
-			labels[KubeProxyModeLabel] = "nftables"
+			labels[lab.KubeProxyModeLabel] = "nftables"
 		}
 		o.NodeLabels[name] = labels
 	}
@@ -130,10 +125,6 @@ func (e *env) node(mode, role string) string {
 // checkModes verifies every node runs what its mode says: the agent's
 // kube-proxy replacement and host routing, and kube-proxy's mode.
 func (e *env) checkModes(ctx context.Context) error {
-	st, err := e.labState()
-	if err != nil {
-		return err
-	}
 	for i, s := range e.specs {
 		node := e.nodes[i]
 		var as api.Status
@@ -149,7 +140,7 @@ func (e *env) checkModes(ctx context.Context) error {
 			return fmt.Errorf("%s runs host routing %s, not BPF: %s", node, as.HostRouting.Mode, as.HostRouting.Reason)
 		}
 		if s.mode == ModeNFTables {
-			kp := st.Procs[node+"/kube-proxy"]
+			kp, _ := e.lab.KubeProxyComponent(node)
 			if !argsHave(kp.Args, "--proxy-mode=nftables") {
 				got := "no kube-proxy"
 				for _, a := range kp.Args {
@@ -173,18 +164,6 @@ func argsHave(args []string, a string) bool {
 		}
 	}
 	return false
-}
-
-func (e *env) labState() (*lab.State, error) {
-	b, err := os.ReadFile(e.lab.Layout().StateFile())
-	if err != nil {
-		return nil, err
-	}
-	var st lab.State
-	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("lab state: %w", err)
-	}
-	return &st, nil
 }
 
 // addPods creates sleeping pods (glia bench serves and connects from

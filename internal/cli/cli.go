@@ -13,7 +13,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"glia.dev/glia/deploy"
 	"glia.dev/glia/internal/lab"
 )
 
@@ -73,11 +72,7 @@ func newLab() (*lab.Lab, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := lab.New(logger(), layout, os.Stdout)
-	if l.ExtraManifests, err = deploy.CRDManifests(); err != nil {
-		return nil, err
-	}
-	return l, nil
+	return lab.New(logger(), layout, os.Stdout), nil
 }
 
 // socketFor finds the agent socket for the command: --socket, or the lab

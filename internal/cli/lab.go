@@ -39,6 +39,7 @@ func newLabUpCmd() *cobra.Command {
 		Use:   "up",
 		Short: "Build the lab (removing leftovers of an earlier one first)",
 		Example: `  glia lab up --nodes 3
+  glia lab up --nodes 3 --set kubeProxyReplacement=true --set bpf.masquerade=true
   glia lab up --nodes 3 --set kube-proxy-replacement=true --set enable-bpf-masquerade=true`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -76,7 +77,7 @@ func newLabUpCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().IntVar(&nodes, "nodes", 3, "number of nodes (lab-node-1 … lab-node-N)")
-	cmd.Flags().StringArrayVar(&set, "set", nil, "seed ConfigMap glia-config with key=value (repeatable)")
+	cmd.Flags().StringArrayVar(&set, "set", nil, "a value of the glia Helm chart (kubeProxyReplacement=true) or a glia config key (kube-proxy-replacement=true), passed to helm install (repeatable)")
 	cmd.Flags().StringArrayVar(&labels, "node-label", nil, "label a node at registration: NODE:key=value (repeatable)")
 	cmd.Flags().StringArrayVar(&apply, "apply", nil, "manifest to apply before the nodes start, e.g. a GliaNodeConfig (repeatable)")
 	return cmd
@@ -135,7 +136,7 @@ func newLabKubeconfigCmd() *cobra.Command {
 func newLabAgentCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "agent stop|start|restart|kill NODE",
-		Short: "Stop, start, restart or SIGKILL a node's glia-agent",
+		Short: "Stop, start, restart (delete the pod) or SIGKILL a node's glia agent pod",
 		Example: `  glia lab agent restart lab-node-2
   glia lab agent kill lab-node-1 && glia lab agent start lab-node-1`,
 		Args: cobra.ExactArgs(2),
@@ -173,7 +174,13 @@ func newLabExecCmd() *cobra.Command {
 				if _, err := lab.NodeIndex(node); err != nil {
 					return err
 				}
-				nsArgs = []string{"--net=/var/run/netns/" + lab.NodeNetns(node)}
+				mnt, err := l.NodeMountNS(node)
+				if err != nil {
+					return err
+				}
+				// The node's network and mount namespaces: its own
+				// /etc/cni/net.d, /var/run/glia, /sys/fs/bpf, …
+				nsArgs = []string{"--net=/var/run/netns/" + lab.NodeNetns(node), "--mount=" + mnt}
 				// Run it as a process of the node: in the node's cgroup too,
 				// so node-level hooks (socket load balancing) see it.
 				cg := filepath.Join(l.Layout().NodeCgroup(node), "_exec")
@@ -223,7 +230,7 @@ func newLabExecCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&node, "node", "", "run in a node's network namespace instead of a pod")
+	cmd.Flags().StringVar(&node, "node", "", "run in a node's network and mount namespaces instead of a pod")
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "the pod's namespace")
 	return cmd
 }

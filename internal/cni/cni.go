@@ -30,6 +30,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"glia.dev/glia/internal/api"
+	"glia.dev/glia/internal/datapath/linux"
 )
 
 // PluginType is the "type" of glia's network configuration.
@@ -249,7 +250,7 @@ func (p *plugin) cmdAdd(args *skel.CmdArgs) (retErr error) {
 		uctx, ucancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer ucancel()
 		if vethMade {
-			if err := delLink(hostName); err != nil {
+			if err := linux.DeleteLink(hostName); err != nil {
 				p.log.Warn("undo: cannot delete host veth", "hostIfName", hostName, "error", err)
 			}
 		}
@@ -301,7 +302,8 @@ func (p *plugin) cmdAdd(args *skel.CmdArgs) (retErr error) {
 	vethMade = true
 
 	err = podNS.Do(func(ns.NetNS) error {
-		return configurePod(args.IfName, addr, gw, hostIf.HardwareAddr)
+		_, err := linux.ConfigurePodInterface(args.IfName, addr, gw, 0, hostIf.HardwareAddr)
+		return err
 	})
 	if err != nil {
 		return types.NewError(types.ErrInternal, "configure the pod's interface", err.Error())
@@ -347,74 +349,6 @@ func (p *plugin) cmdAdd(args *skel.CmdArgs) (retErr error) {
 
 func intPtr(i int) *int { return &i }
 
-// delLink deletes the link called name in the current namespace. A link that
-// is missing, or that vanishes while being deleted (its peer's namespace
-// being torn down by the kernel at the same moment), is not an error.
-func delLink(name string) error {
-	link, err := netlinksafe.LinkByName(name)
-	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
-			return nil
-		}
-		return fmt.Errorf("look up %s: %w", name, err)
-	}
-	if err := netlink.LinkDel(link); err != nil {
-		if errors.Is(err, unix.ENODEV) {
-			return nil
-		}
-		if _, lerr := netlinksafe.LinkByName(name); lerr != nil {
-			var nf netlink.LinkNotFoundError
-			if errors.As(lerr, &nf) {
-				return nil
-			}
-		}
-		return fmt.Errorf("delete %s: %w", name, err)
-	}
-	return nil
-}
-
-// configurePod runs inside the pod's namespace: address, routes through the
-// link-local gateway and a permanent neighbour entry for it.
-func configurePod(ifName string, addr, gw netip.Addr, hostMAC net.HardwareAddr) error {
-	link, err := netlinksafe.LinkByName(ifName)
-	if err != nil {
-		return fmt.Errorf("look up %s: %w", ifName, err)
-	}
-	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(32, 32)}}); err != nil {
-		return fmt.Errorf("add address %s/32: %w", addr, err)
-	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return fmt.Errorf("set %s up: %w", ifName, err)
-	}
-	idx := link.Attrs().Index
-	if err := netlink.RouteAdd(&netlink.Route{
-		LinkIndex: idx,
-		Dst:       &net.IPNet{IP: gw.AsSlice(), Mask: net.CIDRMask(32, 32)},
-		Scope:     netlink.SCOPE_LINK,
-	}); err != nil {
-		return fmt.Errorf("add route to gateway %s: %w", gw, err)
-	}
-	if err := netlink.RouteAdd(&netlink.Route{
-		LinkIndex: idx,
-		Dst:       &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
-		Gw:        gw.AsSlice(),
-		Scope:     netlink.SCOPE_UNIVERSE,
-	}); err != nil {
-		return fmt.Errorf("add default route via %s: %w", gw, err)
-	}
-	if err := netlink.NeighSet(&netlink.Neigh{
-		LinkIndex:    idx,
-		Family:       netlink.FAMILY_V4,
-		State:        netlink.NUD_PERMANENT,
-		IP:           gw.AsSlice(),
-		HardwareAddr: hostMAC,
-	}); err != nil {
-		return fmt.Errorf("add neighbour %s -> %s: %w", gw, hostMAC, err)
-	}
-	return nil
-}
-
 func (p *plugin) cmdDel(args *skel.CmdArgs) error {
 	conf, err := loadConf(args.StdinData)
 	if err != nil {
@@ -444,7 +378,7 @@ func (p *plugin) cmdDel(args *skel.CmdArgs) error {
 			return types.NewError(types.ErrInternal, "delete the pod's interface", err.Error())
 		}
 	}
-	if err := delLink(hostName); err != nil {
+	if err := linux.DeleteLink(hostName); err != nil {
 		return types.NewError(types.ErrInternal, "delete the host veth", err.Error())
 	}
 
@@ -628,7 +562,7 @@ func (p *plugin) cmdGC(args *skel.CmdArgs) error {
 	}
 	// The veths of released attachments go too.
 	for _, a := range res.Released {
-		if err := delLink(api.HostIfName(a)); err != nil {
+		if err := linux.DeleteLink(api.HostIfName(a)); err != nil {
 			p.log.Warn("gc: cannot delete host veth", "attachment", a.Key(), "error", err)
 		}
 	}

@@ -30,6 +30,7 @@ import (
 	"glia.dev/glia/internal/api"
 	"glia.dev/glia/internal/endpoint"
 	"glia.dev/glia/internal/ipam"
+	"glia.dev/glia/internal/state"
 )
 
 var pluginDir string
@@ -71,31 +72,32 @@ type recordingDP struct {
 	failUpsert bool
 }
 
-func (d *recordingDP) UpsertEndpoint(_ context.Context, ep api.Endpoint) error {
+func (d *recordingDP) Program(_ context.Context, sep *state.Endpoint) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.failUpsert {
 		return errors.New("injected datapath failure")
 	}
+	ep := endpoint.ToWire(sep)
 	d.eps[ep.Attachment] = ep
 	return nil
 }
 
-func (d *recordingDP) DeleteEndpoint(_ context.Context, ep api.Endpoint) error {
+func (d *recordingDP) Remove(_ context.Context, a state.Attachment) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	delete(d.eps, ep.Attachment)
+	delete(d.eps, api.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
 	return nil
 }
 
-func (d *recordingDP) SyncEndpoints(_ context.Context, eps []api.Endpoint) error {
+func (d *recordingDP) Restored(eps []*state.Endpoint) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.eps = map[api.Attachment]api.Endpoint{}
-	for _, ep := range eps {
+	for _, sep := range eps {
+		ep := endpoint.ToWire(sep)
 		d.eps[ep.Attachment] = ep
 	}
-	return nil
 }
 
 func (d *recordingDP) get(a api.Attachment) (api.Endpoint, bool) {

@@ -24,6 +24,12 @@ const (
 	HostRoutingLegacy = "Legacy"
 )
 
+// Datapath implementations, as Modes.Datapath names them.
+const (
+	DatapathLegacy = "legacy"
+	DatapathBPF    = "bpf"
+)
+
 // Masquerading modes.
 const (
 	MasqBPF      = "BPF"
@@ -58,6 +64,11 @@ type Modes struct {
 	KubeProxyReplacement bool
 	HostRouting          HostRouting
 	Masquerading         string // MasqBPF, MasqIPTables or MasqDisabled
+	// Datapath is the implementation that runs these modes: the legacy
+	// datapath (kernel routing + iptables) carries native routing with
+	// kube-proxy, iptables masquerading and legacy host routing; anything
+	// else needs the eBPF datapath.
+	Datapath string
 	// Errors are explicit requests that cannot be honoured on this node.
 	// The agent must refuse to start when there is any: a requested
 	// feature never silently falls back.
@@ -223,6 +234,10 @@ func Decide(r Resolved, k KernelProbe) Modes {
 				"%s=false (from %s) requests BPF host routing, which cannot be honoured: %s. Fix: %s; or remove %s to fall back to legacy host routing",
 				KeyHostLegacyRouting, src(KeyHostLegacyRouting), requires, fix, KeyHostLegacyRouting))
 		}
+	}
+	m.Datapath = DatapathBPF
+	if !m.KubeProxyReplacement && m.Masquerading != MasqBPF && m.HostRouting.Mode != HostRoutingBPF && m.RoutingMode == "native" {
+		m.Datapath = DatapathLegacy
 	}
 	return m
 }

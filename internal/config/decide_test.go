@@ -189,7 +189,8 @@ func TestDecide(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got := Decide(resolveCM(t, tt.cm), tt.kernel)
-			if diff := cmp.Diff(tt.want, got, cmpopts.EquateEmpty()); diff != "" {
+			// Datapath is covered by TestDecideDatapath.
+			if diff := cmp.Diff(tt.want, got, cmpopts.EquateEmpty(), cmpopts.IgnoreFields(Modes{}, "Datapath")); diff != "" {
 				t.Errorf("Decide (-want +got):\n%s", diff)
 			}
 			if (got.Err() != nil) != (len(tt.want.Errors) > 0) {
@@ -213,5 +214,33 @@ func TestDecideHandBuiltResolvedWithoutSources(t *testing.T) {
 	want := "BPF host routing requires enable-bpf-masquerade=true (currently false, from unknown source); falling back to legacy host routing"
 	if m.HostRouting.Reason != want {
 		t.Errorf("Reason = %q, want %q", m.HostRouting.Reason, want)
+	}
+}
+
+// The decision names the implementation too: legacy exactly where it can
+// run everything decided.
+func TestDecideDatapath(t *testing.T) {
+	full := KernelProbe{TCX: true, BPFRedirectPeer: true, BPFRedirectNeigh: true, FIBLookup: true, VXLAN: true}
+	tests := []struct {
+		name string
+		cm   map[string]string
+		want string
+	}{
+		{name: "defaults: native, iptables masquerade, kube-proxy", want: DatapathLegacy},
+		{name: "no masquerade", cm: map[string]string{KeyIPv4Masquerade: "false"}, want: DatapathLegacy},
+		{name: "auto-direct-node-routes off", cm: map[string]string{KeyAutoDirectNodeRoutes: "false"}, want: DatapathLegacy},
+		{name: "tunnel", cm: map[string]string{KeyRoutingMode: "tunnel"}, want: DatapathBPF},
+		{name: "kube-proxy replacement, legacy host routing", cm: map[string]string{KeyKubeProxyReplacement: "true"}, want: DatapathBPF},
+		{name: "BPF masquerade alone", cm: map[string]string{KeyBPFMasquerade: "true"}, want: DatapathBPF},
+		{name: "BPF host routing", cm: map[string]string{KeyKubeProxyReplacement: "true", KeyBPFMasquerade: "true"}, want: DatapathBPF},
+		{name: "everything, forced legacy host routing", cm: map[string]string{KeyKubeProxyReplacement: "true", KeyBPFMasquerade: "true",
+			KeyHostLegacyRouting: "true"}, want: DatapathBPF},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Decide(resolveCM(t, tt.cm), full).Datapath; got != tt.want {
+				t.Errorf("Datapath = %q, want %q", got, tt.want)
+			}
+		})
 	}
 }

@@ -148,10 +148,11 @@ var keys = []Key{
 	},
 	{
 		Name: KeyLBMapMax, Type: TypeInt, Default: "65536", Min: 1, Max: 1 << 20,
-		Help:       "entries of the BPF service and backend maps",
-		Disruptive: false,
-		DisruptionNote: "the service maps are recreated with the new size and refilled from Kubernetes before the " +
-			"programs are re-attached; established connections keep their backend through the conntrack map",
+		Help:       "entries of the BPF service, backend and affinity maps (the two backend-slot maps get four times as many)",
+		Disruptive: true,
+		DisruptionNote: "the pinned service maps are recreated empty with the new size when the agent restarts (its log says " +
+			"so) and the agent writes every Service into them again at once; new connections to Services fail until it " +
+			"has, established ones keep their backend through the conntrack map",
 	},
 	{
 		Name: KeyCTMapMax, Type: TypeInt, Default: "131072", Min: 1 << 10, Max: 1 << 24,
@@ -176,9 +177,10 @@ var keys = []Key{
 	},
 	{
 		Name: KeyServiceCIDR, Type: TypeCIDR, Default: "198.18.128.0/17",
-		Help:           "the cluster's Service (ClusterIP) range; must match kube-apiserver's --service-cluster-ip-range",
-		Disruptive:     true,
-		DisruptionNote: "traffic to ClusterIPs outside the new range is no longer treated as Service traffic",
+		Help: "the cluster's Service (ClusterIP) range, as kube-apiserver's --service-cluster-ip-range; it must not overlap " +
+			"the pod range, and the agent warns about (and glia status counts) Services whose ClusterIP lies outside it",
+		Disruptive:     false,
+		DisruptionNote: "only the check of ClusterIPs against the range changes; every Service is load-balanced either way",
 	},
 	{
 		Name: KeyHealthPort, Type: TypeInt, Default: "4240", Min: 1, Max: 65535,
@@ -199,7 +201,7 @@ var keys = []Key{
 	},
 	{
 		Name: KeyDebug, Type: TypeBool, Default: "false",
-		Help:           "log at debug level",
+		Help:           "log at debug level (set once the agent has resolved its config)",
 		DisruptionNote: "only logging changes",
 	},
 }

@@ -365,25 +365,27 @@ func (c *Config) Table() []Row {
 	return rows
 }
 
-// Resolved is the config as typed fields.
+// Resolved is the config as typed fields, one per key (the tag names it).
+// Every field must be read by the agent somewhere: TestEveryKeyHasAConsumer
+// fails for a key nothing reads.
 type Resolved struct {
-	RoutingMode          string
-	AutoDirectNodeRoutes bool
-	TunnelProtocol       string
-	KubeProxyReplacement bool
-	BPFMasquerade        bool
-	IPv4Masquerade       bool
-	HostLegacyRouting    *bool // nil: unset
-	LBAlgorithm          string
-	LBMapMax             int
-	CTMapMax             int
-	NATMapMax            int
-	ClusterCIDR          netip.Prefix
-	ServiceCIDR          netip.Prefix
-	HealthPort           int
-	PrometheusServeAddr  string // "": metrics disabled
-	MTU                  int    // 0: derive from the node's device
-	Debug                bool
+	RoutingMode          string       `key:"routing-mode"`
+	AutoDirectNodeRoutes bool         `key:"auto-direct-node-routes"`
+	TunnelProtocol       string       `key:"tunnel-protocol"`
+	KubeProxyReplacement bool         `key:"kube-proxy-replacement"`
+	BPFMasquerade        bool         `key:"enable-bpf-masquerade"`
+	IPv4Masquerade       bool         `key:"enable-ipv4-masquerade"`
+	HostLegacyRouting    *bool        `key:"enable-host-legacy-routing"` // nil: unset
+	LBAlgorithm          string       `key:"bpf-lb-algorithm"`
+	LBMapMax             int          `key:"bpf-lb-map-max"`
+	CTMapMax             int          `key:"bpf-ct-map-max"`
+	NATMapMax            int          `key:"bpf-nat-map-max"`
+	ClusterCIDR          netip.Prefix `key:"cluster-pool-ipv4-cidr"`
+	ServiceCIDR          netip.Prefix `key:"service-cidr"`
+	HealthPort           int          `key:"health-port"`
+	PrometheusServeAddr  string       `key:"prometheus-serve-addr"` // "": metrics disabled
+	MTU                  int          `key:"mtu"`                   // 0: derive from the node's device
+	Debug                bool         `key:"debug"`
 	// Sources says where each key came from, for messages; may be nil
 	// when a Resolved is built by hand.
 	Sources map[string]Source

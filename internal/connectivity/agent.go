@@ -24,7 +24,7 @@ import (
 
 // Agents reaches the glia-agent of each node.
 type Agents interface {
-	// Get fetches path (api.PathStatus, health.PathHealth) from the agent
+	// Get fetches path (api.PathStatus, api.PathHealth) from the agent
 	// on node and decodes its JSON answer into out.
 	Get(ctx context.Context, node, path string, out any) error
 	// Metrics returns the agent's Prometheus exposition text; nodeIP is the
@@ -41,17 +41,16 @@ type SocketAgents struct {
 	MetricsPort int
 }
 
-// Get does GET path on the node's agent socket.
+// Get does GET path on the node's agent socket, with the agent API's
+// one client.
 func (a SocketAgents) Get(ctx context.Context, node, path string, out any) error {
 	sock := a.Socket(node)
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
-	}}
-	defer c.CloseIdleConnections()
-	return httpGetJSON(ctx, c, "http://glia-agent"+path, fmt.Sprintf("glia-agent on %s (socket %s)", node, sock), out)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := api.NewClient(sock).Get(ctx, path, out); err != nil {
+		return fmt.Errorf("glia-agent on %s (socket %s): GET %s: %w", node, sock, path, err)
+	}
+	return nil
 }
 
 // Metrics does GET http://nodeIP:9962/metrics.
@@ -80,30 +79,6 @@ func (a SocketAgents) Metrics(ctx context.Context, node, nodeIP string) (string,
 		return "", fmt.Errorf("metrics of glia-agent on %s: GET %s: %s", node, u, resp.Status)
 	}
 	return string(b), nil
-}
-
-func httpGetJSON(ctx context.Context, c *http.Client, u, who string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return err
-	}
-	path := req.URL.Path
-	resp, err := c.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s: GET %s: %w", who, path, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return fmt.Errorf("%s: GET %s: %w", who, path, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: GET %s: %s: %s", who, path, resp.Status, strings.TrimSpace(snippet(string(b))))
-	}
-	if err := json.Unmarshal(b, out); err != nil {
-		return fmt.Errorf("%s: GET %s: decode answer: %w", who, path, err)
-	}
-	return nil
 }
 
 func snippet(s string) string {
@@ -181,7 +156,7 @@ func nodeStatus(ctx context.Context, a Agents, node string) (*api.Status, error)
 // nodeHealth fetches the agent's last health report.
 func nodeHealth(ctx context.Context, a Agents, node string) (*health.Report, error) {
 	var r health.Report
-	if err := a.Get(ctx, node, health.PathHealth, &r); err != nil {
+	if err := a.Get(ctx, node, api.PathHealth, &r); err != nil {
 		return nil, err
 	}
 	return &r, nil

@@ -169,7 +169,7 @@ func (a *fakeAgents) Get(ctx context.Context, node, path string, out any) error 
 	switch path {
 	case api.PathStatus:
 		*out.(*api.Status) = *a.status[node]
-	case health.PathHealth:
+	case api.PathHealth:
 		*out.(*health.Report) = *a.health[node]
 	}
 	return nil
@@ -335,7 +335,7 @@ func TestScenariosBrokenPaths(t *testing.T) {
 		},
 		{
 			name:    "health endpoint not served",
-			setup:   func(env *Env, n *fakeNet, a *fakeAgents) { a.noPath[health.PathHealth] = true },
+			setup:   func(env *Env, n *fakeNet, a *fakeAgents) { a.noPath[api.PathHealth] = true },
 			filter:  []string{"^health$"},
 			failing: map[string]string{TestHealth: "the agent's health report (GET /v1/health): glia-agent on lab-node-1: GET /v1/health: 404 Not Found"},
 			line:    "1/1 tests failed (3/3 actions), 0 tests skipped, 0 scenarios skipped:",

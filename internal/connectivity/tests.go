@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"glia.dev/glia/internal/api"
 	"glia.dev/glia/internal/health"
 	"glia.dev/glia/internal/metrics"
 )
@@ -307,12 +308,12 @@ func (e *Env) testDNS(ctx context.Context, t *T) {
 func (e *Env) testHealth(ctx context.Context, t *T) {
 	for _, n := range e.Nodes {
 		t.Action("health", "glia-agent on "+n.Name, fmt.Sprintf("all %d nodes", len(e.Nodes)), func(_ context.Context, r *ActionResult) error {
-			r.Command, r.Where = "GET "+health.PathHealth, "glia-agent on "+n.Name
+			r.Command, r.Where = "GET "+api.PathHealth, "glia-agent on "+n.Name
 			// The test's own context: waiting for a fresh round may take
 			// longer than one action's timeout.
 			rep, problems, err := e.healthReport(ctx, n.Name)
 			if err != nil {
-				return fmt.Errorf("the agent's health report (GET %s): %w", health.PathHealth, err)
+				return fmt.Errorf("the agent's health report (GET %s): %w", api.PathHealth, err)
 			}
 			r.Output = fmt.Sprintf("probe time %s, %d nodes reported", rep.ProbeTime.Format("15:04:05"), len(rep.Nodes))
 			if len(problems) > 0 {

@@ -1,15 +1,29 @@
-// Package datapath defines the narrow interface between the agent's control
-// plane and the kernel. Two implementations sit behind it: the legacy
-// datapath (kernel routing + iptables, in package legacy) and the eBPF
-// datapath (package bpf). The agent picks one per node at start; everything
-// above this interface is the same for both and testable without root.
+// Package datapath defines the narrow interface between the agent's
+// desired state and the kernel. Two implementations sit behind it: the
+// legacy datapath (kernel routing + iptables, package legacy) and the
+// eBPF datapath (package bpf), both built on the shared Linux layer
+// (package linux) and never on each other. config.Decide picks which one
+// a node runs, together with every other datapath mode; the agent builds
+// the one it names.
+//
+// A datapath is programmed through reconciler operations
+// (github.com/cilium/statedb/reconciler): for each desired-state table
+// (package state) it reconciles, it gives the Update, Delete and Prune of
+// that kind of kernel object. Update is idempotent; when the object is
+// being refreshed (its status is Refreshing) it first compares the kernel
+// with what it wants and reports what drifted to Options.Drift before
+// repairing it. Prune removes what glia owns and the table no longer
+// holds, and nothing else.
 package datapath
 
 import (
 	"context"
 	"net/netip"
 
-	"glia.dev/glia/internal/api"
+	"github.com/cilium/statedb/reconciler"
+
+	"glia.dev/glia/internal/config"
+	"glia.dev/glia/internal/state"
 )
 
 // LocalNode describes the node the datapath runs on.
@@ -19,21 +33,26 @@ type LocalNode struct {
 	Device      string       // the node's uplink, e.g. eth0
 	PodCIDR     netip.Prefix // this node's pod CIDR (spec.podCIDR)
 	ClusterCIDR netip.Prefix // all pod CIDRs of the cluster
-	ServiceCIDR netip.Prefix
 }
 
-// Options are the datapath settings resolved from the agent's config.
+// MapSizes are the entries of the eBPF datapath's sized maps, from the
+// config keys bpf-lb-map-max, bpf-ct-map-max and bpf-nat-map-max.
+type MapSizes struct {
+	LB  int // services, backends, service slots, affinity
+	CT  int
+	NAT int
+}
+
+// Options are the datapath settings resolved from the agent's config and
+// the decision config.Decide made.
 type Options struct {
-	RoutingMode          string // "native" or "tunnel"
-	AutoDirectNodeRoutes bool
-	KubeProxyReplacement bool
-	Masquerade           bool // masquerade traffic leaving the cluster at all
-	BPFMasquerade        bool // ... by eBPF rather than iptables
-	HostRoutingBPF       bool
-	LBAlgorithm          string // "random" or "maglev"
-	StateDir             string // per-node directory for datapath state
-	BPFFSDir             string // per-node pin directory under bpffs
-	MTU                  int
+	Modes       config.Modes
+	LBAlgorithm string // "random" or "maglev"
+	MapSizes    MapSizes
+	Kernel      config.KernelProbe // the one probe of the kernel, at start
+	StateDir    string             // per-node directory for datapath state
+	BPFFSDir    string             // per-node pin directory under bpffs
+	MTU         int
 	// SocketLBCgroup is the cgroup v2 directory the eBPF datapath
 	// attaches its socket load balancer to (connect/sendmsg/recvmsg/
 	// getpeername), so that the node's own processes in it reach
@@ -41,75 +60,72 @@ type Options struct {
 	// replacement. Only sockets of the node's network namespace are
 	// touched. "" = off.
 	SocketLBCgroup string
+	// Drift is told of every kernel object a refresh or a prune found
+	// different from the desired state (and repaired): the reconciler's
+	// name, the object, and what was wrong. nil: not recorded.
+	Drift func(reconciler, object, what string)
 }
 
-// RemoteNode is another node of the cluster.
-type RemoteNode struct {
-	Name    string
-	IP      netip.Addr
-	PodCIDR netip.Prefix
+// Masquerade says whether traffic leaving the cluster is masqueraded at all.
+func (o Options) Masquerade() bool { return o.Modes.Masquerading != config.MasqDisabled }
+
+// BPFMasquerade says whether eBPF masquerades (not iptables).
+func (o Options) BPFMasquerade() bool { return o.Modes.Masquerading == config.MasqBPF }
+
+// HostRoutingBPF says whether BPF host routing runs.
+func (o Options) HostRoutingBPF() bool {
+	return o.Modes.HostRouting.Mode == config.HostRoutingBPF
 }
 
-// Backend is one endpoint of a Service port.
-type Backend struct {
-	Addr        netip.AddrPort
-	NodeName    string
-	Ready       bool
-	Terminating bool
+// Tunnel says whether pod traffic between nodes is encapsulated.
+func (o Options) Tunnel() bool { return o.Modes.RoutingMode == "tunnel" }
+
+// Drifted reports a repaired difference, if anyone listens.
+func (o Options) Drifted(reconciler, object, what string) {
+	if o.Drift != nil {
+		o.Drift(reconciler, object, what)
+	}
 }
 
-// Service is one (frontend address, port, protocol) to load-balance.
-type Service struct {
-	Namespace       string
-	Name            string
-	PortName        string
-	Protocol        string         // "TCP" or "UDP"
-	Frontend        netip.AddrPort // ClusterIP:port
-	NodePort        uint16         // 0 when none
-	Backends        []Backend
-	SessionAffinity bool
+// Reconciler names, as the agent registers them and metrics label them.
+const (
+	ReconcilerEndpoints  = "endpoints"
+	ReconcilerNodes      = "nodes"
+	ReconcilerServices   = "services"
+	ReconcilerSysctls    = "sysctls"
+	ReconcilerMasquerade = "masquerade"
+	ReconcilerPrograms   = "programs"
+)
+
+// Host is the node-wide kernel state a datapath wants: the sysctls, the
+// iptables masquerade rule (none with BPF masquerade or masquerading off)
+// and the programs on node devices.
+type Host struct {
+	Sysctls    []*state.Sysctl
+	Masquerade []*state.MasqueradeRule
+	Programs   []*state.Program
 }
 
-// ServiceKey is the key ("namespace/name") of the Service the frontend
-// belongs to, as UpdateServices takes it.
-func (s Service) ServiceKey() string {
-	return s.Namespace + "/" + s.Name
-}
-
-// Key names a Service frontend uniquely.
-func (s Service) Key() string {
-	return s.Protocol + "/" + s.Frontend.String()
-}
-
-// Datapath programs the kernel for one node. Every method is idempotent:
-// calling it again with the same input changes nothing.
+// Datapath programs the kernel of one node.
 type Datapath interface {
 	// Name is "legacy" or "bpf".
 	Name() string
-	// Init prepares node-wide state: sysctls, the masquerade rule or program,
-	// program attachments to the node's device. It restores what a previous
-	// run left (pinned maps) instead of starting from empty.
-	Init(ctx context.Context) error
-	// UpsertEndpoint makes a local pod reachable.
-	UpsertEndpoint(ctx context.Context, ep api.Endpoint) error
-	// DeleteEndpoint removes what UpsertEndpoint installed.
-	DeleteEndpoint(ctx context.Context, ep api.Endpoint) error
-	// SyncEndpoints is given every live local endpoint and removes state for any other.
-	SyncEndpoints(ctx context.Context, eps []api.Endpoint) error
-	// SyncNodes is given every other node and installs routes or tunnel entries,
-	// removing those of nodes that are gone.
-	SyncNodes(ctx context.Context, nodes []RemoteNode) error
-	// SyncServices is given every Service frontend (only used with kube-proxy
-	// replacement): the full desired state, at start and on a periodic
-	// resync. It touches the kernel only where that state differs from
-	// what the datapath wrote.
-	SyncServices(ctx context.Context, svcs []Service) error
-	// UpdateServices applies the frontends of the named Services only: for
-	// each key ("namespace/name") in changed, the Service's frontends become
-	// exactly changed[key]; an empty or nil slice removes them. Frontends of
-	// Services not named are untouched. Cost is proportional to the change.
-	UpdateServices(ctx context.Context, changed map[string][]Service) error
-	// Close detaches nothing that carries traffic: a restarting agent must not
-	// drop packets. It releases file descriptors only.
+	// Init makes the node ready for the reconcilers, in an order that
+	// never drops traffic: it loads and attaches what must be in place
+	// before anything else (restoring what a previous run pinned), and
+	// returns the node-wide state the reconcilers then keep true.
+	Init(ctx context.Context) (Host, error)
+	// Endpoints reconciles local pods (and the health endpoint): routes,
+	// neighbour entries, endpoint map entries and programs.
+	Endpoints() reconciler.Operations[*state.Endpoint]
+	// Nodes reconciles the routes (or tunnel entries) to other nodes.
+	Nodes() reconciler.Operations[*state.Node]
+	// Services reconciles the load balancer; nil when kube-proxy does it.
+	Services() reconciler.Operations[*state.Service]
+	// Programs reconciles programs on node devices; nil for the legacy
+	// datapath.
+	Programs() reconciler.Operations[*state.Program]
+	// Close detaches nothing that carries traffic: a restarting agent must
+	// not drop packets. It releases file descriptors only.
 	Close() error
 }

@@ -11,23 +11,28 @@ import (
 	"sync"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/netlinksafe"
-	"github.com/vishvananda/netlink"
-
 	"glia.dev/glia/internal/api"
+	"glia.dev/glia/internal/datapath/linux"
 	"glia.dev/glia/internal/ipam"
+	"glia.dev/glia/internal/state"
 )
 
-// Datapath is the part of datapath.Datapath the manager drives.
+// Datapath is where the manager puts the endpoints it keeps: the desired
+// state, which the endpoint reconciler programs into the kernel.
 type Datapath interface {
-	UpsertEndpoint(ctx context.Context, ep api.Endpoint) error
-	DeleteEndpoint(ctx context.Context, ep api.Endpoint) error
-	SyncEndpoints(ctx context.Context, eps []api.Endpoint) error
+	// Program makes ep desired and waits until the datapath programmed it
+	// (nil) or failed to (the error).
+	Program(ctx context.Context, ep *state.Endpoint) error
+	// Remove takes the endpoint out of the desired state and waits until
+	// the datapath removed it.
+	Remove(ctx context.Context, a state.Attachment) error
+	// Restored hands over the live endpoints found at start, without
+	// waiting; from then on the datapath removes every other endpoint.
+	Restored(eps []*state.Endpoint)
 }
 
 // Defaults of Config.
 const (
-	DefaultGateway    = "169.254.1.1"
 	DefaultMTU        = 1500
 	DefaultStaleGrace = 2 * time.Minute
 )
@@ -40,7 +45,7 @@ type Config struct {
 	// PodCIDR is the node's pod CIDR; it must be the allocator's.
 	PodCIDR netip.Prefix
 	// Gateway is the link-local next hop pods route through (default
-	// 169.254.1.1).
+	// linux.PodGateway, 169.254.1.1).
 	Gateway netip.Addr
 	// MTU of pod interfaces (default 1500).
 	MTU int
@@ -52,7 +57,7 @@ type Config struct {
 // WithDefaults returns c with unset fields defaulted.
 func (c Config) WithDefaults() Config {
 	if !c.Gateway.IsValid() {
-		c.Gateway = netip.MustParseAddr(DefaultGateway)
+		c.Gateway = linux.PodGateway
 	}
 	if c.MTU == 0 {
 		c.MTU = DefaultMTU
@@ -85,7 +90,8 @@ func (c Config) Validate() error {
 }
 
 // Manager owns the node's endpoints and their addresses. It implements
-// api.Backend. Every method but Restore answers "not-ready" until Restore
+// api.Backend: the attachments it is given were checked by the socket
+// API's handler, the one place they enter the agent. Every method but Restore answers "not-ready" until Restore
 // has run.
 type Manager struct {
 	log   *slog.Logger
@@ -100,7 +106,7 @@ type Manager struct {
 
 	mu       sync.Mutex
 	restored bool
-	eps      map[api.Attachment]api.Endpoint
+	eps      map[state.Attachment]*state.Endpoint
 }
 
 var _ api.Backend = (*Manager)(nil)
@@ -128,29 +134,21 @@ func NewManager(log *slog.Logger, cfg Config, alloc *ipam.Allocator, dp Datapath
 		alloc:      alloc,
 		dp:         dp,
 		store:      store,
-		linkExists: netlinkLinkExists,
+		linkExists: linux.LinkExists,
 		now:        time.Now,
-		eps:        map[api.Attachment]api.Endpoint{},
+		eps:        map[state.Attachment]*state.Endpoint{},
 	}, nil
 }
 
-func netlinkLinkExists(name string) (bool, error) {
-	_, err := netlinksafe.LinkByName(name)
-	if err == nil {
-		return true, nil
-	}
-	var nf netlink.LinkNotFoundError
-	if errors.As(err, &nf) {
-		return false, nil
-	}
-	return false, fmt.Errorf("look up link %s: %w", name, err)
+func attachment(a api.Attachment) state.Attachment {
+	return state.Attachment{ContainerID: a.ContainerID, IfName: a.IfName}
 }
 
 // Restore loads the endpoint files, drops those that cannot be parsed,
 // removes orphans (endpoints whose host veth is gone: their address is
-// released and their datapath state deleted), re-reserves the address of
-// every live endpoint and hands the live ones to the datapath's
-// SyncEndpoints. It must run once, before any address is allocated.
+// released; the datapath prunes their state), re-reserves the address of
+// every live endpoint and hands the live ones to the datapath. It must
+// run once, before any address is allocated.
 func (m *Manager) Restore(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -161,7 +159,7 @@ func (m *Manager) Restore(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("restore endpoints: %w", err)
 	}
-	var live []api.Endpoint
+	var live []*state.Endpoint
 	orphans := 0
 	for _, ep := range loaded {
 		exists, err := m.linkExists(ep.HostIfName)
@@ -170,7 +168,7 @@ func (m *Manager) Restore(ctx context.Context) error {
 		}
 		if !exists {
 			orphans++
-			m.removeOrphan(ctx, ep)
+			m.removeOrphan(ep)
 			continue
 		}
 		if err := m.reserve(ep); err != nil {
@@ -181,20 +179,16 @@ func (m *Manager) Restore(ctx context.Context) error {
 		m.eps[ep.Attachment] = ep
 		live = append(live, ep)
 	}
-	if err := m.dp.SyncEndpoints(ctx, live); err != nil {
-		return fmt.Errorf("restore endpoints: sync datapath: %w", err)
-	}
+	m.dp.Restored(live)
 	m.restored = true
 	m.log.Info("endpoints restored", "live", len(live), "orphans", orphans,
 		"allocated", m.alloc.Size()-m.alloc.Free(), "free", m.alloc.Free())
 	return nil
 }
 
-func (m *Manager) removeOrphan(ctx context.Context, ep api.Endpoint) {
-	if err := m.dp.DeleteEndpoint(ctx, ep); err != nil {
-		// SyncEndpoints, called with the live endpoints only, removes it too.
-		m.log.Warn("cannot delete datapath state of orphan endpoint", "endpoint", ep.Key(), "error", err)
-	}
+// removeOrphan forgets an endpoint whose veth is gone; its datapath state
+// goes when the datapath prunes what Restored did not hand over.
+func (m *Manager) removeOrphan(ep *state.Endpoint) {
 	if err := m.store.Delete(ep.Attachment); err != nil {
 		m.log.Warn("cannot delete orphan endpoint file", "endpoint", ep.Key(), "error", err)
 	}
@@ -202,16 +196,13 @@ func (m *Manager) removeOrphan(ctx context.Context, ep api.Endpoint) {
 		m.log.Warn("cannot release orphan endpoint's address", "endpoint", ep.Key(), "ip", ep.IP, "error", err)
 	}
 	m.log.Info("removed orphan endpoint: its host veth is gone", "endpoint", ep.Key(), "hostIfName", ep.HostIfName, "ip", ep.IP,
-		"pod", ep.PodNamespace+"/"+ep.PodName)
+		"pod", ep.Pod())
 }
 
 // reserve makes the allocator agree with a live endpoint about its address.
 // The endpoint wins: its pod is running with that address.
-func (m *Manager) reserve(ep api.Endpoint) error {
-	addr, err := netip.ParseAddr(ep.IP)
-	if err != nil {
-		return err
-	}
+func (m *Manager) reserve(ep *state.Endpoint) error {
+	addr := ep.IP
 	owner := ep.Key()
 	if held, ok := m.alloc.Lookup(owner); ok && held != addr {
 		m.log.Warn("ipam held another address for a live endpoint; releasing it", "endpoint", owner, "held", held, "ip", addr)
@@ -221,7 +212,7 @@ func (m *Manager) reserve(ep api.Endpoint) error {
 	}
 	if other, ok := m.alloc.Owner(addr); ok && other != owner {
 		if a, isAtt := api.ParseAttachmentKey(other); isAtt {
-			if _, live := m.eps[a]; live {
+			if _, live := m.eps[attachment(a)]; live {
 				return fmt.Errorf("address also used by live endpoint %s", other)
 			}
 		}
@@ -251,7 +242,7 @@ func (m *Manager) CollectStale(ctx context.Context) ([]string, error) {
 		if !ok {
 			continue
 		}
-		if _, hasEP := m.eps[a]; hasEP || now.Sub(al.Since) < m.cfg.StaleGrace {
+		if _, hasEP := m.eps[attachment(a)]; hasEP || now.Sub(al.Since) < m.cfg.StaleGrace {
 			continue
 		}
 		exists, err := m.linkExists(api.HostIfName(a))
@@ -283,18 +274,15 @@ func (m *Manager) ready() error {
 
 // Allocate implements api.Backend.
 func (m *Manager) Allocate(_ context.Context, req api.AllocateRequest) (api.Allocation, error) {
-	if err := api.ValidateAttachment(req.Attachment); err != nil {
-		return api.Allocation{}, err
-	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.ready(); err != nil {
 		return api.Allocation{}, err
 	}
-	if ep, ok := m.eps[req.Attachment]; ok {
+	if ep, ok := m.eps[attachment(req.Attachment)]; ok {
 		return api.Allocation{}, api.Errorf(api.CodeConflict,
-			"attachment %s already has an endpoint (pod %s/%s, ip %s): a second ADD is refused; DEL it first",
-			req.Attachment, ep.PodNamespace, ep.PodName, ep.IP)
+			"attachment %s already has an endpoint (pod %s, ip %s): a second ADD is refused; DEL it first",
+			req.Attachment, ep.Pod(), ep.IP)
 	}
 	addr, err := m.alloc.Allocate(req.Key())
 	if errors.Is(err, ipam.ErrExhausted) {
@@ -320,28 +308,26 @@ func (m *Manager) allocation(a api.Attachment, addr netip.Addr) api.Allocation {
 // Release implements api.Backend. It refuses to release the address of an
 // existing endpoint (delete the endpoint instead).
 func (m *Manager) Release(_ context.Context, a api.Attachment) error {
-	if err := api.ValidateAttachment(a); err != nil {
-		return err
-	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.ready(); err != nil {
 		return err
 	}
-	if _, ok := m.eps[a]; ok {
+	if _, ok := m.eps[attachment(a)]; ok {
 		return api.Errorf(api.CodeConflict, "attachment %s has an endpoint: delete the endpoint instead of releasing its address", a)
 	}
 	return m.alloc.Release(a.Key())
 }
 
-// UpsertEndpoint implements api.Backend: it checks that ep.IP is the address
-// allocated to the attachment, persists the endpoint, then programs the
-// datapath. When programming fails, the previous state is put back.
-func (m *Manager) UpsertEndpoint(ctx context.Context, ep api.Endpoint) error {
-	if err := validateStored(ep); err != nil {
+// UpsertEndpoint implements api.Backend: it checks every field of ep once,
+// checks that its address is the one allocated to the attachment,
+// persists the endpoint, then has the datapath program it. When
+// programming fails, the previous state is put back.
+func (m *Manager) UpsertEndpoint(ctx context.Context, w api.Endpoint) error {
+	ep, err := FromWire(w)
+	if err != nil {
 		return err
 	}
-	addr, _ := netip.ParseAddr(ep.IP)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.ready(); err != nil {
@@ -351,8 +337,8 @@ func (m *Manager) UpsertEndpoint(ctx context.Context, ep api.Endpoint) error {
 	if !ok {
 		return api.Errorf(api.CodeConflict, "no address is allocated to attachment %s: allocate one first", ep.Attachment)
 	}
-	if held != addr {
-		return api.Errorf(api.CodeConflict, "attachment %s was allocated %s, not %s", ep.Attachment, held, addr)
+	if held != ep.IP {
+		return api.Errorf(api.CodeConflict, "attachment %s was allocated %s, not %s", ep.Attachment, held, ep.IP)
 	}
 	prev, had := m.eps[ep.Attachment]
 	if ep.Created.IsZero() {
@@ -364,26 +350,26 @@ func (m *Manager) UpsertEndpoint(ctx context.Context, ep api.Endpoint) error {
 	if err := m.store.Put(ep); err != nil {
 		return err
 	}
-	if err := m.dp.UpsertEndpoint(ctx, ep); err != nil {
+	if err := m.dp.Program(ctx, ep); err != nil {
 		m.rollbackUpsert(ctx, ep, prev, had)
 		return fmt.Errorf("program datapath for endpoint %s: %w", ep.Attachment, err)
 	}
 	m.eps[ep.Attachment] = ep
-	m.log.Info("endpoint upserted", "endpoint", ep.Key(), "ip", ep.IP, "hostIfName", ep.HostIfName, "pod", ep.PodNamespace+"/"+ep.PodName)
+	m.log.Info("endpoint upserted", "endpoint", ep.Key(), "ip", ep.IP, "hostIfName", ep.HostIfName, "pod", ep.Pod())
 	return nil
 }
 
-func (m *Manager) rollbackUpsert(ctx context.Context, ep, prev api.Endpoint, had bool) {
+func (m *Manager) rollbackUpsert(ctx context.Context, ep, prev *state.Endpoint, had bool) {
 	if had {
 		if err := m.store.Put(prev); err != nil {
 			m.log.Error("cannot restore previous endpoint file after a datapath failure", "endpoint", ep.Key(), "error", err)
 		}
-		if err := m.dp.UpsertEndpoint(ctx, prev); err != nil {
+		if err := m.dp.Program(ctx, prev); err != nil {
 			m.log.Error("cannot restore previous endpoint datapath state", "endpoint", ep.Key(), "error", err)
 		}
 		return
 	}
-	if err := m.dp.DeleteEndpoint(ctx, ep); err != nil {
+	if err := m.dp.Remove(ctx, ep.Attachment); err != nil {
 		m.log.Warn("cannot remove partial datapath state after a failed upsert", "endpoint", ep.Key(), "error", err)
 	}
 	if err := m.store.Delete(ep.Attachment); err != nil {
@@ -395,27 +381,24 @@ func (m *Manager) rollbackUpsert(ctx context.Context, ep, prev api.Endpoint, had
 // state, its file and its address. Unknown attachments succeed (their
 // address, if any, is released).
 func (m *Manager) DeleteEndpoint(ctx context.Context, a api.Attachment) error {
-	if err := api.ValidateAttachment(a); err != nil {
-		return err
-	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.ready(); err != nil {
 		return err
 	}
-	return m.deleteLocked(ctx, a)
+	return m.deleteLocked(ctx, attachment(a))
 }
 
-func (m *Manager) deleteLocked(ctx context.Context, a api.Attachment) error {
+func (m *Manager) deleteLocked(ctx context.Context, a state.Attachment) error {
 	if ep, ok := m.eps[a]; ok {
-		if err := m.dp.DeleteEndpoint(ctx, ep); err != nil {
+		if err := m.dp.Remove(ctx, a); err != nil {
 			return fmt.Errorf("delete datapath state of endpoint %s: %w", a, err)
 		}
 		if err := m.store.Delete(a); err != nil {
 			return err
 		}
 		delete(m.eps, a)
-		m.log.Info("endpoint deleted", "endpoint", a.Key(), "ip", ep.IP, "pod", ep.PodNamespace+"/"+ep.PodName)
+		m.log.Info("endpoint deleted", "endpoint", a.Key(), "ip", ep.IP, "pod", ep.Pod())
 	}
 	return m.alloc.Release(a.Key())
 }
@@ -427,11 +410,11 @@ func (m *Manager) GetEndpoint(_ context.Context, a api.Attachment) (api.Endpoint
 	if err := m.ready(); err != nil {
 		return api.Endpoint{}, err
 	}
-	ep, ok := m.eps[a]
+	ep, ok := m.eps[attachment(a)]
 	if !ok {
 		return api.Endpoint{}, api.Errorf(api.CodeNotFound, "no endpoint for attachment %s", a)
 	}
-	return ep, nil
+	return ToWire(ep), nil
 }
 
 // ListEndpoints implements api.Backend; endpoints are sorted by attachment.
@@ -441,11 +424,16 @@ func (m *Manager) ListEndpoints(context.Context) ([]api.Endpoint, error) {
 	if err := m.ready(); err != nil {
 		return nil, err
 	}
-	return m.listLocked(), nil
+	eps := m.listLocked()
+	out := make([]api.Endpoint, len(eps))
+	for i, ep := range eps {
+		out[i] = ToWire(ep)
+	}
+	return out, nil
 }
 
-func (m *Manager) listLocked() []api.Endpoint {
-	out := make([]api.Endpoint, 0, len(m.eps))
+func (m *Manager) listLocked() []*state.Endpoint {
+	out := make([]*state.Endpoint, 0, len(m.eps))
 	for _, ep := range m.eps {
 		out = append(out, ep)
 	}
@@ -453,12 +441,19 @@ func (m *Manager) listLocked() []api.Endpoint {
 	return out
 }
 
+// Count is the number of endpoints.
+func (m *Manager) Count() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.eps)
+}
+
 // GC implements api.Backend: every endpoint and every attachment's
 // allocation not listed in req.Valid is released.
 func (m *Manager) GC(ctx context.Context, req api.GCRequest) (api.GCResult, error) {
-	valid := make(map[api.Attachment]bool, len(req.Valid))
+	valid := make(map[state.Attachment]bool, len(req.Valid))
 	for _, a := range req.Valid {
-		valid[a] = true
+		valid[attachment(a)] = true
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -475,14 +470,14 @@ func (m *Manager) GC(ctx context.Context, req api.GCRequest) (api.GCResult, erro
 			errs = append(errs, err)
 			continue
 		}
-		res.Released = append(res.Released, ep.Attachment)
+		res.Released = append(res.Released, api.Attachment{ContainerID: ep.ContainerID, IfName: ep.IfName})
 	}
 	for _, al := range m.alloc.Allocations() {
 		a, ok := api.ParseAttachmentKey(al.Owner)
-		if !ok || valid[a] {
+		if !ok || valid[attachment(a)] {
 			continue
 		}
-		if _, hasEP := m.eps[a]; hasEP {
+		if _, hasEP := m.eps[attachment(a)]; hasEP {
 			continue // its deletion failed above
 		}
 		if err := m.alloc.Release(al.Owner); err != nil {

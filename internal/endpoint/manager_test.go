@@ -18,6 +18,7 @@ import (
 
 	"glia.dev/glia/internal/api"
 	"glia.dev/glia/internal/ipam"
+	"glia.dev/glia/internal/state"
 )
 
 func testLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -35,33 +36,39 @@ func newFakeDP() *fakeDatapath {
 	return &fakeDatapath{programmed: map[api.Attachment]api.Endpoint{}}
 }
 
-func (f *fakeDatapath) UpsertEndpoint(_ context.Context, ep api.Endpoint) error {
+func (f *fakeDatapath) Program(_ context.Context, sep *state.Endpoint) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.failUpsert != nil {
 		return f.failUpsert
 	}
+	ep := ToWire(sep)
 	f.programmed[ep.Attachment] = ep
 	return nil
 }
 
-func (f *fakeDatapath) DeleteEndpoint(_ context.Context, ep api.Endpoint) error {
+func (f *fakeDatapath) Remove(_ context.Context, sa state.Attachment) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	delete(f.programmed, ep.Attachment)
-	f.deleted = append(f.deleted, ep.Attachment)
+	a := api.Attachment{ContainerID: sa.ContainerID, IfName: sa.IfName}
+	delete(f.programmed, a)
+	f.deleted = append(f.deleted, a)
 	return nil
 }
 
-func (f *fakeDatapath) SyncEndpoints(_ context.Context, eps []api.Endpoint) error {
+// Restored is what the datapath is handed at restore: it programs those
+// and prunes every other.
+func (f *fakeDatapath) Restored(seps []*state.Endpoint) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.synced = append(f.synced, eps)
+	var eps []api.Endpoint
 	f.programmed = map[api.Attachment]api.Endpoint{}
-	for _, ep := range eps {
+	for _, sep := range seps {
+		ep := ToWire(sep)
+		eps = append(eps, ep)
 		f.programmed[ep.Attachment] = ep
 	}
-	return nil
+	f.synced = append(f.synced, eps)
 }
 
 func (f *fakeDatapath) programmedKeys() []string {
@@ -216,7 +223,9 @@ func TestUpsertValidation(t *testing.T) {
 		{"bad ip", func(ep *api.Endpoint) { ep.IP = "nope" }, api.CodeBadRequest},
 		{"no host if", func(ep *api.Endpoint) { ep.HostIfName = "" }, api.CodeBadRequest},
 		{"no netns", func(ep *api.Endpoint) { ep.Netns = "" }, api.CodeBadRequest},
-		{"bad container id", func(ep *api.Endpoint) { ep.ContainerID = "../../etc" }, api.CodeBadRequest},
+		{"bad pod MAC", func(ep *api.Endpoint) { ep.PodMAC = "02:00" }, api.CodeBadRequest},
+		// The attachment is checked where it enters the agent: the socket
+		// API's handler (api tests) and the file reader (TestStoreLoad...).
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -327,7 +336,7 @@ func TestRestore(t *testing.T) {
 	unparsable := first.add(t, att("broken"))
 
 	epDir := filepath.Join(dir, "endpoints")
-	brokenFile := filepath.Join(epDir, fileName(unparsable.Attachment))
+	brokenFile := filepath.Join(epDir, fileOf(unparsable.Attachment))
 	data, err := os.ReadFile(brokenFile)
 	if err != nil {
 		t.Fatal(err)
@@ -358,11 +367,12 @@ func TestRestore(t *testing.T) {
 	if diff := cmp.Diff([]api.Endpoint{live}, eps, cmpopts.EquateApproxTime(time.Millisecond)); diff != "" {
 		t.Fatalf("restored endpoints (-want +got):\n%s", diff)
 	}
+	// Only the live endpoint is handed over; the datapath prunes the orphan's state.
 	if len(second.dp.synced) != 1 || len(second.dp.synced[0]) != 1 || second.dp.synced[0][0].Attachment != live.Attachment {
-		t.Fatalf("SyncEndpoints calls = %v, want one with the live endpoint", second.dp.synced)
+		t.Fatalf("Restored calls = %v, want one with the live endpoint", second.dp.synced)
 	}
-	if diff := cmp.Diff([]api.Attachment{orphan.Attachment}, second.dp.deleted); diff != "" {
-		t.Fatalf("datapath deletes (-want +got):\n%s", diff)
+	if second.dp.programmed[orphan.Attachment].IP != "" {
+		t.Fatal("the orphan is still programmed after the restore")
 	}
 	if addr, ok := second.alloc.Lookup(live.Key()); !ok || addr.String() != live.IP {
 		t.Fatalf("live endpoint's address = %v %v, want %s", addr, ok, live.IP)
@@ -373,7 +383,7 @@ func TestRestore(t *testing.T) {
 	if matches, _ := filepath.Glob(brokenFile + ".corrupt-*"); len(matches) != 1 {
 		t.Fatalf("unparsable file moved aside as %v", matches)
 	}
-	if _, err := os.Stat(filepath.Join(epDir, fileName(orphan.Attachment))); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(epDir, fileOf(orphan.Attachment))); !os.IsNotExist(err) {
 		t.Fatalf("orphan file: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(epDir, ".x.json.tmp-123")); !os.IsNotExist(err) {
@@ -455,3 +465,6 @@ func TestNewManagerRejects(t *testing.T) {
 		}
 	}
 }
+
+// fileOf is the file name of an attachment given in the wire form.
+func fileOf(a api.Attachment) string { return fileName(attachment(a)) }

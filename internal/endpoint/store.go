@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"net/url"
 	"os"
@@ -20,7 +21,15 @@ import (
 
 	"glia.dev/glia/internal/api"
 	"glia.dev/glia/internal/atomicfile"
+	"glia.dev/glia/internal/state"
 )
+
+func macString(m net.HardwareAddr) string {
+	if len(m) == 0 {
+		return ""
+	}
+	return m.String()
+}
 
 // Store persists endpoints as one JSON file each in a directory.
 type Store struct {
@@ -46,16 +55,16 @@ func (s *Store) Dir() string { return s.dir }
 // fileName names the file of an attachment: "<containerID>+<ifName>.json"
 // with ifName query-escaped. Container IDs never contain '+', and the
 // escaping is injective, so two attachments never share a file.
-func fileName(a api.Attachment) string {
+func fileName(a state.Attachment) string {
 	return a.ContainerID + "+" + url.QueryEscape(a.IfName) + ".json"
 }
 
-// Put writes ep atomically.
-func (s *Store) Put(ep api.Endpoint) error {
-	if err := api.ValidateAttachment(ep.Attachment); err != nil {
-		return fmt.Errorf("store endpoint: %w", err)
-	}
-	data, err := json.MarshalIndent(ep, "", "  ")
+// Put writes ep atomically. ep is valid: it was checked where it entered
+// the agent.
+func (s *Store) Put(ep *state.Endpoint) error {
+	// A file holds the endpoint as the socket API shows it: the shape the
+	// agent has always written, so a newer agent reads what an older left.
+	data, err := json.MarshalIndent(ToWire(ep), "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode endpoint %s: %w", ep.Attachment, err)
 	}
@@ -66,7 +75,7 @@ func (s *Store) Put(ep api.Endpoint) error {
 }
 
 // Delete removes the file of an attachment; a missing file is not an error.
-func (s *Store) Delete(a api.Attachment) error {
+func (s *Store) Delete(a state.Attachment) error {
 	err := os.Remove(filepath.Join(s.dir, fileName(a)))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("delete endpoint %s: %w", a, err)
@@ -81,12 +90,12 @@ func (s *Store) Delete(a api.Attachment) error {
 // describe a valid endpoint is logged and moved aside as
 // <name>.corrupt-<timestamp>; leftover temporary files of interrupted writes
 // are removed.
-func (s *Store) Load() ([]api.Endpoint, error) {
+func (s *Store) Load() ([]*state.Endpoint, error) {
 	entries, err := os.ReadDir(s.dir)
 	if err != nil {
 		return nil, fmt.Errorf("read endpoint store: %w", err)
 	}
-	var out []api.Endpoint
+	var out []*state.Endpoint
 	for _, e := range entries {
 		name := e.Name()
 		path := filepath.Join(s.dir, name)
@@ -114,39 +123,71 @@ func (s *Store) Load() ([]api.Endpoint, error) {
 	return out, nil
 }
 
-func (s *Store) read(path string) (api.Endpoint, error) {
-	var ep api.Endpoint
+func (s *Store) read(path string) (*state.Endpoint, error) {
+	var w api.Endpoint
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return ep, err
+		return nil, err
 	}
 	// Unknown fields are accepted: a file written by a newer agent must not
 	// cost a running pod its endpoint.
-	if err := json.Unmarshal(data, &ep); err != nil {
-		return ep, fmt.Errorf("parse: %w", err)
+	if err := json.Unmarshal(data, &w); err != nil {
+		return nil, fmt.Errorf("parse: %w", err)
 	}
-	if err := validateStored(ep); err != nil {
-		return ep, err
+	if err := api.ValidateAttachment(w.Attachment); err != nil {
+		return nil, err
+	}
+	ep, err := FromWire(w)
+	if err != nil {
+		return nil, err
 	}
 	if want := fileName(ep.Attachment); filepath.Base(path) != want {
-		return ep, fmt.Errorf("file describes attachment %s, which belongs in %s", ep.Attachment, want)
+		return nil, fmt.Errorf("file describes attachment %s, which belongs in %s", ep.Attachment, want)
 	}
 	return ep, nil
 }
 
-// validateStored checks the fields every endpoint must carry.
-func validateStored(ep api.Endpoint) error {
-	if err := api.ValidateAttachment(ep.Attachment); err != nil {
-		return err
+// FromWire turns an endpoint of the socket API (or of a file) into the
+// agent's typed endpoint, checking once every field but the attachment
+// (the socket API's handler, or the file's reader, checked that): the
+// address, the host interface's name, the namespace, the MACs.
+func FromWire(w api.Endpoint) (*state.Endpoint, error) {
+	ip, err := netip.ParseAddr(w.IP)
+	if err != nil {
+		return nil, api.Errorf(api.CodeBadRequest, "endpoint ip %q: %v", w.IP, err)
 	}
-	if _, err := netip.ParseAddr(ep.IP); err != nil {
-		return api.Errorf(api.CodeBadRequest, "endpoint ip %q: %v", ep.IP, err)
+	if err := api.ValidateIfName(w.HostIfName); err != nil {
+		return nil, api.Errorf(api.CodeBadRequest, "endpoint hostIfName: %v", err)
 	}
-	if err := api.ValidateIfName(ep.HostIfName); err != nil {
-		return api.Errorf(api.CodeBadRequest, "endpoint hostIfName: %v", err)
+	if w.Netns == "" {
+		return nil, api.Errorf(api.CodeBadRequest, "endpoint netns is empty")
 	}
-	if ep.Netns == "" {
-		return api.Errorf(api.CodeBadRequest, "endpoint netns is empty")
+	ep := &state.Endpoint{
+		Attachment: state.Attachment{ContainerID: w.ContainerID, IfName: w.IfName}, IP: ip, Netns: w.Netns,
+		HostIfName: w.HostIfName, HostIfIndex: w.HostIfIndex, PodNamespace: w.PodNamespace, PodName: w.PodName, Created: w.Created,
 	}
-	return nil
+	for _, m := range []struct {
+		name string
+		s    string
+		dst  *net.HardwareAddr
+	}{{"hostMAC", w.HostMAC, &ep.HostMAC}, {"podMAC", w.PodMAC, &ep.PodMAC}} {
+		if m.s == "" {
+			continue
+		}
+		mac, err := net.ParseMAC(m.s)
+		if err != nil {
+			return nil, api.Errorf(api.CodeBadRequest, "endpoint %s %q: %v", m.name, m.s, err)
+		}
+		*m.dst = mac
+	}
+	return ep, nil
+}
+
+// ToWire is the endpoint as the socket API shows it.
+func ToWire(ep *state.Endpoint) api.Endpoint {
+	return api.Endpoint{
+		Attachment: api.Attachment{ContainerID: ep.ContainerID, IfName: ep.IfName}, IP: ep.IP.String(), Netns: ep.Netns,
+		HostIfName: ep.HostIfName, HostIfIndex: ep.HostIfIndex, HostMAC: macString(ep.HostMAC), PodMAC: macString(ep.PodMAC),
+		PodNamespace: ep.PodNamespace, PodName: ep.PodName, Created: ep.Created,
+	}
 }

@@ -17,8 +17,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"glia.dev/glia/internal/api"
+	"glia.dev/glia/internal/datapath/linux"
 	"glia.dev/glia/internal/netnsfile"
+	"glia.dev/glia/internal/state"
 )
 
 // Fixed names of the health endpoint.
@@ -36,7 +37,7 @@ const (
 )
 
 // DefaultGateway is the link-local next hop of the endpoint, as for pods.
-var DefaultGateway = netip.MustParseAddr("169.254.1.1")
+var DefaultGateway = linux.PodGateway
 
 // ErrClosed is returned by Endpoint.Serve after Close.
 var ErrClosed = errors.New("health endpoint is closed")
@@ -96,7 +97,7 @@ type Endpoint struct {
 	log    *slog.Logger
 	cfg    EndpointConfig
 	nsPath string
-	ep     api.Endpoint
+	ep     *state.Endpoint
 
 	mu      sync.Mutex
 	closed  bool
@@ -174,7 +175,7 @@ func SetupEndpoint(log *slog.Logger, cfg EndpointConfig) (*Endpoint, error) {
 	var podMAC net.HardwareAddr
 	err = healthNS.Do(func(ns.NetNS) error {
 		var err error
-		podMAC, err = configureEndpoint(cfg, hostMAC)
+		podMAC, err = linux.ConfigurePodInterface(EndpointIfName, cfg.IP, cfg.Gateway, cfg.MTU, hostMAC)
 		return err
 	})
 	if err != nil {
@@ -184,14 +185,14 @@ func SetupEndpoint(log *slog.Logger, cfg EndpointConfig) (*Endpoint, error) {
 		log:    log,
 		cfg:    cfg,
 		nsPath: nsPath,
-		ep: api.Endpoint{
-			Attachment:  api.Attachment{ContainerID: EndpointContainerID, IfName: EndpointIfName},
-			IP:          cfg.IP.String(),
+		ep: &state.Endpoint{
+			Attachment:  state.Attachment{ContainerID: EndpointContainerID, IfName: EndpointIfName},
+			IP:          cfg.IP,
 			Netns:       nsPath,
 			HostIfName:  EndpointHostIfName,
 			HostIfIndex: hostLink.Attrs().Index,
-			HostMAC:     hostMAC.String(),
-			PodMAC:      podMAC.String(),
+			HostMAC:     hostMAC,
+			PodMAC:      podMAC,
 		},
 		cancels: map[*context.CancelFunc]struct{}{},
 	}, nil
@@ -240,78 +241,6 @@ func currentVeth(healthNS ns.NetNS) (netlink.Link, error) {
 		return nil, fmt.Errorf("delete stale %s: %w", EndpointHostIfName, err)
 	}
 	return nil, nil
-}
-
-// configureEndpoint runs in the health namespace and drives eth0 to its
-// desired state; it returns eth0's MAC.
-func configureEndpoint(cfg EndpointConfig, hostMAC net.HardwareAddr) (net.HardwareAddr, error) {
-	if lo, err := netlinksafe.LinkByName("lo"); err == nil && lo.Attrs().Flags&net.FlagUp == 0 {
-		if err := netlink.LinkSetUp(lo); err != nil {
-			return nil, fmt.Errorf("set lo up: %w", err)
-		}
-	}
-	link, err := netlinksafe.LinkByName(EndpointIfName)
-	if err != nil {
-		return nil, fmt.Errorf("look up %s: %w", EndpointIfName, err)
-	}
-	if link.Attrs().MTU != cfg.MTU {
-		if err := netlink.LinkSetMTU(link, cfg.MTU); err != nil {
-			return nil, fmt.Errorf("set mtu of %s: %w", EndpointIfName, err)
-		}
-	}
-	if link.Attrs().Flags&net.FlagUp == 0 {
-		if err := netlink.LinkSetUp(link); err != nil {
-			return nil, fmt.Errorf("set %s up: %w", EndpointIfName, err)
-		}
-	}
-	addrs, err := netlinksafe.AddrList(link, netlink.FAMILY_V4)
-	if err != nil {
-		return nil, fmt.Errorf("list addresses of %s: %w", EndpointIfName, err)
-	}
-	have := false
-	for _, a := range addrs {
-		got, _ := netip.AddrFromSlice(a.IP)
-		ones, _ := a.Mask.Size()
-		if got.Unmap() == cfg.IP && ones == 32 {
-			have = true
-			continue
-		}
-		// An address of an earlier pod CIDR.
-		if err := netlink.AddrDel(link, &a); err != nil {
-			return nil, fmt.Errorf("delete stale address %s: %w", a.IPNet, err)
-		}
-	}
-	if !have {
-		if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: &net.IPNet{IP: cfg.IP.AsSlice(), Mask: net.CIDRMask(32, 32)}}); err != nil {
-			return nil, fmt.Errorf("add address %s/32: %w", cfg.IP, err)
-		}
-	}
-	idx := link.Attrs().Index
-	if err := netlink.RouteReplace(&netlink.Route{
-		LinkIndex: idx,
-		Dst:       &net.IPNet{IP: cfg.Gateway.AsSlice(), Mask: net.CIDRMask(32, 32)},
-		Scope:     netlink.SCOPE_LINK,
-	}); err != nil {
-		return nil, fmt.Errorf("route to gateway %s: %w", cfg.Gateway, err)
-	}
-	if err := netlink.RouteReplace(&netlink.Route{
-		LinkIndex: idx,
-		Dst:       &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
-		Gw:        cfg.Gateway.AsSlice(),
-		Scope:     netlink.SCOPE_UNIVERSE,
-	}); err != nil {
-		return nil, fmt.Errorf("default route via %s: %w", cfg.Gateway, err)
-	}
-	if err := netlink.NeighSet(&netlink.Neigh{
-		LinkIndex:    idx,
-		Family:       netlink.FAMILY_V4,
-		State:        netlink.NUD_PERMANENT,
-		IP:           cfg.Gateway.AsSlice(),
-		HardwareAddr: hostMAC,
-	}); err != nil {
-		return nil, fmt.Errorf("neighbour %s -> %s: %w", cfg.Gateway, hostMAC, err)
-	}
-	return link.Attrs().HardwareAddr, nil
 }
 
 // ensureNetns makes path the bind mount of a network namespace, creating
@@ -368,8 +297,8 @@ func checkNetnsMount(path string) error {
 	return nil
 }
 
-// API returns the endpoint as the agent programs it.
-func (e *Endpoint) API() api.Endpoint { return e.ep }
+// State returns the endpoint as the agent programs it, like a pod's.
+func (e *Endpoint) State() *state.Endpoint { return e.ep }
 
 // IP returns the endpoint's address.
 func (e *Endpoint) IP() netip.Addr { return e.cfg.IP }

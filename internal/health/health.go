@@ -27,8 +27,6 @@ const (
 	DefaultPort = 4240
 	// HelloPath is the path both health servers answer.
 	HelloPath = "/hello"
-	// PathHealth is the agent API path serving the last Report (JSON).
-	PathHealth = "/v1/health"
 )
 
 // Values of the target and probe labels given to a Recorder.

@@ -3,45 +3,116 @@ package k8s
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
 
+	"github.com/cilium/statedb"
+	"github.com/cilium/statedb/reconciler"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
 
-	"glia.dev/glia/internal/datapath"
+	"glia.dev/glia/internal/state"
 )
 
-// Watcher holds the informers that feed the agent: Nodes always; Services
-// and EndpointSlices when the agent load-balances Services itself.
+// Watcher feeds the desired state from Kubernetes: every Node into the
+// nodes table; with Services on (kube-proxy replacement), every Service and
+// its EndpointSlices into the services table. Values are parsed here, once.
 //
-// Work is proportional to what changed: a Node update pokes NodesChanged
-// only when what the datapath uses (its address or pod CIDR) changed — not
-// on every status heartbeat — and a Service or EndpointSlice event marks
-// just that Service dirty and pokes ServicesChanged; TakeDirtyServices
-// translates only the dirty ones.
+// The informers keep slim copies of what they watch (see slim.go): the
+// fields the agent reads, nothing else. Work is proportional to what
+// changed: a Node heartbeat that changes neither address nor pod CIDR
+// writes nothing; a Service or EndpointSlice event marks that Service
+// alone, and a Service whose frontends come out as they were writes
+// nothing either.
 type Watcher struct {
+	log      *slog.Logger
+	tables   *state.Tables
+	local    string       // the node the agent runs on
+	svcCIDR  netip.Prefix // config key service-cidr
 	factory  informers.SharedInformerFactory
 	nodes    cache.SharedIndexInformer
 	services cache.SharedIndexInformer
 	slices   cache.SharedIndexInformer
 
-	// NodesChanged receives a value (coalesced) when a node's address or
-	// pod CIDR changes, or a node comes or goes.
-	NodesChanged chan struct{}
-	// ServicesChanged receives a value (coalesced) when a Service or one of
-	// its EndpointSlices changes.
-	ServicesChanged chan struct{}
+	// Health records the watches' errors and their sync.
+	Health *APIHealth
 
-	mu    sync.Mutex
-	dirty map[string]bool // "namespace/name" of Services changed since the last take
+	mu      sync.Mutex
+	synced  bool
+	dirty   map[state.ServiceName]bool
+	outside map[state.ServiceName]bool // Services whose ClusterIP is outside svcCIDR
+	poke    chan struct{}
 
-	handlers []cache.ResourceEventHandlerRegistration
+	initNodes, initServices func(statedb.WriteTxn)
+	handlers                []cache.ResourceEventHandlerRegistration
+}
+
+// WatcherConfig configures a Watcher.
+type WatcherConfig struct {
+	LocalNode string
+	// Services watches Services and EndpointSlices (kube-proxy replacement).
+	Services bool
+	// ServiceCIDR is the cluster's Service range (config key
+	// service-cidr): a ClusterIP outside it is programmed all the same,
+	// and named in a warning and in `glia status`.
+	ServiceCIDR netip.Prefix
+}
+
+// sliceServiceIndex indexes EndpointSlices by "namespace/service-name".
+const sliceServiceIndex = "service"
+
+// NewWatcher sets up the informers. The nodes (and services) tables count
+// as initialised once the informers have synced and their content is in.
+func NewWatcher(log *slog.Logger, c *Clients, tables *state.Tables, cfg WatcherConfig, health *APIHealth) *Watcher {
+	f := informers.NewSharedInformerFactory(c.Kube, 0)
+	w := &Watcher{log: log, tables: tables, local: cfg.LocalNode, svcCIDR: cfg.ServiceCIDR, factory: f, Health: health,
+		dirty: map[state.ServiceName]bool{}, outside: map[state.ServiceName]bool{}, poke: make(chan struct{}, 1)}
+	txn := tables.DB.WriteTxn(tables.Nodes, tables.Services)
+	w.initNodes = tables.Nodes.RegisterInitializer(txn, "k8s")
+	if cfg.Services {
+		w.initServices = tables.Services.RegisterInitializer(txn, "k8s")
+	}
+	txn.Commit()
+
+	w.nodes = f.Core().V1().Nodes().Informer()
+	_ = w.nodes.SetTransform(slimNode)
+	w.register(w.nodes, cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { w.upsertNode(o) },
+		UpdateFunc: func(_, n any) { w.upsertNode(n) },
+		DeleteFunc: func(o any) { w.deleteNode(o) },
+	})
+	if cfg.Services {
+		w.services = f.Core().V1().Services().Informer()
+		_ = w.services.SetTransform(slimService)
+		w.register(w.services, cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(o any) { w.markService(serviceName(o)) },
+			UpdateFunc: func(_, n any) { w.markService(serviceName(n)) },
+			DeleteFunc: func(o any) { w.markService(serviceName(o)) },
+		})
+		w.slices = f.Discovery().V1().EndpointSlices().Informer()
+		_ = w.slices.SetTransform(slimSlice)
+		_ = w.slices.AddIndexers(cache.Indexers{sliceServiceIndex: func(o any) ([]string, error) {
+			if n, ok := sliceServiceName(o); ok {
+				return []string{n.String()}, nil
+			}
+			return nil, nil
+		}})
+		w.register(w.slices, cache.ResourceEventHandlerFuncs{
+			AddFunc: func(o any) { w.markService(sliceServiceName(o)) },
+			UpdateFunc: func(o, n any) {
+				w.markService(sliceServiceName(o))
+				w.markService(sliceServiceName(n))
+			},
+			DeleteFunc: func(o any) { w.markService(sliceServiceName(o)) },
+		})
+	}
+	return w
 }
 
 // register adds a handler and keeps its registration, so Start can wait
@@ -51,66 +122,9 @@ func (w *Watcher) register(inf cache.SharedIndexInformer, h cache.ResourceEventH
 	if err == nil {
 		w.handlers = append(w.handlers, reg)
 	}
-}
-
-// sliceServiceIndex indexes EndpointSlices by "namespace/service-name".
-const sliceServiceIndex = "service"
-
-// NewWatcher sets up the informers; withServices adds Services and EndpointSlices.
-func NewWatcher(c *Clients, withServices bool) *Watcher {
-	f := informers.NewSharedInformerFactory(c.Kube, 0)
-	w := &Watcher{factory: f, NodesChanged: make(chan struct{}, 1), ServicesChanged: make(chan struct{}, 1), dirty: map[string]bool{}}
-	w.nodes = f.Core().V1().Nodes().Informer()
-	w.register(w.nodes, cache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { poke(w.NodesChanged) },
-		UpdateFunc: func(o, n any) {
-			if nodeRoutingChanged(o, n) {
-				poke(w.NodesChanged)
-			}
-		},
-		DeleteFunc: func(any) { poke(w.NodesChanged) },
-	})
-	if withServices {
-		w.services = f.Core().V1().Services().Informer()
-		w.register(w.services, cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(o any) { w.markService(serviceKey(o)) },
-			UpdateFunc: func(_, n any) { w.markService(serviceKey(n)) },
-			DeleteFunc: func(o any) { w.markService(serviceKey(o)) },
-		})
-		w.slices = f.Discovery().V1().EndpointSlices().Informer()
-		w.slices.AddIndexers(cache.Indexers{sliceServiceIndex: func(o any) ([]string, error) {
-			if k := sliceServiceKey(o); k != "" {
-				return []string{k}, nil
-			}
-			return nil, nil
-		}})
-		w.register(w.slices, cache.ResourceEventHandlerFuncs{
-			AddFunc: func(o any) { w.markService(sliceServiceKey(o)) },
-			UpdateFunc: func(o, n any) {
-				w.markService(sliceServiceKey(o))
-				w.markService(sliceServiceKey(n))
-			},
-			DeleteFunc: func(o any) { w.markService(sliceServiceKey(o)) },
-		})
-	}
-	return w
-}
-
-func poke(c chan struct{}) {
-	select {
-	case c <- struct{}{}:
-	default:
-	}
-}
-
-func (w *Watcher) markService(key string) {
-	if key == "" {
-		return
-	}
-	w.mu.Lock()
-	w.dirty[key] = true
-	w.mu.Unlock()
-	poke(w.ServicesChanged)
+	// A watch that fails (the API server went away, a list was refused)
+	// is what makes the connection unhealthy in the agent's status.
+	_ = inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) { w.Health.Failure(fmt.Errorf("watch: %w", err)) })
 }
 
 // unwrap returns the object of a delete event's tombstone.
@@ -121,70 +135,74 @@ func unwrap(o any) any {
 	return o
 }
 
-func serviceKey(o any) string {
-	if s, ok := unwrap(o).(*corev1.Service); ok {
-		return s.Namespace + "/" + s.Name
-	}
-	return ""
-}
-
-func sliceServiceKey(o any) string {
-	es, ok := unwrap(o).(*discoveryv1.EndpointSlice)
-	if !ok || es.Labels[discoveryv1.LabelServiceName] == "" {
-		return ""
-	}
-	return es.Namespace + "/" + es.Labels[discoveryv1.LabelServiceName]
-}
-
-// nodeRoutingChanged: did anything the datapath uses (address, pod CIDR) change?
-func nodeRoutingChanged(o, n any) bool {
-	a, ok1 := o.(*corev1.Node)
-	b, ok2 := n.(*corev1.Node)
-	if !ok1 || !ok2 {
-		return true
-	}
-	ia, _ := NodeAddress(a)
-	ib, _ := NodeAddress(b)
-	return ia != ib || a.Spec.PodCIDR != b.Spec.PodCIDR
-}
-
-// TakeDirtyServices returns the frontends of every Service changed since
-// the last call (an empty slice for a Service that is gone) and forgets them.
-func (w *Watcher) TakeDirtyServices() map[string][]datapath.Service {
-	w.mu.Lock()
-	keys := w.dirty
-	w.dirty = map[string]bool{}
-	w.mu.Unlock()
-	out := make(map[string][]datapath.Service, len(keys))
-	for k := range keys {
-		out[k] = w.serviceFrontends(k)
+// NodeFromK8s is the node as the datapath routes to it.
+func NodeFromK8s(n *corev1.Node, local string) *state.Node {
+	out := &state.Node{Name: n.Name, Local: n.Name == local}
+	out.IP, _ = NodeAddress(n)
+	if p, err := netip.ParsePrefix(n.Spec.PodCIDR); err == nil && p.Addr().Is4() {
+		out.PodCIDR = p.Masked()
 	}
 	return out
 }
 
-// ServiceCount is the number of Services watched.
-func (w *Watcher) ServiceCount() int {
-	if w == nil || w.services == nil {
-		return 0
+func (w *Watcher) upsertNode(o any) {
+	n, ok := o.(*corev1.Node)
+	if !ok {
+		return
 	}
-	return len(w.services.GetStore().ListKeys())
+	node := NodeFromK8s(n, w.local)
+	node.Status = reconciler.StatusPending()
+	txn := w.tables.DB.WriteTxn(w.tables.Nodes)
+	defer txn.Commit()
+	if old, _, found := w.tables.Nodes.Get(txn, state.NodeByName.Query(node.Name)); found && old.Same(node) {
+		return // a heartbeat: nothing the datapath uses changed
+	}
+	w.tables.Nodes.Insert(txn, node)
 }
 
-func (w *Watcher) serviceFrontends(key string) []datapath.Service {
-	o, exists, err := w.services.GetStore().GetByKey(key)
-	if err != nil || !exists {
-		return nil
+func (w *Watcher) deleteNode(o any) {
+	n, ok := unwrap(o).(*corev1.Node)
+	if !ok {
+		return
 	}
-	var slices []*discoveryv1.EndpointSlice
-	objs, _ := w.slices.GetIndexer().ByIndex(sliceServiceIndex, key)
-	for _, so := range objs {
-		slices = append(slices, so.(*discoveryv1.EndpointSlice))
+	txn := w.tables.DB.WriteTxn(w.tables.Nodes)
+	defer txn.Commit()
+	if old, _, found := w.tables.Nodes.Get(txn, state.NodeByName.Query(n.Name)); found {
+		w.tables.Nodes.Delete(txn, old)
 	}
-	return TranslateService(o.(*corev1.Service), slices)
 }
 
-// Start starts the informers and waits for their caches and for the
-// handlers to have seen every initial object.
+func (w *Watcher) markService(n state.ServiceName, ok bool) {
+	if !ok {
+		return
+	}
+	w.mu.Lock()
+	w.dirty[n] = true
+	w.mu.Unlock()
+	select {
+	case w.poke <- struct{}{}:
+	default:
+	}
+}
+
+func serviceName(o any) (state.ServiceName, bool) {
+	if s, ok := unwrap(o).(*service); ok {
+		return state.ServiceName{Namespace: s.namespace, Name: s.name}, true
+	}
+	return state.ServiceName{}, false
+}
+
+func sliceServiceName(o any) (state.ServiceName, bool) {
+	es, ok := unwrap(o).(*slice)
+	if !ok || es.service == "" {
+		return state.ServiceName{}, false
+	}
+	return state.ServiceName{Namespace: es.namespace, Name: es.service}, true
+}
+
+// Start starts the informers, waits for their caches and for the handlers
+// to have seen every initial object, and puts every Service in; then it
+// keeps the services table current until ctx ends.
 func (w *Watcher) Start(ctx context.Context) error {
 	w.factory.Start(ctx.Done())
 	for t, ok := range w.factory.WaitForCacheSync(ctx.Done()) {
@@ -199,131 +217,197 @@ func (w *Watcher) Start(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("informer handlers did not sync: %w", ctx.Err())
 	}
+	txn := w.tables.DB.WriteTxn(w.tables.Nodes)
+	w.initNodes(txn)
+	txn.Commit()
+	if w.services != nil {
+		w.syncServices()
+		go w.run(ctx)
+	}
+	w.Health.Synced()
 	return nil
 }
 
 // Stop stops the informers.
 func (w *Watcher) Stop() { w.factory.Shutdown() }
 
-// RemoteNodes lists every node but self with its address and pod CIDR.
-func (w *Watcher) RemoteNodes(self string) []datapath.RemoteNode {
-	var out []datapath.RemoteNode
-	for _, o := range w.nodes.GetStore().List() {
-		n := o.(*corev1.Node)
-		if n.Name == self {
-			continue
+// run writes the Services marked dirty into the table, in one transaction
+// per batch of events.
+func (w *Watcher) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.poke:
 		}
-		ip, err := NodeAddress(n)
-		if err != nil {
-			continue
-		}
-		cidr, err := netip.ParsePrefix(n.Spec.PodCIDR)
-		if err != nil {
-			continue
-		}
-		out = append(out, datapath.RemoteNode{Name: n.Name, IP: ip, PodCIDR: cidr})
+		w.syncServices()
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
 }
 
-// NodeCount is the number of nodes in the cluster.
-func (w *Watcher) NodeCount() int { return len(w.nodes.GetStore().List()) }
-
-// Nodes returns every Node.
-func (w *Watcher) Nodes() []*corev1.Node {
-	var out []*corev1.Node
-	for _, o := range w.nodes.GetStore().List() {
-		out = append(out, o.(*corev1.Node))
+// syncServices writes every dirty Service (the first time: every Service,
+// and then the table is initialised).
+func (w *Watcher) syncServices() {
+	w.mu.Lock()
+	dirty := w.dirty
+	w.dirty = map[state.ServiceName]bool{}
+	first := !w.synced
+	w.synced = true
+	w.mu.Unlock()
+	if first {
+		for _, k := range w.services.GetStore().ListKeys() {
+			ns, name, _ := strings.Cut(k, "/")
+			dirty[state.ServiceName{Namespace: ns, Name: name}] = true
+		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
+	txn := w.tables.DB.WriteTxn(w.tables.Services)
+	defer txn.Commit()
+	for n := range dirty {
+		svc := w.service(n)
+		old, _, found := w.tables.Services.Get(txn, state.ServiceByName.Query(n))
+		switch {
+		case svc == nil && found:
+			w.tables.Services.Delete(txn, old)
+		case svc == nil:
+		case found && old.Same(svc):
+		default:
+			svc.Status = reconciler.StatusPending()
+			w.tables.Services.Insert(txn, svc)
+		}
+		w.checkCIDR(n, svc)
+	}
+	if first {
+		w.initServices(txn)
+	}
 }
 
-// Services translates every Service and its EndpointSlices into datapath
-// frontends: one per (ClusterIP, port), with NodePort where the Service has
-// one, sorted by protocol and frontend. The agent's full pass uses it;
-// changes go through TakeDirtyServices.
-func (w *Watcher) Services() []datapath.Service {
-	if w.services == nil {
+// checkCIDR warns, once per Service, about a ClusterIP outside service-cidr.
+func (w *Watcher) checkCIDR(n state.ServiceName, svc *state.Service) {
+	outside := svc != nil && len(svc.Frontends) > 0 && !w.svcCIDR.Contains(svc.Frontends[0].Addr.Addr())
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if outside == w.outside[n] {
+		return
+	}
+	if outside {
+		w.outside[n] = true
+		w.log.Warn("Service's ClusterIP lies outside service-cidr: set service-cidr to kube-apiserver's --service-cluster-ip-range",
+			"service", n, "clusterIP", svc.Frontends[0].Addr.Addr(), "service-cidr", w.svcCIDR)
+		return
+	}
+	delete(w.outside, n)
+}
+
+// OutsideServiceCIDR is the number of Services whose ClusterIP lies outside
+// service-cidr.
+func (w *Watcher) OutsideServiceCIDR() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.outside)
+}
+
+// service translates the Service called n and its EndpointSlices; nil when
+// there is no such Service or it has no frontend.
+func (w *Watcher) service(n state.ServiceName) *state.Service {
+	o, exists, err := w.services.GetStore().GetByKey(n.String())
+	if err != nil || !exists {
 		return nil
 	}
-	var out []datapath.Service
-	for _, k := range w.services.GetStore().ListKeys() {
-		out = append(out, w.serviceFrontends(k)...)
+	var slices []*slice
+	objs, _ := w.slices.GetIndexer().ByIndex(sliceServiceIndex, n.String())
+	for _, so := range objs {
+		slices = append(slices, so.(*slice))
 	}
-	// By protocol, then frontend: a stable order for listings, compared
-	// without building a key string per comparison.
-	slices.SortFunc(out, func(a, b datapath.Service) int {
+	return translate(o.(*service), slices)
+}
+
+// Node returns the Node called name from the informer's cache.
+func (w *Watcher) Node(name string) (*corev1.Node, bool) {
+	o, ok, err := w.nodes.GetStore().GetByKey(name)
+	if err != nil || !ok {
+		return nil, false
+	}
+	n, ok := o.(*corev1.Node)
+	return n, ok
+}
+
+// TranslateService turns one Service and its EndpointSlices into its
+// frontends, as the watcher does with the slim copies it keeps.
+func TranslateService(s *corev1.Service, slices []*discoveryv1.EndpointSlice) *state.Service {
+	sl := make([]*slice, len(slices))
+	for i, es := range slices {
+		sl[i] = sliceOf(es)
+	}
+	return translate(serviceOf(s), sl)
+}
+
+// translate makes the frontends of a Service: one per (ClusterIP, port),
+// with the NodePort where the Service has one, sorted by protocol and
+// address. Headless Services and those without an IPv4 ClusterIP have
+// none (nil); only IPv4 slices and addresses become backends.
+func translate(s *service, slices []*slice) *state.Service {
+	if !s.clusterIP.Is4() {
+		return nil
+	}
+	out := &state.Service{Name: state.ServiceName{Namespace: s.namespace, Name: s.name}}
+	for _, p := range s.ports {
+		if p.protocol != corev1.ProtocolTCP && p.protocol != corev1.ProtocolUDP {
+			continue
+		}
+		fe := state.Frontend{PortName: p.name, Protocol: string(p.protocol), Addr: netip.AddrPortFrom(s.clusterIP, p.port),
+			SessionAffinity: s.affinity}
+		if s.nodePorts {
+			fe.NodePort = p.nodePort
+		}
+		fe.Backends = backends(p, slices)
+		out.Frontends = append(out.Frontends, fe)
+	}
+	if len(out.Frontends) == 0 {
+		return nil
+	}
+	sortFrontends(out.Frontends)
+	return out
+}
+
+func sortFrontends(fes []state.Frontend) {
+	slices.SortFunc(fes, func(a, b state.Frontend) int {
 		if c := strings.Compare(a.Protocol, b.Protocol); c != 0 {
 			return c
 		}
-		return a.Frontend.Compare(b.Frontend)
+		return a.Addr.Compare(b.Addr)
 	})
-	return out
 }
 
-// TranslateService turns one Service and its EndpointSlices into frontends.
-// Headless Services and those without a ClusterIP have none; only IPv4
-// slices and addresses become backends.
-func TranslateService(s *corev1.Service, slices []*discoveryv1.EndpointSlice) []datapath.Service {
-	vip, err := netip.ParseAddr(s.Spec.ClusterIP)
-	if err != nil || !vip.Is4() {
-		return nil
-	}
-	var out []datapath.Service
-	for _, p := range s.Spec.Ports {
-		if p.Protocol != corev1.ProtocolTCP && p.Protocol != corev1.ProtocolUDP {
+// backends are the IPv4 endpoints of the slices for Service port p.
+func backends(p servicePort, slices []*slice) []state.Backend {
+	var out []state.Backend
+	seen := map[netip.AddrPort]bool{}
+	for _, es := range slices {
+		if !es.ipv4 {
 			continue
 		}
-		fe := datapath.Service{
-			Namespace: s.Namespace, Name: s.Name, PortName: p.Name, Protocol: string(p.Protocol),
-			Frontend:        netip.AddrPortFrom(vip, uint16(p.Port)),
-			SessionAffinity: s.Spec.SessionAffinity == corev1.ServiceAffinityClientIP,
-		}
-		if s.Spec.Type == corev1.ServiceTypeNodePort || s.Spec.Type == corev1.ServiceTypeLoadBalancer {
-			fe.NodePort = uint16(p.NodePort)
-		}
-		seen := map[netip.AddrPort]bool{}
-		for _, es := range slices {
-			if es.AddressType != discoveryv1.AddressTypeIPv4 {
-				continue // an IPv4 frontend balances to IPv4 backends only
-			}
-			var port int32 = -1
-			for _, ep := range es.Ports {
-				if ep.Port == nil || (ep.Protocol != nil && *ep.Protocol != p.Protocol) {
-					continue
-				}
-				if (ep.Name == nil && p.Name == "") || (ep.Name != nil && *ep.Name == p.Name) {
-					port = *ep.Port
-				}
-			}
-			if port < 0 {
+		var port int32 = -1
+		for _, ep := range es.ports {
+			if ep.port < 0 || (ep.protocol != "" && ep.protocol != p.protocol) {
 				continue
 			}
-			for _, e := range es.Endpoints {
-				ready := e.Conditions.Ready == nil || *e.Conditions.Ready
-				terminating := e.Conditions.Terminating != nil && *e.Conditions.Terminating
-				node := ""
-				if e.NodeName != nil {
-					node = *e.NodeName
-				}
-				for _, a := range e.Addresses {
-					ip, err := netip.ParseAddr(a)
-					if err != nil || !ip.Is4() {
-						continue
-					}
-					ap := netip.AddrPortFrom(ip, uint16(port))
-					if seen[ap] {
-						continue
-					}
-					seen[ap] = true
-					fe.Backends = append(fe.Backends, datapath.Backend{Addr: ap, NodeName: node, Ready: ready, Terminating: terminating})
-				}
+			if ep.name == p.name {
+				port = ep.port
 			}
 		}
-		sort.Slice(fe.Backends, func(i, j int) bool { return fe.Backends[i].Addr.Compare(fe.Backends[j].Addr) < 0 })
-		out = append(out, fe)
+		if port < 0 {
+			continue
+		}
+		for _, e := range es.endpoints {
+			for _, ip := range e.addrs {
+				ap := netip.AddrPortFrom(ip, uint16(port))
+				if seen[ap] {
+					continue
+				}
+				seen[ap] = true
+				out = append(out, state.Backend{Addr: ap, NodeName: e.node, Ready: e.ready, Terminating: e.terminating})
+			}
+		}
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Addr.Compare(out[j].Addr) < 0 })
 	return out
 }

@@ -3,7 +3,6 @@ package lab
 import (
 	"context"
 	"embed"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -25,8 +25,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"glia.dev/glia/internal/api"
 	"glia.dev/glia/internal/atomicfile"
+	"glia.dev/glia/internal/lab/noderunner"
 	"glia.dev/glia/internal/netnsfile"
 )
 
@@ -38,8 +38,6 @@ type Lab struct {
 	log    *slog.Logger
 	layout Layout
 	out    io.Writer // progress lines for a person
-	// ExtraManifests are applied after the control plane is up (the CRD).
-	ExtraManifests [][]byte
 }
 
 // New returns a Lab that uses layout and prints progress to out.
@@ -54,14 +52,17 @@ func (l *Lab) progress(format string, args ...any) {
 	fmt.Fprintf(l.out, "[lab %s] %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 }
 
-// KubeProxyModeLabel on a node picks kube-proxy's mode there ("nftables";
-// anything else: iptables).
-const KubeProxyModeLabel = "lab.glia.dev/kube-proxy-mode"
+// KubeProxyModeLabel on a node picks the mode of the kube-proxy its runner
+// runs there ("nftables"; anything else: iptables).
+const KubeProxyModeLabel = noderunner.KubeProxyModeLabel
 
 // UpOptions configure `lab up`.
 type UpOptions struct {
 	Nodes int
-	Set   map[string]string // seeds ConfigMap glia-config
+	// Set are Helm values of the glia chart (kubeProxyReplacement=true,
+	// bpf.masquerade=true) or glia config keys (kube-proxy-replacement=true),
+	// which become the chart values that render them.
+	Set map[string]string
 	// NodeLabels are extra labels per node name, set when the node registers.
 	NodeLabels map[string]map[string]string
 	// Apply are manifests (e.g. GliaNodeConfigs) applied before any node starts.
@@ -74,7 +75,7 @@ func (l *Lab) Up(ctx context.Context, o UpOptions) (err error) {
 	if o.Nodes < 1 || o.Nodes > MaxNodes {
 		return fmt.Errorf("--nodes %d: a lab has 1 to %d nodes", o.Nodes, MaxNodes)
 	}
-	for _, b := range []string{"glia", "glia-agent", "glia-cni", "glia-k8s", "coredns"} {
+	for _, b := range RequiredBinaries {
 		if _, err := os.Stat(l.layout.Bin(b)); err != nil {
 			return fmt.Errorf("%s is missing: run `make build` first", l.layout.Bin(b))
 		}
@@ -152,8 +153,12 @@ func (l *Lab) Up(ctx context.Context, o UpOptions) (err error) {
 	if err != nil {
 		return err
 	}
-	l.progress("applying namespace glia-system, ConfigMap glia-config, CRDs and CoreDNS")
-	if err := l.bootstrap(ctx, cs, cfg, o.Set); err != nil {
+	l.progress("applying CoreDNS")
+	if err := l.bootstrap(ctx, cfg); err != nil {
+		return err
+	}
+	l.progress("installing glia: helm install glia %s -n %s", l.layout.ChartDir(), AgentNamespace)
+	if err := l.helmInstall(ctx, o.Set); err != nil {
 		return err
 	}
 	if err := l.applyRetry(ctx, cfg, o.Apply); err != nil {
@@ -165,7 +170,12 @@ func (l *Lab) Up(ctx context.Context, o UpOptions) (err error) {
 		if err := setupNode(i); err != nil {
 			return err
 		}
-		if err := l.writeCNIConfig(name); err != nil {
+		made, err := l.prepareNodeFS(name)
+		st.HostDirsMade = appendNew(st.HostDirsMade, made...)
+		if serr := l.saveState(st); err == nil {
+			err = serr
+		}
+		if err != nil {
 			return err
 		}
 		if o.NodeLabels[name] != nil {
@@ -178,25 +188,14 @@ func (l *Lab) Up(ctx context.Context, o UpOptions) (err error) {
 			return err
 		}
 		st.add(runner)
-		agent, err := l.spawnAgent(name)
-		if err != nil {
-			return err
-		}
-		st.add(agent)
 		if err := l.saveState(st); err != nil {
 			return err
 		}
 	}
 	for i := 1; i <= o.Nodes; i++ {
 		name := NodeName(i)
-		l.progress("waiting for glia-agent on %s", name)
-		if err := l.waitAgent(ctx, name, st.Procs[name+"/agent"], 90*time.Second); err != nil {
-			return err
-		}
-		if err := l.reconcileKubeProxy(ctx, st, name); err != nil {
-			return err
-		}
-		if err := l.saveState(st); err != nil {
+		l.progress("waiting for the glia agent pod on %s", name)
+		if err := l.waitAgent(ctx, cs, name, "", 3*time.Minute); err != nil {
 			return err
 		}
 	}
@@ -206,6 +205,20 @@ func (l *Lab) Up(ctx context.Context, o UpOptions) (err error) {
 	}
 	l.progress("lab is up: export KUBECONFIG=%s", l.layout.Kubeconfig())
 	return nil
+}
+
+// RequiredBinaries are the programs `make build` puts in the bin dir that
+// the lab runs.
+var RequiredBinaries = []string{"glia", "glia-agent", "glia-cni", "glia-k8s", "coredns", "helm"}
+
+// appendNew appends the elements of add that list does not hold yet.
+func appendNew(list []string, add ...string) []string {
+	for _, a := range add {
+		if !slices.Contains(list, a) {
+			list = append(list, a)
+		}
+	}
+	return list
 }
 
 // ensureBPFFS mounts bpffs at /sys/fs/bpf unless one is there; it reports
@@ -233,33 +246,22 @@ func (l *Lab) clients() (*kubernetes.Clientset, *rest.Config, error) {
 // Clients returns a clientset for the lab's API server.
 func (l *Lab) Clients() (*kubernetes.Clientset, *rest.Config, error) { return l.clients() }
 
-func (l *Lab) bootstrap(ctx context.Context, cs *kubernetes.Clientset, cfg *rest.Config, set map[string]string) error {
+// bootstrap applies the lab's own manifests (CoreDNS). glia itself, its
+// CRDs and its ConfigMap come from the chart.
+func (l *Lab) bootstrap(ctx context.Context, cfg *rest.Config) error {
 	a, err := newApplier(cfg)
 	if err != nil {
 		return err
 	}
-	docs := [][]byte{}
 	ents, _ := manifests.ReadDir("manifests")
-	sort.Slice(ents, func(i, j int) bool { return ents[i].Name() > ents[j].Name() }) // glia-system before coredns
 	for _, e := range ents {
 		b, err := manifests.ReadFile("manifests/" + e.Name())
 		if err != nil {
 			return err
 		}
-		docs = append(docs, b)
-	}
-	docs = append(docs, l.ExtraManifests...)
-	for _, d := range docs {
-		if err := a.apply(ctx, d); err != nil {
+		if err := a.apply(ctx, b); err != nil {
 			return err
 		}
-	}
-	cm := &corev1.ConfigMap{
-		ObjectMeta: metav1.ObjectMeta{Name: "glia-config", Namespace: AgentNamespace},
-		Data:       set,
-	}
-	if _, err := cs.CoreV1().ConfigMaps(AgentNamespace).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("create ConfigMap glia-config: %w", err)
 	}
 	return nil
 }
@@ -293,154 +295,6 @@ func (l *Lab) preLabelNode(ctx context.Context, cs *kubernetes.Clientset, name s
 	_, err := cs.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create node %s: %w", name, err)
-	}
-	return nil
-}
-
-func (l *Lab) writeCNIConfig(node string) error {
-	dir := l.layout.CNIConfDir(node)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	conf := map[string]any{
-		"cniVersion": "1.1.0",
-		"name":       "glia",
-		"plugins": []any{map[string]any{
-			"type":       "glia-cni",
-			"socketPath": l.layout.AgentSocket(node),
-		}},
-	}
-	b, _ := json.MarshalIndent(conf, "", "  ")
-	return atomicfile.WriteFile(filepath.Join(dir, "10-glia.conflist"), b, 0o644)
-}
-
-func (l *Lab) spawnRunner(node string, i int) (Proc, error) {
-	p := pki{dir: l.layout.PKIDir()}
-	cert, key, err := p.kubeletServing(node, NodeIP(i))
-	if err != nil {
-		return Proc{}, err
-	}
-	return spawn(node+"/runner", NodeNetns(node), filepath.Join(l.layout.NodeCgroup(node), "_runner"),
-		filepath.Join(l.layout.LogDir(), node+"-runner.log"), []string{l.layout.Bin("glia"), "lab", "_runner",
-			"--node", node, "--node-ip", NodeIP(i).String(),
-			"--kubeconfig", l.layout.Kubeconfig(),
-			"--cni-conf-dir", l.layout.CNIConfDir(node), "--cni-bin-dir", l.layout.BinDir,
-			"--state-dir", l.layout.RunnerStateDir(node),
-			"--cgroup", l.layout.NodeCgroup(node),
-			"--cluster-dns", ClusterDNS.String(), "--cluster-domain", ClusterDomain,
-			"--tls-cert-file", cert, "--tls-private-key-file", key, "--client-ca-file", p.CACert(),
-		}, nil)
-}
-
-func (l *Lab) agentArgs(node string) []string {
-	return []string{l.layout.Bin("glia-agent"),
-		"--node-name", node,
-		"--kubeconfig", l.layout.Kubeconfig(),
-		"--namespace", AgentNamespace,
-		"--state-dir", l.layout.AgentStateDir(node),
-		"--socket", l.layout.AgentSocket(node),
-		"--bpffs-dir", l.layout.NodeBPFDir(node),
-		"--device", "eth0",
-		// Node processes (host-network pods, daemons) reach ClusterIPs
-		// through socket load balancing where the agent replaces kube-proxy.
-		"--socket-lb-cgroup", l.layout.NodeCgroup(node),
-	}
-}
-
-func (l *Lab) spawnAgent(node string) (Proc, error) {
-	return spawn(node+"/agent", NodeNetns(node), filepath.Join(l.layout.NodeCgroup(node), "_agent"),
-		filepath.Join(l.layout.LogDir(), node+"-agent.log"), l.agentArgs(node), nil)
-}
-
-// AgentClient returns an API client for a node's agent.
-func (l *Lab) AgentClient(node string) *api.Client { return api.NewClient(l.layout.AgentSocket(node)) }
-
-// waitAgent waits for the agent's API to answer healthy; it gives up at
-// once, quoting the agent's last log lines, when the process exits (an
-// agent refuses to start on a config it cannot honour).
-func (l *Lab) waitAgent(ctx context.Context, node string, p Proc, timeout time.Duration) error {
-	c := &http.Client{Transport: unixTransport(l.layout.AgentSocket(node)), Timeout: 2 * time.Second}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	go func() {
-		for ctx.Err() == nil && p.Alive() {
-			time.Sleep(100 * time.Millisecond)
-		}
-		cancel()
-	}()
-	err := waitHTTP(ctx, c, "http://glia-agent"+api.PathHealthz, "", timeout)
-	if err == nil {
-		return nil
-	}
-	logPath := filepath.Join(l.layout.LogDir(), node+"-agent.log")
-	if !p.Alive() {
-		return fmt.Errorf("glia-agent on %s exited; the end of its log (%s):\n%s", node, logPath, logTail(logPath, 8))
-	}
-	return fmt.Errorf("glia-agent on %s is not healthy (log: %s): %w", node, logPath, err)
-}
-
-// logTail returns the last n lines of a file.
-func logTail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// reconcileKubeProxy runs kube-proxy on a node whose agent does not replace
-// it, and stops it (cleaning its rules) where the agent does.
-func (l *Lab) reconcileKubeProxy(ctx context.Context, st *State, node string) error {
-	var s api.Status
-	if err := l.AgentClient(node).Status(ctx, &s); err != nil {
-		return fmt.Errorf("status of glia-agent on %s: %w", node, err)
-	}
-	key := node + "/kube-proxy"
-	p, running := st.Procs[key]
-	running = running && p.Alive()
-	want := !s.KubeProxyReplacement.Enabled
-	// kube-proxy runs in iptables mode unless the node is labelled
-	// lab.glia.dev/kube-proxy-mode=nftables (the benchmarks compare both).
-	mode := "iptables"
-	if cs, _, err := l.clients(); err == nil {
-		if n, err := cs.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{}); err == nil && n.Labels[KubeProxyModeLabel] == "nftables" {
-			mode = "nftables"
-		}
-	}
-	switch {
-	case want && !running:
-		l.progress("starting kube-proxy (%s mode) on %s: kube-proxy-replacement is off there", mode, node)
-		np, err := spawn(key, NodeNetns(node), filepath.Join(l.layout.NodeCgroup(node), "_kube-proxy"),
-			filepath.Join(l.layout.LogDir(), node+"-kube-proxy.log"), []string{l.layout.Bin("glia-k8s"), "proxy",
-				"--kubeconfig=" + l.layout.Kubeconfig(), "--hostname-override=" + node,
-				"--proxy-mode=" + mode, "--cluster-cidr=" + ClusterCIDR.String(),
-				"--healthz-bind-address=0.0.0.0:10256", "--metrics-bind-address=127.0.0.1:10249",
-				"--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0", "--conntrack-tcp-timeout-close-wait=0",
-				"--v=1",
-			}, nil)
-		if err != nil {
-			return err
-		}
-		st.add(np)
-	case !want && running:
-		l.progress("stopping kube-proxy on %s: glia replaces it there", node)
-		if err := p.Stop(5 * time.Second); err != nil {
-			return err
-		}
-		delete(st.Procs, key)
-		fallthrough
-	case !want:
-		// Remove the rules a kube-proxy may have left in this node, in either mode.
-		for _, m := range []string{"iptables", "nftables"} {
-			cmd := exec.CommandContext(ctx, l.layout.Bin("glia-k8s"), "proxy", "--cleanup", "--proxy-mode="+m)
-			if out, err := runInNetns(NodeNetns(node), cmd); err != nil {
-				return fmt.Errorf("clean kube-proxy %s rules on %s: %v: %s", m, node, err, out)
-			}
-		}
 	}
 	return nil
 }
@@ -556,6 +410,9 @@ func (l *Lab) down(ctx context.Context, quiet bool) error {
 	if st != nil && st.NetnsDirMade && !netnsfile.IsMountPoint(netnsRunDir) {
 		os.Remove(netnsRunDir) // only if empty: what else lives there stays
 	}
+	if st != nil {
+		removeHostDirs(st.HostDirsMade)
+	}
 	if err := teardownRootNetwork(); err != nil {
 		errs = append(errs, err)
 	}
@@ -616,61 +473,6 @@ func (l *Lab) Status(ctx context.Context, w io.Writer) error {
 		fmt.Fprintf(w, "  %-12s %-9s podCIDR %s\n", n.Name, ready, n.Spec.PodCIDR)
 	}
 	return nil
-}
-
-// AgentAction is what `glia lab agent ACTION NODE` does.
-func (l *Lab) AgentAction(ctx context.Context, action, node string) error {
-	unlock, err := l.lock()
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	st, err := l.loadState()
-	if err != nil {
-		return err
-	}
-	if !l.hasNode(st, node) {
-		return fmt.Errorf("no node %q in the lab: nodes are lab-node-1 … lab-node-%d", node, st.Nodes)
-	}
-	key := node + "/agent"
-	p := st.Procs[key]
-	switch action {
-	case "stop":
-		err = p.Stop(5 * time.Second)
-	case "kill":
-		if err = p.Signal(9); err == nil {
-			err = p.WaitGone(5 * time.Second)
-		}
-	case "start", "restart":
-		if action == "restart" {
-			if err = p.Stop(5 * time.Second); err == nil {
-				err = p.WaitGone(5 * time.Second)
-			}
-			if err != nil {
-				return err
-			}
-		} else if p.Alive() {
-			return fmt.Errorf("glia-agent on %s is already running (pid %d)", node, p.PID)
-		}
-		np, err := l.spawnAgent(node)
-		if err != nil {
-			return err
-		}
-		st.add(np)
-		if err := l.saveState(st); err != nil {
-			return err
-		}
-		if err := l.waitAgent(ctx, node, np, 90*time.Second); err != nil {
-			return err
-		}
-		err = l.reconcileKubeProxy(ctx, st, node)
-	default:
-		return fmt.Errorf("unknown agent action %q: use stop, start, restart or kill", action)
-	}
-	if err != nil {
-		return err
-	}
-	return l.saveState(st)
 }
 
 func (l *Lab) hasNode(st *State, node string) bool {

@@ -35,7 +35,7 @@ import (
 )
 
 func TestLayout(t *testing.T) {
-	l := Layout{Base: "/run/glia-lab", CgroupRoot: "/sys/fs/cgroup/unified/glia-lab", BPFRoot: "/sys/fs/bpf/glia", BinDir: "/opt/glia/bin"}
+	l := Layout{Base: "/run/glia-lab", CgroupRoot: "/sys/fs/cgroup/unified/glia-lab", BPFRoot: "/sys/fs/bpf/glia-lab", BinDir: "/opt/glia/bin"}
 	n := NodeName(2)
 	got := map[string]string{
 		"StateFile":      l.StateFile(),
@@ -48,6 +48,10 @@ func TestLayout(t *testing.T) {
 		"AgentStateDir":  l.AgentStateDir(n),
 		"RunnerStateDir": l.RunnerStateDir(n),
 		"CNIConfDir":     l.CNIConfDir(n),
+		"CNIBinDir":      l.CNIBinDir(n),
+		"NodeRoot":       l.NodeRoot(n),
+		"AgentBPFDir":    l.AgentBPFDir(n),
+		"ChartDir":       l.ChartDir(),
 		"NodeCgroup":     l.NodeCgroup(n),
 		"NodeBPFDir":     l.NodeBPFDir(n),
 		"Bin":            l.Bin("glia-agent"),
@@ -61,12 +65,16 @@ func TestLayout(t *testing.T) {
 		"EtcdDir":        "/run/glia-lab/etcd",
 		"LogDir":         "/run/glia-lab/logs",
 		"NodeDir":        "/run/glia-lab/nodes/lab-node-2",
-		"AgentSocket":    "/run/glia-lab/nodes/lab-node-2/run/glia.sock",
-		"AgentStateDir":  "/run/glia-lab/nodes/lab-node-2/agent",
+		"AgentSocket":    "/run/glia-lab/nodes/lab-node-2/root/var/run/glia/glia.sock",
+		"AgentStateDir":  "/run/glia-lab/nodes/lab-node-2/root/var/lib/glia",
 		"RunnerStateDir": "/run/glia-lab/nodes/lab-node-2/runner",
-		"CNIConfDir":     "/run/glia-lab/nodes/lab-node-2/cni",
+		"CNIConfDir":     "/run/glia-lab/nodes/lab-node-2/root/etc/cni/net.d",
+		"CNIBinDir":      "/run/glia-lab/nodes/lab-node-2/root/opt/cni/bin",
+		"NodeRoot":       "/run/glia-lab/nodes/lab-node-2/root",
+		"AgentBPFDir":    "/sys/fs/bpf/glia-lab/lab-node-2/glia",
+		"ChartDir":       "/run/glia-lab/chart",
 		"NodeCgroup":     "/sys/fs/cgroup/unified/glia-lab/lab-node-2",
-		"NodeBPFDir":     "/sys/fs/bpf/glia/lab-node-2",
+		"NodeBPFDir":     "/sys/fs/bpf/glia-lab/lab-node-2",
 		"Bin":            "/opt/glia/bin/glia-agent",
 		"NodeNetns":      "glia-lab-lab-node-2",
 		"hostVeth":       "glab-n2",
@@ -76,7 +84,7 @@ func TestLayout(t *testing.T) {
 	}
 	// Every node's paths are its own: nothing is shared between two nodes.
 	a, b := NodeName(1), NodeName(11)
-	for _, f := range []func(string) string{l.NodeDir, l.AgentSocket, l.AgentStateDir, l.RunnerStateDir, l.CNIConfDir, l.NodeCgroup, l.NodeBPFDir, NodeNetns} {
+	for _, f := range []func(string) string{l.NodeDir, l.AgentSocket, l.AgentStateDir, l.RunnerStateDir, l.CNIConfDir, l.CNIBinDir, l.NodeRoot, l.NodeCgroup, l.NodeBPFDir, NodeNetns} {
 		if pa, pb := f(a), f(b); pa == pb || strings.HasPrefix(pb, pa+"/") || strings.HasPrefix(pa, pb+"/") {
 			t.Errorf("paths of %s and %s overlap: %s, %s", a, b, pa, pb)
 		}
@@ -96,7 +104,7 @@ func TestDefaultLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Layout{Base: "/run/glia-lab", CgroupRoot: filepath.Join(root, "glia-lab"), BPFRoot: "/sys/fs/bpf/glia", BinDir: "/opt/glia/bin"}
+	want := Layout{Base: "/run/glia-lab", CgroupRoot: filepath.Join(root, "glia-lab"), BPFRoot: "/sys/fs/bpf/glia-lab", BinDir: "/opt/glia/bin"}
 	if diff := cmp.Diff(want, l); diff != "" {
 		t.Errorf("DefaultLayout (-want +got):\n%s", diff)
 	}

@@ -47,8 +47,8 @@ const (
 type Layout struct {
 	Base       string // e.g. /run/glia-lab
 	CgroupRoot string // e.g. /sys/fs/cgroup/unified/glia-lab
-	BPFRoot    string // e.g. /sys/fs/bpf/glia
-	BinDir     string // where glia, glia-agent, glia-cni, glia-k8s, coredns live
+	BPFRoot    string // e.g. /sys/fs/bpf/glia-lab: one bpffs directory per node below it
+	BinDir     string // where glia, glia-agent, glia-cni, glia-k8s, coredns, helm live
 }
 
 // DefaultLayout is the layout `glia lab` uses.
@@ -60,7 +60,7 @@ func DefaultLayout(binDir string) (Layout, error) {
 	return Layout{
 		Base:       "/run/glia-lab",
 		CgroupRoot: filepath.Join(cg, "glia-lab"),
-		BPFRoot:    "/sys/fs/bpf/glia",
+		BPFRoot:    "/sys/fs/bpf/glia-lab",
 		BinDir:     binDir,
 	}, nil
 }
@@ -70,16 +70,64 @@ func (l Layout) Kubeconfig() string      { return filepath.Join(l.Base, "kubecon
 func (l Layout) PKIDir() string          { return filepath.Join(l.Base, "pki") }
 func (l Layout) EtcdDir() string         { return filepath.Join(l.Base, "etcd") }
 func (l Layout) LogDir() string          { return filepath.Join(l.Base, "logs") }
+func (l Layout) ChartDir() string        { return filepath.Join(l.Base, "chart") }
 func (l Layout) NodeDir(n string) string { return filepath.Join(l.Base, "nodes", n) }
+
+// NodeRoot holds a node's own files: each of NodeBinds' node paths is
+// backed by the same path under it (NodeRoot/etc/cni/net.d is the node's
+// /etc/cni/net.d).
+func (l Layout) NodeRoot(n string) string { return filepath.Join(l.NodeDir(n), "root") }
+
+// AgentSocket is the node's /var/run/glia/glia.sock as the host sees it.
 func (l Layout) AgentSocket(n string) string {
-	return filepath.Join(l.NodeDir(n), "run", "glia.sock")
+	return filepath.Join(l.NodeRoot(n), "var/run/glia/glia.sock")
 }
-func (l Layout) AgentStateDir(n string) string  { return filepath.Join(l.NodeDir(n), "agent") }
+
+// AgentStateDir is the node's /var/lib/glia as the host sees it.
+func (l Layout) AgentStateDir(n string) string { return filepath.Join(l.NodeRoot(n), "var/lib/glia") }
+
+// CNIConfDir and CNIBinDir are the node's /etc/cni/net.d and /opt/cni/bin
+// as the host sees them.
+func (l Layout) CNIConfDir(n string) string     { return filepath.Join(l.NodeRoot(n), "etc/cni/net.d") }
+func (l Layout) CNIBinDir(n string) string      { return filepath.Join(l.NodeRoot(n), "opt/cni/bin") }
 func (l Layout) RunnerStateDir(n string) string { return filepath.Join(l.NodeDir(n), "runner") }
-func (l Layout) CNIConfDir(n string) string     { return filepath.Join(l.NodeDir(n), "cni") }
 func (l Layout) NodeCgroup(n string) string     { return filepath.Join(l.CgroupRoot, n) }
-func (l Layout) NodeBPFDir(n string) string     { return filepath.Join(l.BPFRoot, n) }
-func (l Layout) Bin(name string) string         { return filepath.Join(l.BinDir, name) }
+
+// NodeBPFDir is the bpffs directory that is the node's /sys/fs/bpf.
+func (l Layout) NodeBPFDir(n string) string { return filepath.Join(l.BPFRoot, n) }
+
+// AgentBPFDir is where the node's agent pins its maps and links
+// (/sys/fs/bpf/glia in the node).
+func (l Layout) AgentBPFDir(n string) string { return filepath.Join(l.NodeBPFDir(n), "glia") }
+func (l Layout) Bin(name string) string      { return filepath.Join(l.BinDir, name) }
+
+// Bind is one directory of a node's own, bind-mounted over Path in the
+// node's mount namespace.
+type Bind struct {
+	Source string // on the host
+	Path   string // the path the node (its runner, CNI plugins, pods) sees
+}
+
+// NodePaths are the host paths every lab node has its own copy of: what a
+// CNI agent's DaemonSet mounts from the host. Parents come before their
+// children (/var/run/glia before /var/run/glia/… would be).
+var NodePaths = []string{"/opt/cni/bin", "/etc/cni/net.d", "/var/run/glia", "/var/lib/glia", "/run/glia/cgroupv2"}
+
+// NodeBinds returns node n's binds, in mount order: the node's directories
+// under NodeRoot, its bpffs directory as /sys/fs/bpf and its cgroup as
+// /run/glia/cgroupv2 (a cgroup2 directory, so the DaemonSet's init
+// container finds one there and mounts nothing).
+func (l Layout) NodeBinds(n string) []Bind {
+	var out []Bind
+	for _, p := range NodePaths {
+		src := filepath.Join(l.NodeRoot(n), p)
+		if p == "/run/glia/cgroupv2" {
+			src = l.NodeCgroup(n)
+		}
+		out = append(out, Bind{Source: src, Path: p})
+	}
+	return append(out, Bind{Source: l.NodeBPFDir(n), Path: "/sys/fs/bpf"})
+}
 
 // NodeName is the name of the i-th node (1-based).
 func NodeName(i int) string { return fmt.Sprintf("lab-node-%d", i) }

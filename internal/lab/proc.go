@@ -89,6 +89,12 @@ func closeInheritedFDs() {
 // appended to logPath, placed in cgroupDir (created if needed) and born in
 // the named network namespace netnsName ("" = the caller's).
 func spawn(name, netnsName, cgroupDir, logPath string, args []string, env []string) (Proc, error) {
+	return spawnIn(name, netnsName, 0, cgroupDir, logPath, args, env)
+}
+
+// spawnIn is spawn with clone flags for new namespaces of the child (e.g.
+// CLONE_NEWNS: a mount namespace of its own).
+func spawnIn(name, netnsName string, cloneflags uintptr, cgroupDir, logPath string, args []string, env []string) (Proc, error) {
 	closeInheritedFDs()
 	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
 		return Proc{}, err
@@ -102,7 +108,7 @@ func spawn(name, netnsName, cgroupDir, logPath string, args []string, env []stri
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), env...)
-	attr := &syscall.SysProcAttr{Setsid: true}
+	attr := &syscall.SysProcAttr{Setsid: true, Cloneflags: cloneflags}
 	if cgroupDir != "" {
 		if err := os.MkdirAll(cgroupDir, 0o755); err != nil {
 			return Proc{}, fmt.Errorf("cgroup %s: %w", cgroupDir, err)

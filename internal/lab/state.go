@@ -27,6 +27,10 @@ type State struct {
 	// NetnsDirMade records that the lab created /var/run/netns itself, so
 	// that lab down removes it again (if empty).
 	NetnsDirMade bool `json:"netnsDirMade,omitempty"`
+	// HostDirsMade are the empty mount points the lab created on the host
+	// for its nodes' binds (/opt/cni/bin, /etc/cni/net.d, … when the host
+	// had none); lab down removes them again when they are still empty.
+	HostDirsMade []string `json:"hostDirsMade,omitempty"`
 }
 
 func (s *State) add(p Proc) {

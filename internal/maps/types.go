@@ -584,6 +584,13 @@ func (t *Tunnel) Update(prefix netip.Prefix, nodeIP netip.Addr) error {
 // Delete removes prefix; a missing one is not an error.
 func (t *Tunnel) Delete(prefix netip.Prefix) error { return t.delete(tunnelKey(prefix)) }
 
+// Lookup returns the node the longest entry covering prefix points at (an
+// LPM trie matches the longest prefix, not the exact one).
+func (t *Tunnel) Lookup(prefix netip.Prefix) (netip.Addr, bool, error) {
+	v, ok, err := t.lookup(tunnelKey(prefix))
+	return v.NodeIP.Addr(), ok, err
+}
+
 // List returns every entry.
 func (t *Tunnel) List() ([]TunnelEntry, error) {
 	ks, vs, err := t.list()
@@ -639,6 +646,11 @@ func (n *NodeIPs) Update(addr netip.Addr, v NodeValue) error {
 
 // Delete removes addr; a missing one is not an error.
 func (n *NodeIPs) Delete(addr netip.Addr) error { return n.delete(NodeKey{IPv4From(addr)}) }
+
+// Lookup returns the entry of addr.
+func (n *NodeIPs) Lookup(addr netip.Addr) (NodeValue, bool, error) {
+	return n.lookup(NodeKey{IPv4From(addr)})
+}
 
 // List returns every node address.
 func (n *NodeIPs) List() ([]NodeEntry, error) {

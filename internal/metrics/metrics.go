@@ -56,6 +56,8 @@ const (
 	NameHostRoutingMode    = "glia_host_routing_mode"
 	NameDatapathFallback   = "glia_datapath_fallback"
 	NameControllerFailures = "glia_controller_failures"
+	NameReconcileRepairs   = "glia_reconcile_repairs_total"
+	NameReconcileObjects   = "glia_reconcile_objects"
 )
 
 // Metrics is the agent's metric set. All methods are safe for concurrent
@@ -71,6 +73,8 @@ type Metrics struct {
 	hostRoutingMode    *prometheus.GaugeVec
 	datapathFallback   *prometheus.GaugeVec
 	controllerFailures *prometheus.GaugeVec
+	reconcileRepairs   *prometheus.CounterVec
+	reconcileObjects   *prometheus.GaugeVec
 
 	counters *datapathCounters
 }
@@ -113,11 +117,19 @@ func New() *Metrics {
 			Name: NameControllerFailures,
 			Help: "Consecutive failures of a controller since its last success.",
 		}, []string{"name"}),
+		reconcileRepairs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: NameReconcileRepairs,
+			Help: "Kernel objects a reconciler found drifted from the desired state (missing, changed, or left over) and repaired, by reconciler.",
+		}, []string{"reconciler"}),
+		reconcileObjects: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: NameReconcileObjects,
+			Help: "Objects of a reconciler's desired-state table, by reconciliation status (done, pending, error).",
+		}, []string{"reconciler", "status"}),
 		counters: newDatapathCounters(),
 	}
 	m.reg.MustRegister(
 		m.endpoints, m.services, m.healthRTT, m.healthReachable, m.mapPressure,
-		m.hostRoutingMode, m.datapathFallback, m.controllerFailures, m.counters,
+		m.hostRoutingMode, m.datapathFallback, m.controllerFailures, m.reconcileRepairs, m.reconcileObjects, m.counters,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "glia_agent"}),
 		collectors.NewGoCollector(),
 	)
@@ -262,6 +274,24 @@ func (m *Metrics) SetControllerFailures(name string, failures int) {
 	if m != nil {
 		m.controllerFailures.WithLabelValues(name).Set(float64(failures))
 	}
+}
+
+// AddRepair counts one drifted kernel object a reconciler repaired.
+func (m *Metrics) AddRepair(reconciler string) {
+	if m != nil {
+		m.reconcileRepairs.WithLabelValues(reconciler).Inc()
+	}
+}
+
+// SetReconcileObjects sets glia_reconcile_objects{reconciler,status} for
+// the three statuses.
+func (m *Metrics) SetReconcileObjects(reconciler string, done, pending, errors int) {
+	if m == nil {
+		return
+	}
+	m.reconcileObjects.WithLabelValues(reconciler, "done").Set(float64(done))
+	m.reconcileObjects.WithLabelValues(reconciler, "pending").Set(float64(pending))
+	m.reconcileObjects.WithLabelValues(reconciler, "error").Set(float64(errors))
 }
 
 func boolFloat(b bool) float64 {

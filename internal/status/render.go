@@ -26,16 +26,18 @@ const labelWidth = 25
 func Render(w io.Writer, s *api.Status, verbose bool) error {
 	r := &renderer{s: s, verbose: verbose}
 	r.kubernetes()
+	r.readiness()
 	r.kubeProxyReplacement()
 	r.line("Node:", orUnknown(s.NodeName))
 	r.line("Datapath:", orUnknown(s.Datapath))
 	r.line("Uptime:", fmtDuration(s.AgentUptime))
 	r.ipam()
 	r.line("Endpoints:", fmt.Sprint(s.Endpoints))
-	r.line("Services:", fmt.Sprint(s.Services))
+	r.services()
 	r.routing()
 	r.hostRouting()
 	r.masquerading()
+	r.reconcilers()
 	r.controllers()
 	r.configSources()
 	r.clusterHealth()
@@ -98,6 +100,36 @@ func (r *renderer) kubernetes() {
 		r.line("Kubernetes:", "Unknown")
 	default:
 		r.line("Kubernetes:", k.State)
+	}
+	if r.verbose && !k.LastSuccess.IsZero() {
+		r.sub("Last answer:", r.ago(k.LastSuccess))
+	}
+}
+
+// readiness is what the agent's readiness probe answers, with every
+// failing check and why.
+func (r *renderer) readiness() {
+	if len(r.s.Readiness) == 0 {
+		r.line("Readiness:", "Unknown")
+		return
+	}
+	var failing []api.ReadinessCheck
+	for _, c := range r.s.Readiness {
+		if !c.OK {
+			failing = append(failing, c)
+		}
+	}
+	if len(failing) == 0 {
+		r.line("Readiness:", "Ready")
+		return
+	}
+	names := make([]string, len(failing))
+	for i, c := range failing {
+		names[i] = c.Name
+	}
+	r.line("Readiness:", "Not ready: "+strings.Join(names, ", "))
+	for _, c := range failing {
+		r.sub(c.Name+":", c.Message)
 	}
 }
 
@@ -185,6 +217,50 @@ func (r *renderer) masquerading() {
 		r.line("Masquerading:", "IPTables "+families)
 	default:
 		r.line("Masquerading:", orUnknown(m.Mode))
+	}
+}
+
+func (r *renderer) services() {
+	if r.s.ServicesOutsideCIDR == 0 {
+		r.line("Services:", fmt.Sprint(r.s.Services))
+		return
+	}
+	r.line("Services:", fmt.Sprint(r.s.Services),
+		fmt.Sprintf("(%d with a ClusterIP outside service-cidr %s: set service-cidr to kube-apiserver's --service-cluster-ip-range)",
+			r.s.ServicesOutsideCIDR, r.s.ServiceCIDR))
+}
+
+// reconcilers is one line for every kernel object kind's reconciler:
+// healthy when none of its objects is in error; the failing objects are
+// always listed, every reconciler with -v.
+func (r *renderer) reconcilers() {
+	rs := r.s.Reconcilers
+	if len(rs) == 0 {
+		return
+	}
+	healthy, objects := 0, 0
+	for _, rc := range rs {
+		objects += rc.Objects
+		if rc.Errors == 0 {
+			healthy++
+		}
+	}
+	r.line("Reconcilers:", fmt.Sprintf("%d/%d healthy, %d objects", healthy, len(rs), objects))
+	rows := [][]string{{"Name", "Objects", "Done", "Pending", "Errors", "Repaired"}}
+	for _, rc := range rs {
+		if !r.verbose && rc.Errors == 0 {
+			continue
+		}
+		rows = append(rows, []string{rc.Name, fmt.Sprint(rc.Objects), fmt.Sprint(rc.Done), fmt.Sprint(rc.Pending),
+			fmt.Sprint(rc.Errors), fmt.Sprint(rc.Repairs)})
+	}
+	if len(rows) > 1 {
+		r.table(rows)
+	}
+	for _, rc := range rs {
+		for _, f := range rc.Failing {
+			r.sub(rc.Name+":", f)
+		}
 	}
 }
 

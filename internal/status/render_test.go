@@ -39,9 +39,12 @@ func storyStatus(t *testing.T, nodeLabels map[string]string, extra ...config.Nod
 	}
 	m := config.Decide(c.Typed(), fullKernel)
 	s := &api.Status{
-		NodeName:    "sandbox-04",
-		Time:        now,
-		Kubernetes:  api.KubernetesStatus{State: "Ok", Version: "v1.37.2"},
+		NodeName:   "sandbox-04",
+		Time:       now,
+		Kubernetes: api.KubernetesStatus{State: "Ok", Version: "v1.37.2"},
+		Ready:      true,
+		Readiness: []api.ReadinessCheck{{Name: "endpoints-restored", OK: true}, {Name: "datapath", OK: true},
+			{Name: "kubernetes", OK: true}, {Name: "reconcilers", OK: true}},
 		Datapath:    "ebpf (tcx)",
 		AgentUptime: 2*time.Hour + 5*time.Second,
 		IPAM: api.IPAMStatus{PodCIDR: "198.19.4.0/24", Allocated: 3, Size: 253,
@@ -75,6 +78,7 @@ func TestRender(t *testing.T) {
 			name:   "story: legacy because enable-bpf-masquerade is missing",
 			status: func(t *testing.T) *api.Status { return storyStatus(t, nil) },
 			want: `Kubernetes:              Ok   v1.37.2
+Readiness:               Ready
 KubeProxyReplacement:    True   [eth0 198.18.0.14]
 Node:                    sandbox-04
 Datapath:                ebpf (tcx)
@@ -98,6 +102,7 @@ Cluster health:          5/5 reachable   (2026-11-26T01:01:51Z)
 				return storyStatus(t, map[string]string{"io.glia.enable-ebpf": "true"})
 			},
 			want: `Kubernetes:              Ok   v1.37.2
+Readiness:               Ready
 KubeProxyReplacement:    True   [eth0 198.18.0.14]
 Node:                    sandbox-04
 Datapath:                ebpf (tcx)
@@ -127,6 +132,7 @@ Cluster health:          5/5 reachable   (2026-11-26T01:01:51Z)
 			},
 			verbose: true,
 			want: `Kubernetes:              Ok   v1.37.2
+Readiness:               Ready
 KubeProxyReplacement:    True   [eth0 198.18.0.14]
   Reason:                kube-proxy-replacement=true (from ConfigMap glia-system/glia-config)
 Node:                    sandbox-04
@@ -193,6 +199,7 @@ Cluster health:          3/5 reachable   (2026-11-26T01:02:03Z)
 				}
 			},
 			want: `Kubernetes:              Disabled
+Readiness:               Unknown
 KubeProxyReplacement:    False   [kube-proxy handles Services]
 Node:                    lab-1
 Datapath:                Unknown
@@ -215,13 +222,19 @@ Cluster health:          Probe disabled
 			name: "kubernetes error and BPF reason only in verbose",
 			status: func(t *testing.T) *api.Status {
 				return &api.Status{
-					Kubernetes:   api.KubernetesStatus{State: "unable to reach 198.18.0.1:6443: connection refused"},
+					Kubernetes: api.KubernetesStatus{State: "unable to reach 198.18.0.1:6443: connection refused"},
+					Readiness: []api.ReadinessCheck{{Name: "endpoints-restored", OK: true}, {Name: "datapath", OK: true},
+						{Name: "kubernetes", Message: "the API server has not answered for longer than 1m0s (last answer never)"},
+						{Name: "reconcilers", Message: "in error: sync-nodes (2 failures: x)"}},
 					HostRouting:  api.HostRoutingStatus{Mode: "BPF", Reason: "all requirements hold"},
 					Masquerading: api.MasqueradingStatus{Mode: "BPF", IPv4: true},
 					Routing:      api.RoutingStatus{Mode: "native"},
 				}
 			},
 			want: `Kubernetes:              unable to reach 198.18.0.1:6443: connection refused
+Readiness:               Not ready: kubernetes, reconcilers
+  kubernetes:            the API server has not answered for longer than 1m0s (last answer never)
+  reconcilers:           in error: sync-nodes (2 failures: x)
 KubeProxyReplacement:    False   [kube-proxy handles Services]
 Node:                    Unknown
 Datapath:                Unknown
@@ -232,6 +245,40 @@ Services:                0
 Routing:                 Network: Native   Host: BPF
 Host Routing:            BPF
 Masquerading:            BPF   [IPv4: Enabled, IPv6: Disabled]
+Controller Status:       0/0 healthy
+Config sources:          unknown
+Cluster health:          Probe disabled
+`,
+		},
+		{
+			name: "reconcilers: failing objects always, the table with -v; Services outside service-cidr",
+			status: func(t *testing.T) *api.Status {
+				return &api.Status{
+					Kubernetes: api.KubernetesStatus{State: "Ok", Version: "v1.37.2"}, Services: 12, ServicesOutsideCIDR: 2, ServiceCIDR: "198.18.128.0/17",
+					Reconcilers: []api.ReconcilerStatus{
+						{Name: "endpoints", Objects: 3, Done: 2, Errors: 1, Failing: []string{"c1/eth0: host interface gl1: link not found"}, Repairs: 4},
+						{Name: "nodes", Objects: 3, Done: 3},
+					},
+				}
+			},
+			verbose: true,
+			want: `Kubernetes:              Ok   v1.37.2
+Readiness:               Unknown
+KubeProxyReplacement:    False   [kube-proxy handles Services]
+Node:                    Unknown
+Datapath:                Unknown
+Uptime:                  0s
+IPAM:                    IPv4: no pod CIDR assigned yet
+Endpoints:               0
+Services:                12   (2 with a ClusterIP outside service-cidr 198.18.128.0/17: set service-cidr to kube-apiserver's --service-cluster-ip-range)
+Routing:                 Network: Unknown   Host: Unknown
+Host Routing:            Unknown
+Masquerading:            Unknown
+Reconcilers:             1/2 healthy, 6 objects
+  Name        Objects   Done   Pending   Errors   Repaired
+  endpoints   3         2      0         1        4
+  nodes       3         3      0         0        0
+  endpoints:             c1/eth0: host interface gl1: link not found
 Controller Status:       0/0 healthy
 Config sources:          unknown
 Cluster health:          Probe disabled

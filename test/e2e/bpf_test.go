@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,8 @@ import (
 	"github.com/cilium/ebpf"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"glia.dev/glia/internal/lab"
 )
 
 var bpfSet = []string{"--set", "kube-proxy-replacement=true", "--set", "enable-bpf-masquerade=true"}
@@ -204,7 +207,11 @@ func (l *Lab) checkFlushedServiceMap(t *testing.T) {
 			l.Glia("lab", "agent", "start", node)
 		}
 	}()
-	m, err := ebpf.LoadPinnedMap("/sys/fs/bpf/glia/"+node+"/glia_services", nil)
+	layout, err := lab.DefaultLayout(l.bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := ebpf.LoadPinnedMap(filepath.Join(layout.AgentBPFDir(node), "glia_services"), nil)
 	if err != nil {
 		t.Fatalf("open %s's service map: %v", node, err)
 	}

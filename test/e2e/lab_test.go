@@ -20,6 +20,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"glia.dev/glia/internal/lab"
 )
 
 // binDir is where `make build` put the binaries.
@@ -36,7 +38,7 @@ func binDir(t *testing.T) string {
 		abs, _ := filepath.Abs("../../bin")
 		dir = abs
 	}
-	for _, b := range []string{"glia", "glia-agent", "glia-cni", "glia-k8s", "coredns"} {
+	for _, b := range lab.RequiredBinaries {
 		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
 			t.Fatalf("%s missing: run `make build` first", filepath.Join(dir, b))
 		}
@@ -100,15 +102,46 @@ func upLab(t *testing.T, nodes int, args ...string) *Lab {
 func (l *Lab) glia() string { return filepath.Join(l.bin, "glia") }
 
 func (l *Lab) dumpLogs() {
-	logs, _ := filepath.Glob("/run/glia-lab/logs/*agent.log")
-	for _, f := range logs {
+	// The agents' container logs, the runners' and the control plane's.
+	logs, _ := filepath.Glob("/run/glia-lab/nodes/*/runner/logs/glia-system_*glia-agent*.log")
+	runners, _ := filepath.Glob("/run/glia-lab/logs/*-runner.log")
+	for _, f := range append(logs, runners...) {
 		b, _ := os.ReadFile(f)
-		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-		if len(lines) > 40 {
-			lines = lines[len(lines)-40:]
-		}
-		l.t.Logf("--- last lines of %s:\n%s", f, strings.Join(lines, "\n"))
+		l.t.Logf("--- last lines of %s:\n%s", f, tail(string(b), 40))
 	}
+}
+
+// agentPod returns the glia DaemonSet's pod on node.
+func (l *Lab) agentPod(t *testing.T, node string) *corev1.Pod {
+	t.Helper()
+	p, err := lab.AgentPod(context.Background(), l.cs, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// waitAgentPod waits until node's agent pod — a new one, not oldUID — is
+// Ready.
+func (l *Lab) waitAgentPod(t *testing.T, node, oldUID string) *corev1.Pod {
+	t.Helper()
+	var p *corev1.Pod
+	eventually(t, 3*time.Minute, "a new Ready glia agent pod on "+node, func() error {
+		var err error
+		if p, err = lab.AgentPod(context.Background(), l.cs, node); err != nil {
+			return err
+		}
+		if string(p.UID) == oldUID {
+			return fmt.Errorf("still the old pod %s", p.Name)
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+				return nil
+			}
+		}
+		return fmt.Errorf("pod %s is not Ready", p.Name)
+	})
+	return p
 }
 
 // Glia runs the glia CLI and fails the test on error.
@@ -332,12 +365,21 @@ func (l *Lab) CheckConnectivity() {
 	}
 }
 
+// agentLog returns the log of node's agent container, as `kubectl logs`
+// gives it (the previous run's when the current one has not logged).
 func (l *Lab) agentLog(t *testing.T, node string) string {
-	b, err := os.ReadFile("/run/glia-lab/logs/" + node + "-agent.log")
-	if err != nil {
-		t.Fatal(err)
+	t.Helper()
+	p := l.agentPod(t, node)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, prev := range []string{"--previous=false", "--previous=true"} {
+		out, err := run(ctx, "kubectl", "--kubeconfig", l.kc, "-n", p.Namespace, "logs", p.Name, "-c", lab.AgentContainer, prev)
+		if err == nil && strings.TrimSpace(out) != "" {
+			return out
+		}
 	}
-	return string(b)
+	t.Fatalf("no log of the agent container of %s", p.Name)
+	return ""
 }
 
 func tail(s string, n int) string {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"glia.dev/glia/internal/lab"
 )
 
 // TestLegacyLab is the skeleton issue's acceptance: a 3-node lab on the
@@ -49,6 +51,21 @@ func (l *Lab) checkDownLeavesNothing(t *testing.T) {
 	}
 }
 
+// hostPathsAbsentAtStart are the nodes' mount points (and their parents)
+// the host did not have when the tests started: the lab makes them and must
+// remove them.
+var hostPathsAbsentAtStart = func() []string {
+	var out []string
+	for _, p := range lab.NodePaths {
+		for ; p != "/"; p = filepath.Dir(p) {
+			if _, err := os.Lstat(p); err != nil {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}()
+
 // labLeftovers lists what of a lab is on this machine: namespaces, links,
 // routes, processes, pins, cgroups, mounts, files.
 func labLeftovers() []string {
@@ -65,9 +82,15 @@ func labLeftovers() []string {
 			left = append(left, "blackhole route "+p)
 		}
 	}
-	for _, p := range []string{"/run/glia-lab", "/sys/fs/bpf/glia", "/sys/fs/cgroup/unified/glia-lab"} {
+	for _, p := range []string{"/run/glia-lab", "/sys/fs/bpf/glia-lab", "/sys/fs/cgroup/unified/glia-lab"} {
 		if _, err := os.Stat(p); err == nil {
 			left = append(left, "path "+p)
+		}
+	}
+	// The nodes' mount points the lab made on the host go with it.
+	for _, p := range hostPathsAbsentAtStart {
+		if _, err := os.Lstat(p); err == nil {
+			left = append(left, "host mount point "+p)
 		}
 	}
 	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), "glia-") {

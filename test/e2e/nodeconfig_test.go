@@ -11,16 +11,37 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// TestNodeConfigSwitch is the users' story: a cluster with kube-proxy
-// replacement on but legacy host routing (no eBPF masquerade); the switch
-// is previewed, a GliaNodeConfig is applied, one node is labelled and its
-// agent restarted, and that node — only that node — moves to BPF while a
-// curl loop runs. Then health probing and bad config.
+// TestNodeConfigSwitch is the users' story, walked with kubectl as they
+// did it: a cluster with kube-proxy replacement on but legacy host routing
+// (no eBPF masquerade); `kubectl exec` of `glia status` in an agent pod
+// and `kubectl logs` say so and why; the switch is previewed, a
+// GliaNodeConfig is applied, one node is labelled and its agent pod
+// deleted; the DaemonSet's new pod runs BPF on that node — only that node —
+// while curl loops, one from a pod on that very node, lose nothing. Then
+// health probing and bad config.
 func TestNodeConfigSwitch(t *testing.T) {
 	l := upLab(t, 3, "--set", "kube-proxy-replacement=true")
 	l.ApplyStory()
+	l.Kubectl("run", "curler-n2", "--image", "curlimages/curl:latest", "--overrides", `{"spec":{"nodeName":"lab-node-2"}}`, "--command", "--", "sleep", "infinity")
+	l.Kubectl("wait", "--for=condition=Ready", "pod/curler-n2", "--timeout=120s")
 	for i := 1; i <= 3; i++ {
 		l.checkLegacyNode(t, fmt.Sprintf("lab-node-%d", i))
+	}
+
+	// kubectl -n glia-system exec -it <agent pod> -- glia status, as in the story.
+	old := l.agentPod(t, "lab-node-2")
+	st := l.Kubectl("-n", "glia-system", "exec", old.Name, "--", "glia", "status")
+	for _, want := range []string{"Host Routing:            Legacy", "Masquerading:            IPTables"} {
+		if !strings.Contains(st, want) {
+			t.Errorf("kubectl exec %s -- glia status lacks %q:\n%s", old.Name, want, st)
+		}
+	}
+	// kubectl -n glia-system logs <agent pod>: the fallback, its key and its fix.
+	logs := l.Kubectl("-n", "glia-system", "logs", old.Name, "-c", "glia-agent")
+	for _, want := range []string{"falling back to legacy host routing", "enable-bpf-masquerade"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("kubectl logs %s lacks %q:\n%s", old.Name, want, tail(logs, 20))
+		}
 	}
 
 	// The switch is previewed before anyone labels the node.
@@ -29,7 +50,9 @@ func TestNodeConfigSwitch(t *testing.T) {
 		"Node configs:       glia-system/glia-switch-from-iptables-ebpf",
 		"Host Routing: Legacy -> BPF",
 		"Masquerading: IPTables -> BPF",
-		"enable-bpf-masquerade: false (default) -> true (GliaNodeConfig glia-system/glia-switch-from-iptables-ebpf)",
+		// The chart renders every key into glia-config, so the old value's
+		// source is the ConfigMap.
+		"enable-bpf-masquerade: false (ConfigMap glia-system/glia-config) -> true (GliaNodeConfig glia-system/glia-switch-from-iptables-ebpf)",
 		"needs an agent restart: true",
 	} {
 		if !strings.Contains(prev, want) {
@@ -41,22 +64,36 @@ func TestNodeConfigSwitch(t *testing.T) {
 		t.Errorf("preview of an unlabelled node predicts a change:\n%s", p)
 	}
 
-	// The switch, with a curl loop and the conn-disrupt check across it.
-	var res loopResult
+	// The switch, as in the story: apply, label, delete the node's agent
+	// pod — with curl loops (from curler and from a pod on lab-node-2) and
+	// the conn-disrupt check across it.
+	var res, resN2 loopResult
 	line, _ := l.connDisrupt(t, func() {
-		loop := l.startCurlLoop(t, 25*time.Second)
+		loop := l.startCurlLoop(t, "curler", 30*time.Second)
+		loopN2 := l.startCurlLoop(t, "curler-n2", 30*time.Second)
 		l.Kubectl("apply", "-f", "../../examples/switch/glia-fix.yaml")
 		l.Kubectl("label", "node", "lab-node-2", "--overwrite", "io.glia.enable-ebpf=true")
-		l.Glia("lab", "agent", "restart", "lab-node-2")
-		res = loop()
+		l.Kubectl("-n", "glia-system", "delete", "pod", old.Name)
+		l.waitAgentPod(t, "lab-node-2", string(old.UID))
+		res, resN2 = loop(), loopN2()
 	})
 	// What a switch interrupts is reported, to be driven to zero.
 	t.Logf("conn-disrupt across lab-node-2's switch from legacy to BPF: %s", line)
-	t.Logf("curl loop across lab-node-2's switch to BPF: %s", res.summary)
-	if res.failed != 0 {
-		t.Errorf("requests failed across the switch:\n%s", res.out)
+	for _, r := range []loopResult{res, resN2} {
+		t.Logf("curl loop from %s across lab-node-2's switch to BPF: %s", r.from, r.summary)
+		if r.failed != 0 {
+			t.Errorf("requests from %s failed across the switch:\n%s", r.from, r.out)
+		}
 	}
 
+	// kubectl exec glia status on the new pod: BPF, BPF.
+	cur := l.agentPod(t, "lab-node-2")
+	st = l.Kubectl("-n", "glia-system", "exec", cur.Name, "--", "glia", "status")
+	for _, want := range []string{"Host Routing:            BPF", "Masquerading:            BPF"} {
+		if !strings.Contains(st, want) {
+			t.Errorf("kubectl exec %s -- glia status (the new pod) lacks %q:\n%s", cur.Name, want, st)
+		}
+	}
 	l.checkBPFNode(t, "lab-node-2")
 	l.checkLegacyNode(t, "lab-node-1")
 	l.checkLegacyNode(t, "lab-node-3")
@@ -73,13 +110,13 @@ func TestNodeConfigSwitch(t *testing.T) {
 }
 
 type loopResult struct {
-	out, summary string
-	failed       int
+	from, out, summary string
+	failed             int
 }
 
-// startCurlLoop runs a curl loop from curler to every web pod and the
+// startCurlLoop runs a curl loop from pod from to every web pod and the
 // Service for d; the returned function waits for it.
-func (l *Lab) startCurlLoop(t *testing.T, d time.Duration) func() loopResult {
+func (l *Lab) startCurlLoop(t *testing.T, from string, d time.Duration) func() loopResult {
 	var targets []string
 	for _, p := range l.Pods("app=simple-webserver") {
 		targets = append(targets, "http://"+p.Status.PodIP+":8081")
@@ -95,9 +132,9 @@ echo "requests=$n failed=$f"`, int(d.Seconds()), strings.Join(targets, " "))
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), d+time.Minute)
 		defer cancel()
-		out, err := run(ctx, l.glia(), "lab", "exec", "curler", "--", "sh", "-c", script)
+		out, err := run(ctx, l.glia(), "lab", "exec", from, "--", "sh", "-c", script)
 		lines := strings.Split(strings.TrimSpace(out), "\n")
-		r := loopResult{out: out, summary: lines[len(lines)-1]}
+		r := loopResult{from: from, out: out, summary: lines[len(lines)-1]}
 		var n int
 		if _, serr := fmt.Sscanf(r.summary, "requests=%d failed=%d", &n, &r.failed); serr != nil || err != nil {
 			r.failed = -1 // the loop did not finish: count it as failed
@@ -198,9 +235,12 @@ func (l *Lab) checkBadConfig(t *testing.T) {
 			// The running agent is untouched; a restarted one refuses to start and says why.
 			l.Glia("status", "--node", "lab-node-1")
 			out = l.gliaErr(t, "lab", "agent", "restart", "lab-node-1")
+			if !strings.Contains(out, "refusing to start") || !strings.Contains(out, tc.want[0]) {
+				t.Errorf("glia lab agent restart does not say why the agent refused to start (%s):\n%s", tc.want[0], out)
+			}
 			b := l.agentLog(t, "lab-node-1")
 			if !strings.Contains(b, "refusing to start") || !strings.Contains(b, tc.want[0]) {
-				t.Errorf("agent log does not say why it refused to start (%s):\n%s", tc.want[0], tail(b, 10))
+				t.Errorf("kubectl logs of the agent pod does not say why it refused to start (%s):\n%s", tc.want[0], tail(b, 10))
 			}
 			l.setConfigMap(t, good)
 			l.Glia("lab", "agent", "start", "lab-node-1")

@@ -9,8 +9,11 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"glia.dev/glia/internal/state"
 )
 
 // attachment names one program on one interface hook; its pinned link is
@@ -37,11 +40,57 @@ const (
 	tcHandle   = 0x1
 )
 
+// attachProgram attaches one of the device programs a state.Program names
+// and says whether it had to (it was missing, or on another interface).
+func (d *Datapath) attachProgram(p *state.Program) (bool, error) {
+	l, err := netlinksafe.LinkByName(p.Interface)
+	if err != nil {
+		return false, fmt.Errorf("program %s: %w", p.Name(), err)
+	}
+	a := attachment{prog: p.Program, ifname: p.Interface, ifindex: l.Attrs().Index, egress: p.Egress}
+	attached, err := d.attached(a)
+	if err != nil {
+		return false, err
+	}
+	return !attached, d.attach(a, d.program(p.Program))
+}
+
+// attached says whether a's program is on its hook now: its pinned link
+// (tcx) is attached to a's interface, or glia's tc filter is there.
+func (d *Datapath) attached(a attachment) (bool, error) {
+	if d.tcx {
+		l, err := link.LoadPinnedLink(filepath.Join(d.linksDir, a.pinName()), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("open pinned link %s: %w", a.pinName(), err)
+		}
+		defer l.Close()
+		info, err := l.Info()
+		if err != nil {
+			return false, fmt.Errorf("pinned link %s: %w", a.pinName(), err)
+		}
+		// A link whose interface is gone reports no TCX info.
+		return info.TCX() != nil && int(info.TCX().Ifindex) == a.ifindex, nil
+	}
+	filters, err := netlinksafe.FilterList(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: a.ifindex}}, tcParent(a.egress))
+	if err != nil {
+		return false, nil // no clsact qdisc: nothing attached
+	}
+	for _, f := range filters {
+		if bf, ok := f.(*netlink.BpfFilter); ok && bf.Name == "glia-"+a.prog && bf.Priority == tcPriority {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // attach puts prog on a hook so that it survives the agent: a pinned TCX
 // link (replaced in place with link.Update when it exists, so the hook
 // never runs without a program), or a tc filter replaced in place.
 func (d *Datapath) attach(a attachment, prog *ebpf.Program) error {
-	if d.features.TCX {
+	if d.tcx {
 		return d.attachTCX(a, prog)
 	}
 	if err := attachTC(a, prog); err != nil {
@@ -102,7 +151,7 @@ func (d *Datapath) attachTCX(a attachment, prog *ebpf.Program) error {
 // detach removes what attach installed; a missing attachment is fine.
 func (d *Datapath) detach(a attachment) error {
 	pin := filepath.Join(d.linksDir, a.pinName())
-	if !d.features.TCX {
+	if !d.tcx {
 		if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("remove pinned program %s: %w", a.pinName(), err)
 		}

@@ -14,7 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"glia.dev/glia/internal/datapath/legacy"
+	"glia.dev/glia/internal/datapath/linux"
 )
 
 // progNames are the names glia's programs have in the kernel.
@@ -23,8 +23,11 @@ var progNames = map[string]bool{"from_container": true, "from_netdev": true, "to
 // Cleanup removes everything the eBPF datapath put on a node, in the
 // network namespace of the calling thread: glia's programs on device,
 // on the VXLAN device and on every pod veth (host side "gl…", and any
-// interface named by a pinned link), the VXLAN device, glia's routes, the
-// NAT port range it reserved, and every pin under bpffsDir. It is
+// interface named by a pinned link), the VXLAN device (and the routes
+// through it), the NAT port range it reserved, and every pin under
+// bpffsDir. glia's other routes are the legacy datapath's: its
+// reconcilers keep those it wants (a route replaced keeps carrying
+// traffic) and prune the rest. It is
 // idempotent and succeeds when nothing is there.
 //
 // For a switch to the legacy datapath without dropping traffic, call it
@@ -44,7 +47,7 @@ func Cleanup(log *slog.Logger, bpffsDir, device string) error {
 		return fmt.Errorf("list interfaces: %w", err)
 	}
 	for _, l := range links {
-		if strings.HasPrefix(l.Attrs().Name, legacy.HostIfPrefix) {
+		if strings.HasPrefix(l.Attrs().Name, linux.HostIfPrefix) {
 			ifnames[l.Attrs().Name] = true
 		}
 	}
@@ -85,18 +88,6 @@ func Cleanup(log *slog.Logger, bpffsDir, device string) error {
 			errs = append(errs, fmt.Errorf("remove %s: %w", VXLANDevice, err))
 		} else {
 			log.Info("removed tunnel device", "device", VXLANDevice)
-		}
-	}
-
-	// Routes of the eBPF datapath the legacy one did not take over.
-	routes, err := netlinksafe.RouteListFiltered(unix.AF_INET, &netlink.Route{Protocol: routeProtocol, Table: unix.RT_TABLE_MAIN},
-		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-	if err != nil {
-		errs = append(errs, fmt.Errorf("list routes: %w", err))
-	}
-	for _, r := range routes {
-		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("remove route %s: %w", r.Dst, err))
 		}
 	}
 

@@ -7,8 +7,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"glia.dev/glia/internal/datapath"
 	"glia.dev/glia/internal/maps"
+	"glia.dev/glia/internal/state"
 )
 
 // lbSnapshot is the content of the maps the LB writer programs.
@@ -86,13 +86,13 @@ func union[K comparable, V any](a, b map[K]V) map[K]bool {
 	return out
 }
 
-func clusterIPKey(s datapath.Service) maps.SvcKey {
+func clusterIPKey(s svcPort) maps.SvcKey {
 	p, _ := maps.ProtoNumber(s.Protocol)
 	return maps.SvcKey{Addr: maps.IPv4From(s.Frontend.Addr()), Port: maps.PortFrom(s.Frontend.Port()), Proto: p}
 }
 
-func byService(svcs ...datapath.Service) map[string][]datapath.Service {
-	out := map[string][]datapath.Service{}
+func byService(svcs ...svcPort) map[string][]svcPort {
+	out := map[string][]svcPort{}
 	for _, s := range svcs {
 		out[s.ServiceKey()] = append(out[s.ServiceKey()], s)
 	}
@@ -153,10 +153,10 @@ func TestLBUpdateOneTouchesOnlyIt(t *testing.T) {
 
 			// one backend replaced by another
 			target := svcs[tc.n/2]
-			target.Backends = []datapath.Backend{target.Backends[0],
+			target.Backends = []state.Backend{target.Backends[0],
 				{Addr: netip.MustParseAddrPort("198.19.250.1:9090"), Ready: true}}
 			e.lb.ops = lbOps{}
-			must(t, e.lb.update(byService(target)))
+			must(t, e.lb.updatePorts(byService(target)))
 			ops := e.lb.ops
 
 			after := snapshot(t, e.o)
@@ -218,7 +218,7 @@ func TestLBUpdateOneTouchesOnlyIt(t *testing.T) {
 
 			// the same again: nothing to do
 			e.lb.ops = lbOps{}
-			must(t, e.lb.update(byService(target)))
+			must(t, e.lb.updatePorts(byService(target)))
 			if e.lb.ops != (lbOps{}) {
 				t.Errorf("repeating the update made map operations: %+v", e.lb.ops)
 			}
@@ -256,7 +256,7 @@ func TestLBUpdateRemovesService(t *testing.T) {
 		}
 	}
 
-	must(t, e.lb.update(map[string][]datapath.Service{a.ServiceKey(): nil}))
+	must(t, e.lb.updatePorts(map[string][]svcPort{a.ServiceKey(): nil}))
 	after := snapshot(t, e.o)
 	checkConsistent(t, e.lb, after)
 	want := lbSnapshot{
@@ -281,7 +281,7 @@ func TestLBUpdateRemovesService(t *testing.T) {
 	// the service id and the freed backend id are not handed out again
 	c := svc("TCP", "198.18.128.12:80", 0, "198.19.3.41:8080")
 	c.Name = "c"
-	must(t, e.lb.update(byService(c)))
+	must(t, e.lb.updatePorts(byService(c)))
 	after = snapshot(t, e.o)
 	if id := after.Services[clusterIPKey(c)].ID; id == aID {
 		t.Errorf("new service got the removed one's id %d", id)
@@ -304,7 +304,7 @@ func TestLBSyncAfterUpdateWritesNothing(t *testing.T) {
 	// a NodePort, affinity and a terminating backend, to compare too
 	svcs[3].NodePort = 30003
 	svcs[4].SessionAffinity = true
-	svcs[5].Backends = append(svcs[5].Backends, datapath.Backend{Addr: netip.MustParseAddrPort("198.19.250.5:80"), Terminating: true})
+	svcs[5].Backends = append(svcs[5].Backends, state.Backend{Addr: netip.MustParseAddrPort("198.19.250.5:80"), Terminating: true})
 	e.services(svcs...)
 
 	changes := []func(){
@@ -320,12 +320,12 @@ func TestLBSyncAfterUpdateWritesNothing(t *testing.T) {
 			t.Fatalf("change %d changed nothing", i)
 		}
 		e.lb.ops = lbOps{}
-		must(t, e.lb.update(byService(svcs[3], svcs[7], svcs[8], svcs[9])))
+		must(t, e.lb.updatePorts(byService(svcs[3], svcs[7], svcs[8], svcs[9])))
 		if e.lb.ops.Writes == 0 || e.lb.ops.Reads != 0 {
 			t.Errorf("change %d: update made map operations %+v, want writes and no reads", i, e.lb.ops)
 		}
 		e.lb.ops = lbOps{}
-		must(t, e.lb.sync(svcs))
+		must(t, e.lb.syncPorts(svcs))
 		if e.lb.ops != (lbOps{}) {
 			t.Errorf("change %d: sync of the state the update made made map operations: %+v", i, e.lb.ops)
 		}
@@ -340,7 +340,7 @@ func TestLBRestore(t *testing.T) {
 			svcs := benchServices(50)
 			svcs[1].NodePort = 30001
 			svcs[2].SessionAffinity = true
-			svcs[3].Backends = append(svcs[3].Backends, datapath.Backend{Addr: netip.MustParseAddrPort("198.19.250.3:80"), Terminating: true})
+			svcs[3].Backends = append(svcs[3].Backends, state.Backend{Addr: netip.MustParseAddrPort("198.19.250.3:80"), Terminating: true})
 			svcs[4].Backends = nil
 			e.services(svcs...)
 			// a client with affinity to svcs[2]
@@ -367,7 +367,7 @@ func TestLBRestore(t *testing.T) {
 				return w
 			}
 			e.lb = restart()
-			must(t, e.lb.sync(svcs))
+			must(t, e.lb.syncPorts(svcs))
 			if e.lb.ops != (lbOps{}) {
 				t.Errorf("sync of the same state after a restart made map operations: %+v", e.lb.ops)
 			}
@@ -381,7 +381,7 @@ func TestLBRestore(t *testing.T) {
 			// which Service has it)
 			e.lb = restart()
 			svcs[3].Backends = svcs[3].Backends[:2]
-			must(t, e.lb.sync(svcs))
+			must(t, e.lb.syncPorts(svcs))
 			after := snapshot(t, e.o)
 			checkConsistent(t, e.lb, after)
 			_, bes, slotSvcs := changedEntries(before, after)
@@ -416,7 +416,7 @@ func TestLBRestoreRepairs(t *testing.T) {
 		t.Errorf("restore (-want +got):\n%s", d)
 	}
 	w.ops = lbOps{}
-	must(t, w.sync(svcs))
+	must(t, w.syncPorts(svcs))
 	// svcs[6] rewritten in its other generation: 2 slots, the entry,
 	// the one slot left of the old generation
 	if want := (lbOps{Writes: 3, Deletes: 2}); w.ops != want {
@@ -487,12 +487,12 @@ func TestLBFrontendClaimedTwice(t *testing.T) {
 		_, f, _ := e.run(e.o.FromContainer, tcpPkt(podA, vip, port, 80, tcpSYN))
 		return f.Dst
 	}
-	must(t, e.lb.update(byService(b)))
-	must(t, e.lb.update(byService(a)))
+	must(t, e.lb.updatePorts(byService(b)))
+	must(t, e.lb.updatePorts(byService(a)))
 	if got := dst(); got != podFar {
 		t.Errorf("with a and b claiming the frontend it went to %s, want a's backend", got)
 	}
-	must(t, e.lb.update(map[string][]datapath.Service{a.ServiceKey(): nil}))
+	must(t, e.lb.updatePorts(map[string][]svcPort{a.ServiceKey(): nil}))
 	if got := dst(); got != podLocal {
 		t.Errorf("after a let go it went to %s, want b's backend", got)
 	}

@@ -11,6 +11,9 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
+
+	"glia.dev/glia/internal/datapath"
+	"glia.dev/glia/internal/maps"
 )
 
 // Flags of Config.Flags, as CFG_* in bpf/lib/common.h.
@@ -35,6 +38,30 @@ type Config struct {
 	// sockets of the network namespace whose cookie is NetnsCookie.
 	SocketLB    bool
 	NetnsCookie uint64
+	// MaxEntries overrides the size a map is compiled with, by map name
+	// (from the config keys bpf-lb-map-max, bpf-ct-map-max, bpf-nat-map-max).
+	MaxEntries map[string]uint32
+}
+
+// MaxEntries turns the configured map sizes into per-map sizes: the
+// service, backend and affinity maps take LB entries, the two slot maps
+// four per service entry (as compiled: 65536 services, 262144 slots).
+func MaxEntries(s datapath.MapSizes) map[string]uint32 {
+	out := map[string]uint32{}
+	if s.LB > 0 {
+		for _, n := range []string{maps.NameServices, maps.NameBackends, maps.NameAffinity} {
+			out[n] = uint32(s.LB)
+		}
+		out[maps.NameSvcSlots] = uint32(4 * s.LB)
+		out[maps.NameMaglev] = uint32(4 * s.LB)
+	}
+	if s.CT > 0 {
+		out[maps.NameCT] = uint32(s.CT)
+	}
+	if s.NAT > 0 {
+		out[maps.NameNAT] = uint32(s.NAT)
+	}
+	return out
 }
 
 func prefixMask(p netip.Prefix) [4]byte {
@@ -133,9 +160,14 @@ func specs() (map[string]*ebpf.CollectionSpec, error) {
 }
 
 // openMaps creates glia's maps, or re-uses those pinned in pinDir by an
-// earlier run. A pinned map whose definition changed is replaced, and its
-// state lost, with a warning. pinDir "" pins nothing (tests).
-func openMaps(log *slog.Logger, spec *ebpf.CollectionSpec, pinDir string) (map[string]*ebpf.Map, error) {
+// earlier run. A map's size is the one compiled in unless maxEntries
+// overrides it. A pinned map whose definition changed (another layout, or
+// another size in the config) is replaced, and its entries are lost, with
+// a warning saying so: the service maps are written again from the
+// cluster's Services at once; connection-tracking and NAT entries are
+// gone, and the connections they carried lose their backend or their
+// translation. pinDir "" pins nothing (tests).
+func openMaps(log *slog.Logger, spec *ebpf.CollectionSpec, pinDir string, maxEntries map[string]uint32) (map[string]*ebpf.Map, error) {
 	out := map[string]*ebpf.Map{}
 	fail := func(err error) (map[string]*ebpf.Map, error) {
 		for _, m := range out {
@@ -154,14 +186,21 @@ func openMaps(log *slog.Logger, spec *ebpf.CollectionSpec, pinDir string) (map[s
 		}
 		ms = ms.Copy()
 		ms.Pinning = ebpf.PinNone
+		if n, ok := maxEntries[name]; ok {
+			ms.MaxEntries = n
+		}
 		if pinDir != "" {
 			path := filepath.Join(pinDir, name)
 			m, err := ebpf.LoadPinnedMap(path, nil)
 			switch {
 			case err == nil:
 				if cerr := ms.Compatible(m); cerr != nil {
-					log.Warn("pinned map does not match this version's definition: replacing it, its entries are lost",
-						"map", name, "reason", cerr)
+					what := "its definition changed in this version"
+					if info, err := m.Info(); err == nil && info.MaxEntries != ms.MaxEntries {
+						what = fmt.Sprintf("it has %d entries and the config asks for %d", info.MaxEntries, ms.MaxEntries)
+					}
+					log.Warn("Replacing a pinned map: "+what+"; its entries are lost (service maps are rewritten from the cluster, "+
+						"connections tracked or translated in it lose that state)", "map", name, "reason", cerr)
 					m.Close()
 					if err := os.Remove(path); err != nil {
 						return fail(fmt.Errorf("remove incompatible pinned map %s: %w", name, err))
@@ -201,7 +240,16 @@ func loadObjects(log *slog.Logger, cfg Config, pinDir string) (*objects, error) 
 			return nil, fmt.Errorf("load sock_lb spec: %w", err)
 		}
 	}
-	maps, err := openMaps(log, all["from_container"], pinDir)
+	// Every object declares the shared maps: each must agree on their size
+	// for the pinned map to replace its own.
+	for _, spec := range all {
+		for name, n := range cfg.MaxEntries {
+			if ms, ok := spec.Maps[name]; ok {
+				ms.MaxEntries = n
+			}
+		}
+	}
+	maps, err := openMaps(log, all["from_container"], pinDir, cfg.MaxEntries)
 	if err != nil {
 		return nil, err
 	}

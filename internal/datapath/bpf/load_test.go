@@ -1,16 +1,21 @@
 package bpf
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/google/go-cmp/cmp"
 
+	"glia.dev/glia/internal/datapath"
 	"glia.dev/glia/internal/maps"
 )
 
@@ -86,14 +91,47 @@ func TestLoadSocketLB(t *testing.T) {
 	}
 }
 
-func TestProbeKernel(t *testing.T) {
-	requireRoot(t)
-	f, err := ProbeKernel()
-	if err != nil {
-		t.Fatal(err)
+// The sized maps take their size from the config at load; a pinned map of
+// another size is replaced (its entries are lost), and the log says which
+// map, what size it had and what the config asks for.
+func TestPrivilegedMapSizes(t *testing.T) {
+	requirePrivileged(t)
+	pinDir := filepath.Join(privateBPFFS(t), "node1")
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	load := func(sizes datapath.MapSizes) map[string]uint32 {
+		t.Helper()
+		o, err := loadObjects(log, Config{NodeIP: netip.MustParseAddr(nodeIP), PodCIDR: netip.MustParsePrefix("198.19.1.0/24"),
+			ClusterCIDR: netip.MustParsePrefix("198.19.0.0/16"), MaxEntries: MaxEntries(sizes)}, pinDir)
+		must(t, err)
+		defer o.Close()
+		got := map[string]uint32{}
+		for _, name := range []string{maps.NameServices, maps.NameBackends, maps.NameAffinity, maps.NameSvcSlots, maps.NameMaglev, maps.NameCT, maps.NameNAT, maps.NameEndpoints} {
+			info, err := o.Maps[name].Info()
+			must(t, err)
+			got[name] = info.MaxEntries
+		}
+		return got
 	}
-	// This project targets 6.6+ kernels, where all of these exist.
-	if !f.TCX || !f.RedirectPeer || !f.RedirectNeigh || !f.FIBLookup {
-		t.Errorf("features %+v: expected all on this kernel", f)
+	want := map[string]uint32{maps.NameServices: 1000, maps.NameBackends: 1000, maps.NameAffinity: 1000, maps.NameSvcSlots: 4000,
+		maps.NameMaglev: 4000, maps.NameCT: 2048, maps.NameNAT: 4096, maps.NameEndpoints: 65536}
+	if diff := cmp.Diff(want, load(datapath.MapSizes{LB: 1000, CT: 2048, NAT: 4096})); diff != "" {
+		t.Fatalf("map sizes (-want +got):\n%s", diff)
+	}
+	// The same sizes again: the pinned maps are re-used, nothing replaced.
+	load(datapath.MapSizes{LB: 1000, CT: 2048, NAT: 4096})
+	if strings.Contains(logs.String(), "Replacing a pinned map") {
+		t.Fatalf("maps replaced although their size did not change:\n%s", logs.String())
+	}
+	// Another CT size: that map is replaced, and the log says why.
+	want[maps.NameCT] = 8192
+	if diff := cmp.Diff(want, load(datapath.MapSizes{LB: 1000, CT: 8192, NAT: 4096})); diff != "" {
+		t.Fatalf("map sizes after the change (-want +got):\n%s", diff)
+	}
+	if !strings.Contains(logs.String(), "it has 2048 entries and the config asks for 8192") || !strings.Contains(logs.String(), "map="+maps.NameCT) {
+		t.Errorf("the replacement is not explained in the log:\n%s", logs.String())
+	}
+	if n := strings.Count(logs.String(), "Replacing a pinned map"); n != 1 {
+		t.Errorf("%d maps replaced, want only %s:\n%s", n, maps.NameCT, logs.String())
 	}
 }

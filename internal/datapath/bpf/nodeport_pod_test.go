@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"context"
 	"net/netip"
 	"sort"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"glia.dev/glia/internal/datapath"
 	"glia.dev/glia/internal/maps"
+	"glia.dev/glia/internal/state"
 )
 
 const otherNodeIP = "198.18.0.12"
@@ -179,12 +181,13 @@ func TestNodePortFromPodSelection(t *testing.T) {
 	}
 }
 
-// glia_node_ips follows SyncNodes: this node's address (flagged local)
-// and every other node's, nothing stale; at Init, before the nodes are
-// known, other nodes' entries stay while a stale local one goes.
-func TestSyncNodeIPs(t *testing.T) {
+// glia_node_ips follows the nodes table: this node's address (flagged
+// local) and every other node's; a prune removes what no node has, an old
+// address of this node included.
+func TestNodeIPs(t *testing.T) {
 	o := loadTest(t, FlagKPR)
-	d := &Datapath{node: datapath.LocalNode{IP: netip.MustParseAddr(nodeIP)}, nodeIPs: maps.NewNodeIPs(o.Maps[maps.NameNodeIPs])}
+	d := &Datapath{node: datapath.LocalNode{IP: netip.MustParseAddr(nodeIP)}, objs: o, opts: testOpts{RoutingMode: "native"}.options(),
+		nodeIPs: maps.NewNodeIPs(o.Maps[maps.NameNodeIPs]), tunnel: maps.NewTunnel(o.Maps[maps.NameTunnel])}
 	list := func() []string {
 		t.Helper()
 		es, err := d.nodeIPs.List()
@@ -198,26 +201,26 @@ func TestSyncNodeIPs(t *testing.T) {
 		sort.Strings(out)
 		return out
 	}
-	remote := func(ips ...string) []datapath.RemoteNode {
-		var out []datapath.RemoteNode
+	self := &state.Node{Name: "self", IP: netip.MustParseAddr(nodeIP), Local: true}
+	remote := func(ips ...string) []*state.Node {
+		out := []*state.Node{self}
 		for _, ip := range ips {
-			out = append(out, datapath.RemoteNode{Name: ip, IP: netip.MustParseAddr(ip)})
+			out = append(out, &state.Node{Name: ip, IP: netip.MustParseAddr(ip)})
 		}
 		return out
 	}
 	must(t, d.nodeIPs.Update(netip.MustParseAddr("198.18.0.50"), maps.NodeValue{Flags: maps.NodeFlagLocal})) // an old address of ours
+	ctx := context.Background()
 	for _, step := range []struct {
-		name       string
-		nodes      []datapath.RemoteNode
-		keepRemote bool
-		want       []string
+		name  string
+		nodes []*state.Node
+		want  []string
 	}{
-		{"init", nil, true, []string{"198.18.0.11     local"}},
-		{"two others", remote("198.18.0.12", "198.18.0.13"), false, []string{"198.18.0.11     local", "198.18.0.12", "198.18.0.13"}},
-		{"restart keeps others", nil, true, []string{"198.18.0.11     local", "198.18.0.12", "198.18.0.13"}},
-		{"one left", remote("198.18.0.13", nodeIP), false, []string{"198.18.0.11     local", "198.18.0.13"}},
+		{"two others", remote("198.18.0.12", "198.18.0.13"), []string{"198.18.0.11     local", "198.18.0.12", "198.18.0.13"}},
+		{"again: nothing changes", remote("198.18.0.13", "198.18.0.12"), []string{"198.18.0.11     local", "198.18.0.12", "198.18.0.13"}},
+		{"one left", remote("198.18.0.13"), []string{"198.18.0.11     local", "198.18.0.13"}},
 	} {
-		must(t, d.syncNodeIPs(step.nodes, step.keepRemote))
+		must(t, syncNodes(ctx, d, step.nodes...))
 		if diff := cmp.Diff(step.want, list()); diff != "" {
 			t.Errorf("%s: node addresses (-want +got):\n%s", step.name, diff)
 		}

@@ -18,8 +18,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"glia.dev/glia/internal/api"
 	"glia.dev/glia/internal/datapath"
+	"glia.dev/glia/internal/state"
 )
 
 // dialFromPort connects from a fixed local port with SO_REUSEADDR, as a
@@ -102,31 +102,30 @@ func TestPrivilegedCTPortReuseAfterServiceFlow(t *testing.T) {
 	echoServer(t, pod2, "198.19.1.20:8080")
 
 	local := datapath.LocalNode{Name: "node1", IP: netip.MustParseAddr("198.18.0.11"), Device: "eth0",
-		PodCIDR: netip.MustParsePrefix("198.19.1.0/24"), ClusterCIDR: netip.MustParsePrefix("198.19.0.0/16"),
-		ServiceCIDR: netip.MustParsePrefix("198.18.128.0/17")}
-	opts := datapath.Options{RoutingMode: "native", KubeProxyReplacement: true, BPFMasquerade: true,
+		PodCIDR: netip.MustParsePrefix("198.19.1.0/24"), ClusterCIDR: netip.MustParsePrefix("198.19.0.0/16")}
+	opts := testOpts{RoutingMode: "native", KubeProxyReplacement: true, BPFMasquerade: true,
 		HostRoutingBPF: true, LBAlgorithm: "random", BPFFSDir: filepath.Join(bpffs, "node1"), MTU: 1500}
-	eps := []api.Endpoint{
-		{Attachment: api.Attachment{ContainerID: "c1", IfName: "eth0"}, IP: "198.19.1.10", HostIfName: "lxc1", Netns: pod1.Path()},
-		{Attachment: api.Attachment{ContainerID: "c2", IfName: "eth0"}, IP: "198.19.1.20", HostIfName: "lxc2", Netns: pod2.Path()},
+	eps := []*state.Endpoint{
+		{Attachment: state.Attachment{ContainerID: "c1", IfName: "eth0"}, IP: netip.MustParseAddr("198.19.1.10"), HostIfName: "lxc1", Netns: pod1.Path()},
+		{Attachment: state.Attachment{ContainerID: "c2", IfName: "eth0"}, IP: netip.MustParseAddr("198.19.1.20"), HostIfName: "lxc2", Netns: pod2.Path()},
 	}
-	services := []datapath.Service{{Namespace: "default", Name: "echo", Protocol: "TCP",
+	services := []svcPort{{Namespace: "default", Name: "echo", Protocol: "TCP",
 		Frontend: netip.MustParseAddrPort("198.18.128.10:80"),
-		Backends: []datapath.Backend{{Addr: netip.MustParseAddrPort("198.19.1.20:8080"), Ready: true}}}}
+		Backends: []state.Backend{{Addr: netip.MustParseAddrPort("198.19.1.20:8080"), Ready: true}}}}
 	var dp *Datapath
 	must(t, node.Do(func(ns.NetNS) error {
 		var err error
-		if dp, err = New(testLogger(), local, opts); err != nil {
+		if dp, err = New(testLogger(), local, opts.options()); err != nil {
 			return err
 		}
 		ctx := context.Background()
-		if err := dp.Init(ctx); err != nil {
+		if err := initHost(ctx, dp); err != nil {
 			return err
 		}
-		if err := dp.SyncEndpoints(ctx, eps); err != nil {
+		if err := syncEndpoints(ctx, dp, eps...); err != nil {
 			return err
 		}
-		return dp.SyncServices(ctx, services)
+		return syncServices(ctx, dp, services)
 	}))
 	t.Cleanup(func() { dp.Close() })
 	_, ct, _ := dp.Maps()

@@ -18,9 +18,10 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"glia.dev/glia/internal/api"
 	"glia.dev/glia/internal/datapath"
+	"glia.dev/glia/internal/datapath/linux"
 	"glia.dev/glia/internal/maps"
+	"glia.dev/glia/internal/state"
 )
 
 // Two nodes wired eth0 to eth0, one pod each (and a second pod on node
@@ -73,16 +74,16 @@ func testTwoNodes(t *testing.T, mode string, hostRouting bool) {
 	echoServer(t, p2, "198.19.2.20:8080")
 	echoServer(t, p3, "198.19.1.30:8080")
 
-	nodes := []datapath.RemoteNode{
+	nodes := []*state.Node{
 		{Name: "n1", IP: netip.MustParseAddr("198.18.0.11"), PodCIDR: netip.MustParsePrefix("198.19.1.0/24")},
 		{Name: "n2", IP: netip.MustParseAddr("198.18.0.12"), PodCIDR: netip.MustParsePrefix("198.19.2.0/24")},
 	}
-	services := []datapath.Service{{Namespace: "default", Name: "echo", Protocol: "TCP",
+	services := []svcPort{{Namespace: "default", Name: "echo", Protocol: "TCP",
 		Frontend: netip.MustParseAddrPort("198.18.128.10:80"), NodePort: 30080,
-		Backends: []datapath.Backend{{Addr: netip.MustParseAddrPort("198.19.2.20:8080"), Ready: true}}},
+		Backends: []state.Backend{{Addr: netip.MustParseAddrPort("198.19.2.20:8080"), Ready: true}}},
 		{Namespace: "default", Name: "echo-n1", Protocol: "TCP",
 			Frontend: netip.MustParseAddrPort("198.18.128.11:80"), NodePort: 30081,
-			Backends: []datapath.Backend{{Addr: netip.MustParseAddrPort("198.19.1.30:8080"), Ready: true}}},
+			Backends: []state.Backend{{Addr: netip.MustParseAddrPort("198.19.1.30:8080"), Ready: true}}},
 		{Namespace: "default", Name: "empty", Protocol: "TCP",
 			Frontend: netip.MustParseAddrPort("198.18.128.12:80"), NodePort: 30082}}
 
@@ -93,36 +94,36 @@ func testTwoNodes(t *testing.T, mode string, hostRouting bool) {
 	start := func(netns ns.NetNS, i int, pods ...pod) *Datapath {
 		t.Helper()
 		local := datapath.LocalNode{Name: nodes[i].Name, IP: nodes[i].IP, Device: "eth0", PodCIDR: nodes[i].PodCIDR,
-			ClusterCIDR: netip.MustParsePrefix("198.19.0.0/16"), ServiceCIDR: netip.MustParsePrefix("198.18.128.0/17")}
-		opts := datapath.Options{RoutingMode: mode, AutoDirectNodeRoutes: true, KubeProxyReplacement: true,
+			ClusterCIDR: netip.MustParsePrefix("198.19.0.0/16")}
+		opts := testOpts{RoutingMode: mode, AutoDirectNodeRoutes: true, KubeProxyReplacement: true,
 			Masquerade: true, BPFMasquerade: true, HostRoutingBPF: hostRouting, LBAlgorithm: "maglev", MTU: podMTU,
 			BPFFSDir: filepath.Join(bpffs, nodes[i].Name)}
 		var dp *Datapath
 		must(t, netns.Do(func(ns.NetNS) error {
 			var err error
-			if dp, err = New(testLogger(), local, opts); err != nil {
+			if dp, err = New(testLogger(), local, opts.options()); err != nil {
 				return err
 			}
 			ctx := context.Background()
-			if err := dp.Init(ctx); err != nil {
+			if err := initHost(ctx, dp); err != nil {
 				return err
 			}
 			for _, p := range pods {
-				ep := api.Endpoint{Attachment: api.Attachment{ContainerID: p.host, IfName: "eth0"}, IP: p.ip, HostIfName: p.host, Netns: p.netns.Path()}
-				if err := dp.UpsertEndpoint(ctx, ep); err != nil {
+				ep := &state.Endpoint{Attachment: state.Attachment{ContainerID: p.host, IfName: "eth0"}, IP: netip.MustParseAddr(p.ip), HostIfName: p.host, Netns: p.netns.Path()}
+				if err := upsert(ctx, dp, ep); err != nil {
 					return err
 				}
 			}
-			var others []datapath.RemoteNode
+			var others []*state.Node
 			for j, n := range nodes {
 				if j != i {
 					others = append(others, n)
 				}
 			}
-			if err := dp.SyncNodes(ctx, others); err != nil {
+			if err := syncNodes(ctx, dp, others...); err != nil {
 				return err
 			}
-			return dp.SyncServices(ctx, services)
+			return syncServices(ctx, dp, services)
 		}))
 		return dp
 	}
@@ -253,7 +254,7 @@ func nodeRoutes(t *testing.T, n ns.NetNS) []string {
 	t.Helper()
 	var got []string
 	must(t, n.Do(func(ns.NetNS) error {
-		rs, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: routeProtocol}, netlink.RT_FILTER_PROTOCOL)
+		rs, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: linux.RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
 		for _, r := range rs {
 			ones, _ := r.Dst.Mask.Size()
 			switch {

@@ -22,9 +22,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"glia.dev/glia/internal/api"
 	"glia.dev/glia/internal/datapath"
 	"glia.dev/glia/internal/maps"
+	"glia.dev/glia/internal/state"
 )
 
 // socketClientEnv makes the test binary a socket client (see TestMain):
@@ -224,19 +224,18 @@ func TestPrivilegedSocketLB(t *testing.T) {
 	udpEchoServer(t, pod2, "198.19.1.20:5353")
 
 	local := datapath.LocalNode{Name: "node1", IP: netip.MustParseAddr("198.18.0.11"), Device: "eth0",
-		PodCIDR: netip.MustParsePrefix("198.19.1.0/24"), ClusterCIDR: netip.MustParsePrefix("198.19.0.0/16"),
-		ServiceCIDR: netip.MustParsePrefix("198.18.128.0/17")}
-	opts := datapath.Options{RoutingMode: "native", KubeProxyReplacement: true, Masquerade: true, BPFMasquerade: true,
+		PodCIDR: netip.MustParsePrefix("198.19.1.0/24"), ClusterCIDR: netip.MustParsePrefix("198.19.0.0/16")}
+	opts := testOpts{RoutingMode: "native", KubeProxyReplacement: true, Masquerade: true, BPFMasquerade: true,
 		HostRoutingBPF: true, LBAlgorithm: "maglev", BPFFSDir: filepath.Join(bpffs, "node1"), MTU: 1500,
 		SocketLBCgroup: cgroup}
-	eps := []api.Endpoint{
-		{Attachment: api.Attachment{ContainerID: "c1", IfName: "eth0"}, IP: "198.19.1.10", HostIfName: "lxc1", Netns: pod1.Path()},
-		{Attachment: api.Attachment{ContainerID: "c2", IfName: "eth0"}, IP: "198.19.1.20", HostIfName: "lxc2", Netns: pod2.Path()},
+	eps := []*state.Endpoint{
+		{Attachment: state.Attachment{ContainerID: "c1", IfName: "eth0"}, IP: netip.MustParseAddr("198.19.1.10"), HostIfName: "lxc1", Netns: pod1.Path()},
+		{Attachment: state.Attachment{ContainerID: "c2", IfName: "eth0"}, IP: netip.MustParseAddr("198.19.1.20"), HostIfName: "lxc2", Netns: pod2.Path()},
 	}
-	backend := func(ap string) []datapath.Backend {
-		return []datapath.Backend{{Addr: netip.MustParseAddrPort(ap), Ready: true}}
+	backend := func(ap string) []state.Backend {
+		return []state.Backend{{Addr: netip.MustParseAddrPort(ap), Ready: true}}
 	}
-	services := []datapath.Service{
+	services := []svcPort{
 		{Namespace: "default", Name: "echo", Protocol: "TCP", Frontend: netip.MustParseAddrPort("198.18.128.10:80"),
 			NodePort: 30080, Backends: backend("198.19.1.20:8080")},
 		{Namespace: "default", Name: "dns", Protocol: "UDP", Frontend: netip.MustParseAddrPort("198.18.128.10:53"),
@@ -244,24 +243,24 @@ func TestPrivilegedSocketLB(t *testing.T) {
 		{Namespace: "default", Name: "empty", Protocol: "TCP", Frontend: netip.MustParseAddrPort("198.18.128.12:80")},
 	}
 	var dp *Datapath
-	start := func(opts datapath.Options) {
+	start := func(opts testOpts) {
 		t.Helper()
 		must(t, node.Do(func(ns.NetNS) error {
 			if dp != nil {
 				dp.Close()
 			}
 			var err error
-			if dp, err = New(testLogger(), local, opts); err != nil {
+			if dp, err = New(testLogger(), local, opts.options()); err != nil {
 				return err
 			}
 			ctx := context.Background()
-			if err := dp.Init(ctx); err != nil {
+			if err := initHost(ctx, dp); err != nil {
 				return err
 			}
-			if err := dp.SyncEndpoints(ctx, eps); err != nil {
+			if err := syncEndpoints(ctx, dp, eps...); err != nil {
 				return err
 			}
-			return dp.SyncServices(ctx, services)
+			return syncServices(ctx, dp, services)
 		}))
 	}
 	start(opts)

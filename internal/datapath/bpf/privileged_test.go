@@ -20,9 +20,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"glia.dev/glia/internal/api"
 	"glia.dev/glia/internal/datapath"
 	"glia.dev/glia/internal/maps"
+	"glia.dev/glia/internal/state"
 )
 
 func requirePrivileged(t *testing.T) {
@@ -30,11 +30,11 @@ func requirePrivileged(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: network namespaces, bpffs and BPF programs")
 	}
-	f, err := ProbeKernel()
+	f, err := kernel()
 	if err != nil {
 		t.Fatalf("probe kernel: %v", err)
 	}
-	if !f.RedirectPeer || !f.RedirectNeigh || !f.FIBLookup {
+	if !f.BPFRedirectPeer || !f.BPFRedirectNeigh || !f.FIBLookup {
 		t.Skipf("kernel lacks BPF host routing helpers: %+v", f)
 	}
 }
@@ -232,35 +232,34 @@ func testDatapath(t *testing.T, forceTC bool) {
 	echoServer(t, outside, "198.18.0.254:9000")
 
 	local := datapath.LocalNode{Name: "node1", IP: netip.MustParseAddr("198.18.0.11"), Device: "eth0",
-		PodCIDR: netip.MustParsePrefix("198.19.1.0/24"), ClusterCIDR: netip.MustParsePrefix("198.19.0.0/16"),
-		ServiceCIDR: netip.MustParsePrefix("198.18.128.0/17")}
-	opts := datapath.Options{RoutingMode: "native", KubeProxyReplacement: true, BPFMasquerade: true,
+		PodCIDR: netip.MustParsePrefix("198.19.1.0/24"), ClusterCIDR: netip.MustParsePrefix("198.19.0.0/16")}
+	opts := testOpts{RoutingMode: "native", KubeProxyReplacement: true, BPFMasquerade: true,
 		HostRoutingBPF: true, LBAlgorithm: "random", BPFFSDir: filepath.Join(bpffs, "node1"), MTU: 1500}
-	eps := []api.Endpoint{
-		{Attachment: api.Attachment{ContainerID: "c1", IfName: "eth0"}, IP: "198.19.1.10", HostIfName: "lxc1", Netns: pod1.Path()},
-		{Attachment: api.Attachment{ContainerID: "c2", IfName: "eth0"}, IP: "198.19.1.20", HostIfName: "lxc2", Netns: pod2.Path()},
+	eps := []*state.Endpoint{
+		{Attachment: state.Attachment{ContainerID: "c1", IfName: "eth0"}, IP: netip.MustParseAddr("198.19.1.10"), HostIfName: "lxc1", Netns: pod1.Path()},
+		{Attachment: state.Attachment{ContainerID: "c2", IfName: "eth0"}, IP: netip.MustParseAddr("198.19.1.20"), HostIfName: "lxc2", Netns: pod2.Path()},
 	}
-	services := []datapath.Service{{Namespace: "default", Name: "echo", Protocol: "TCP",
+	services := []svcPort{{Namespace: "default", Name: "echo", Protocol: "TCP",
 		Frontend: netip.MustParseAddrPort("198.18.128.10:80"),
-		Backends: []datapath.Backend{{Addr: netip.MustParseAddrPort("198.19.1.20:8080"), Ready: true}}}}
+		Backends: []state.Backend{{Addr: netip.MustParseAddrPort("198.19.1.20:8080"), Ready: true}}}}
 
 	start := func() *Datapath {
 		t.Helper()
 		var dp *Datapath
 		must(t, node.Do(func(ns.NetNS) error {
 			var err error
-			if dp, err = New(testLogger(), local, opts); err != nil {
+			if dp, err = New(testLogger(), local, opts.options()); err != nil {
 				return err
 			}
-			dp.forceTC = forceTC
+			dp.tcx = dp.tcx && !forceTC
 			ctx := context.Background()
-			if err := dp.Init(ctx); err != nil {
+			if err := initHost(ctx, dp); err != nil {
 				return err
 			}
-			if err := dp.SyncEndpoints(ctx, eps); err != nil {
+			if err := syncEndpoints(ctx, dp, eps...); err != nil {
 				return err
 			}
-			return dp.SyncServices(ctx, services)
+			return syncServices(ctx, dp, services)
 		}))
 		return dp
 	}
@@ -402,7 +401,7 @@ func testDatapath(t *testing.T, forceTC bool) {
 
 	t.Run("endpoint removal", func(t *testing.T) {
 		must(t, node.Do(func(ns.NetNS) error {
-			return dp.SyncEndpoints(context.Background(), eps[:1])
+			return syncEndpoints(context.Background(), dp, eps[:1]...)
 		}))
 		if _, err := os.Stat(filepath.Join(opts.BPFFSDir, "links", "from_container-lxc2-ingress")); !os.IsNotExist(err) {
 			t.Errorf("link of the removed endpoint still pinned: %v", err)

@@ -11,8 +11,8 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"glia.dev/glia/internal/datapath"
 	"glia.dev/glia/internal/maps"
+	"glia.dev/glia/internal/state"
 )
 
 // Micro-benchmarks of the BPF programs on crafted packets (prog.Run), at
@@ -69,7 +69,7 @@ func loadBench(b *testing.B, flags uint32) *objects {
 			}
 		}
 	}
-	mm, err := openMaps(testLogger(), all["from_container"], "")
+	mm, err := openMaps(testLogger(), all["from_container"], "", nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -123,13 +123,13 @@ func benchVIP(i int) netip.AddrPort {
 
 // benchServices builds n ClusterIP services with two backends each, on
 // pods of other nodes (so the program takes the plain DNAT path).
-func benchServices(n int) []datapath.Service {
-	out := make([]datapath.Service, n)
+func benchServices(n int) []svcPort {
+	out := make([]svcPort, n)
 	for i := range out {
 		b1 := netip.AddrFrom4([4]byte{198, 19, byte(2 + i/65536%200), byte(i / 256 % 256)})
 		b2 := netip.AddrFrom4([4]byte{198, 19, byte(2 + i/65536%200), byte(i % 256)})
-		out[i] = datapath.Service{Namespace: "bench", Name: fmt.Sprintf("svc-%d", i), Protocol: "TCP",
-			Frontend: benchVIP(i), Backends: []datapath.Backend{
+		out[i] = svcPort{Namespace: "bench", Name: fmt.Sprintf("svc-%d", i), Protocol: "TCP",
+			Frontend: benchVIP(i), Backends: []state.Backend{
 				{Addr: netip.AddrPortFrom(b1, 8080), Ready: true},
 				{Addr: netip.AddrPortFrom(b2, 8081), Ready: true},
 			}}
@@ -183,7 +183,7 @@ func BenchmarkFromContainerLB(b *testing.B) {
 		b.Run(size.name, func(b *testing.B) {
 			o := loadBench(b, FlagKPR)
 			svcs := benchServices(size.n)
-			if err := benchLB(b, o).sync(svcs); err != nil {
+			if err := benchLB(b, o).syncPorts(svcs); err != nil {
 				b.Fatalf("program %d services: %v", size.n, err)
 			}
 			client := netip.MustParseAddr(podA)
@@ -222,7 +222,7 @@ func BenchmarkFromContainerNoService(b *testing.B) {
 	for _, size := range benchSizes {
 		b.Run(size.name, func(b *testing.B) {
 			o := loadBench(b, FlagKPR)
-			if err := benchLB(b, o).sync(benchServices(size.n)); err != nil {
+			if err := benchLB(b, o).syncPorts(benchServices(size.n)); err != nil {
 				b.Fatal(err)
 			}
 			pkt := tcpPkt(podA, podFar, 40000, 8080, tcpACK)
@@ -243,7 +243,7 @@ func BenchmarkCTLookup(b *testing.B) {
 		b.Run(size.name, func(b *testing.B) {
 			o := loadBench(b, FlagKPR)
 			fillMap(b, o.Maps[maps.NameCT], size.n, &maps.CTEntry{BackendID: 1, SvcID: 1})
-			if err := benchLB(b, o).sync([]datapath.Service{svc("TCP", vip+":80", 0, podFar+":8080")}); err != nil {
+			if err := benchLB(b, o).syncPorts([]svcPort{svc("TCP", vip+":80", 0, podFar+":8080")}); err != nil {
 				b.Fatal(err)
 			}
 			ret, _ := runOnce(b, o.FromContainer, tcpPkt(podA, vip, 41000, 80, tcpSYN))
@@ -319,11 +319,11 @@ func BenchmarkLBSync(b *testing.B) {
 			b.Run("all", func(b *testing.B) {
 				for b.Loop() {
 					b.StopTimer()
-					if err := w.sync(nil); err != nil {
+					if err := w.syncPorts(nil); err != nil {
 						b.Fatal(err)
 					}
 					b.StartTimer()
-					if err := w.sync(svcs); err != nil {
+					if err := w.syncPorts(svcs); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -339,13 +339,13 @@ func BenchmarkLBSync(b *testing.B) {
 				}
 			}
 			b.Run("one-change", func(b *testing.B) {
-				if err := w.sync(svcs); err != nil {
+				if err := w.syncPorts(svcs); err != nil {
 					b.Fatal(err)
 				}
 				before := w.ops
 				for i := 0; b.Loop(); i++ {
 					flip(i)
-					if err := w.sync(svcs); err != nil {
+					if err := w.syncPorts(svcs); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -353,14 +353,14 @@ func BenchmarkLBSync(b *testing.B) {
 				svcs[last].Backends = orig
 			})
 			b.Run("one-update", func(b *testing.B) {
-				if err := w.sync(svcs); err != nil {
+				if err := w.syncPorts(svcs); err != nil {
 					b.Fatal(err)
 				}
 				key := svcs[last].ServiceKey()
 				before := w.ops
 				for i := 0; b.Loop(); i++ {
 					flip(i)
-					if err := w.update(map[string][]datapath.Service{key: {svcs[last]}}); err != nil {
+					if err := w.updatePorts(map[string][]svcPort{key: {svcs[last]}}); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -368,19 +368,19 @@ func BenchmarkLBSync(b *testing.B) {
 				svcs[last].Backends = orig
 			})
 			b.Run("noop-sync", func(b *testing.B) {
-				if err := w.sync(svcs); err != nil {
+				if err := w.syncPorts(svcs); err != nil {
 					b.Fatal(err)
 				}
 				before := w.ops
 				for b.Loop() {
-					if err := w.sync(svcs); err != nil {
+					if err := w.syncPorts(svcs); err != nil {
 						b.Fatal(err)
 					}
 				}
 				reportOps(b, before)
 			})
 			b.Run("restore", func(b *testing.B) {
-				if err := w.sync(svcs); err != nil {
+				if err := w.syncPorts(svcs); err != nil {
 					b.Fatal(err)
 				}
 				r := benchLB(b, o)

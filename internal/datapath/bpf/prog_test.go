@@ -7,8 +7,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/google/go-cmp/cmp"
 
-	"glia.dev/glia/internal/datapath"
 	"glia.dev/glia/internal/maps"
+	"glia.dev/glia/internal/state"
 )
 
 const (
@@ -54,24 +54,24 @@ func newEnv(t *testing.T, flags uint32, maglev bool) *env {
 	return e
 }
 
-func svc(proto, frontend string, nodePort uint16, backends ...string) datapath.Service {
-	s := datapath.Service{Namespace: "default", Name: "web", Protocol: proto,
+func svc(proto, frontend string, nodePort uint16, backends ...string) svcPort {
+	s := svcPort{Namespace: "default", Name: "web", Protocol: proto,
 		Frontend: netip.MustParseAddrPort(frontend), NodePort: nodePort}
 	for _, b := range backends {
-		s.Backends = append(s.Backends, datapath.Backend{Addr: netip.MustParseAddrPort(b), Ready: true})
+		s.Backends = append(s.Backends, state.Backend{Addr: netip.MustParseAddrPort(b), Ready: true})
 	}
 	return s
 }
 
-func (e *env) services(svcs ...datapath.Service) {
+func (e *env) services(svcs ...svcPort) {
 	e.t.Helper()
 	if e.viaUpdate {
-		if err := e.lb.update(byService(svcs...)); err != nil {
+		if err := e.lb.updatePorts(byService(svcs...)); err != nil {
 			e.t.Fatalf("update services: %v", err)
 		}
 		return
 	}
-	if err := e.lb.sync(svcs); err != nil {
+	if err := e.lb.syncPorts(svcs); err != nil {
 		e.t.Fatalf("sync services: %v", err)
 	}
 }

@@ -3,13 +3,13 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"net/netip"
 	"slices"
 	"sort"
-	"strings"
 
-	"glia.dev/glia/internal/datapath"
 	"glia.dev/glia/internal/maps"
+	"glia.dev/glia/internal/state"
 )
 
 // The two generations of slot entries a service alternates between: new
@@ -57,8 +57,6 @@ type lbWriter struct {
 	bes     map[backendKey]*beState  // backends in the maps
 	beByID  map[uint32]backendKey    // ... by id
 	desired map[string][]frontend    // per Service, as last applied
-	inputs  map[svcName]*svcInput    // per Service, the ports last given
-	stamp   uint64                   // counts full syncs
 	owners  map[maps.SvcKey][]string // Services claiming a frontend, sorted
 	orphans map[maps.SvcKey]bool     // restored frontends no Service claimed yet
 	retry   map[maps.SvcKey]bool     // frontends whose last change failed
@@ -82,7 +80,6 @@ func (w *lbWriter) reset() {
 	w.bes = map[backendKey]*beState{}
 	w.beByID = map[uint32]backendKey{}
 	w.desired = map[string][]frontend{}
-	w.inputs = map[svcName]*svcInput{}
 	w.owners = map[maps.SvcKey][]string{}
 	w.orphans = map[maps.SvcKey]bool{}
 	w.retry = map[maps.SvcKey]bool{}
@@ -121,45 +118,9 @@ type beState struct {
 	refs int
 }
 
-// svcName names a Service; a map key that needs no string built.
-type svcName struct{ ns, name string }
-
-func (n svcName) String() string { return n.ns + "/" + n.name }
-
-func nameOf(s datapath.Service) svcName { return svcName{s.Namespace, s.Name} }
-
-func parseName(key string) svcName {
-	ns, name, _ := strings.Cut(key, "/")
-	return svcName{ns, name}
-}
-
-// svcInput is what a Service was last given as, so that a sync skips
-// Services that did not change before computing anything.
-type svcInput struct {
-	ports []datapath.Service // a deep copy
-	bad   bool               // a port was refused: compute again next time
-	stamp uint64             // the full sync that last saw it
-}
-
-func portsEqual(a, b []datapath.Service) bool {
-	return slices.EqualFunc(a, b, func(x, y datapath.Service) bool {
-		return x.Namespace == y.Namespace && x.Name == y.Name && x.PortName == y.PortName &&
-			x.Protocol == y.Protocol && x.Frontend == y.Frontend && x.NodePort == y.NodePort &&
-			x.SessionAffinity == y.SessionAffinity && slices.Equal(x.Backends, y.Backends)
-	})
-}
-
-func clonePorts(ports []datapath.Service) []datapath.Service {
-	out := slices.Clone(ports)
-	for i := range out {
-		out[i].Backends = slices.Clone(out[i].Backends)
-	}
-	return out
-}
-
-// frontendsFor turns the ports of one Service into its frontends, sorted
-// by key; a key given twice takes the later port.
-func frontendsFor(svcs []datapath.Service) ([]frontend, error) {
+// frontendsFor turns the frontends of one Service into the frontends of
+// the maps, sorted by key; a key given twice takes the later port.
+func frontendsFor(name state.ServiceName, fes []state.Frontend) ([]frontend, error) {
 	var (
 		out  []frontend
 		errs []error
@@ -173,13 +134,13 @@ func frontendsFor(svcs []datapath.Service) ([]frontend, error) {
 		}
 		out = append(out, f)
 	}
-	for _, s := range svcs {
+	for _, s := range fes {
 		proto, err := maps.ProtoNumber(s.Protocol)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("service %s/%s: %w", s.Namespace, s.Name, err))
+			errs = append(errs, fmt.Errorf("service %s: %w", name, err))
 			continue
 		}
-		if !s.Frontend.Addr().Is4() {
+		if !s.Addr.Addr().Is4() {
 			continue // IPv4 only
 		}
 		var active, refs []backendKey
@@ -197,7 +158,7 @@ func frontendsFor(svcs []datapath.Service) ([]frontend, error) {
 		}
 		active, refs = sortedSet(active), sortedSet(refs)
 		add(frontend{
-			key:    maps.SvcKey{Addr: maps.IPv4From(s.Frontend.Addr()), Port: maps.PortFrom(s.Frontend.Port()), Proto: proto, Scope: maps.ScopeClusterIP},
+			key:    maps.SvcKey{Addr: maps.IPv4From(s.Addr.Addr()), Port: maps.PortFrom(s.Addr.Port()), Proto: proto, Scope: maps.ScopeClusterIP},
 			active: active, refs: refs, affinity: s.SessionAffinity,
 		})
 		if s.NodePort != 0 {
@@ -252,96 +213,33 @@ func frontendsEqual(a, b []frontend) bool {
 	})
 }
 
-// runs calls f with each run of consecutive ports of one Service.
-func runs(svcs []datapath.Service, f func(svcName, []datapath.Service)) {
-	for i := 0; i < len(svcs); {
-		n := nameOf(svcs[i])
-		j := i + 1
-		for j < len(svcs) && nameOf(svcs[j]) == n {
-			j++
-		}
-		f(n, svcs[i:j])
-		i = j
-	}
-}
-
 // sync makes the maps hold exactly svcs (every Service), writing only
-// what differs from what they hold. A Service given as it was last time
-// costs a comparison: no allocation, no map operation.
-func (w *lbWriter) sync(svcs []datapath.Service) error {
-	w.stamp++
-	// Ports of one Service usually come together; if not, group them.
-	var fresh map[svcName]bool
-	split := false
-	runs(svcs, func(n svcName, _ []datapath.Service) {
-		if in := w.inputs[n]; in != nil {
-			split = split || in.stamp == w.stamp
-			in.stamp = w.stamp
-			return
-		}
-		if fresh == nil {
-			fresh = map[svcName]bool{}
-		}
-		split = split || fresh[n]
-		fresh[n] = true
-	})
-	each := func(f func(svcName, []datapath.Service)) { runs(svcs, f) }
-	if split {
-		grouped := map[svcName][]datapath.Service{}
-		for _, s := range svcs {
-			grouped[nameOf(s)] = append(grouped[nameOf(s)], s)
-		}
-		each = func(f func(svcName, []datapath.Service)) {
-			for n, ports := range grouped {
-				f(n, ports)
-			}
-		}
-	}
-
+// what differs from what they hold: a Service given as it was last time
+// costs a comparison and no map operation. It also removes the frontends
+// restore found that no Service claims, and lets go of the backends
+// restore held.
+func (w *lbWriter) sync(svcs iter.Seq[*state.Service]) error {
 	changes := map[string][]frontend{}
 	var errs []error
-	each(func(n svcName, ports []datapath.Service) {
-		if err := w.given(n, ports, changes); err != nil {
-			errs = append(errs, err)
-		}
-	})
-	for n, in := range w.inputs {
-		if in.stamp != w.stamp {
-			delete(w.inputs, n)
-			changes[n.String()] = nil
+	for s := range svcs {
+		fronts, err := frontendsFor(s.Name, s.Frontends)
+		errs = append(errs, err)
+		changes[s.Name.String()] = fronts
+	}
+	for key := range w.desired {
+		if _, ok := changes[key]; !ok {
+			changes[key] = nil
 		}
 	}
 	return errors.Join(append(errs, w.apply(changes, true))...)
 }
 
-// given records the ports of Service n, and in changes its frontends if
-// they are not what they were last time.
-func (w *lbWriter) given(n svcName, ports []datapath.Service, changes map[string][]frontend) error {
-	in := w.inputs[n]
-	if in != nil && !in.bad && portsEqual(in.ports, ports) {
-		return nil
-	}
-	fronts, err := frontendsFor(ports)
-	w.inputs[n] = &svcInput{ports: clonePorts(ports), bad: err != nil, stamp: w.stamp}
-	changes[n.String()] = fronts
-	return err
-}
-
-// update applies the named Services only: each one's frontends become
-// exactly the ports given (none: removed).
-func (w *lbWriter) update(changed map[string][]datapath.Service) error {
-	changes := make(map[string][]frontend, len(changed))
-	var errs []error
-	for key, ports := range changed {
-		n := parseName(key)
-		if len(ports) == 0 {
-			delete(w.inputs, n)
-			changes[n.String()] = nil
-			continue
-		}
-		errs = append(errs, w.given(n, ports, changes))
-	}
-	return errors.Join(append(errs, w.apply(changes, false))...)
+// update applies one Service only: its frontends become exactly fes (none:
+// removed). Frontends of other Services are untouched, and its cost is
+// that of the change.
+func (w *lbWriter) update(name state.ServiceName, fes []state.Frontend) error {
+	fronts, err := frontendsFor(name, fes)
+	return errors.Join(err, w.apply(map[string][]frontend{name.String(): fronts}, false))
 }
 
 // change is one frontend to (re)write or to re-reference.

@@ -23,8 +23,10 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"glia.dev/glia/internal/api"
+	"glia.dev/glia/internal/config"
 	"glia.dev/glia/internal/datapath"
+	"glia.dev/glia/internal/datapath/linux"
+	"glia.dev/glia/internal/state"
 )
 
 func requireRoot(t *testing.T) {
@@ -76,9 +78,10 @@ var (
 	outsideIP   = netip.MustParseAddr("198.18.64.10")
 	podCIDR     = netip.MustParsePrefix("198.19.1.0/24")
 	clusterCIDR = netip.MustParsePrefix("198.19.0.0/16")
-	testNode    = datapath.LocalNode{Name: "lab-node-1", IP: nodeIP, Device: "eth0", PodCIDR: podCIDR,
-		ClusterCIDR: clusterCIDR, ServiceCIDR: netip.MustParsePrefix("198.18.128.0/17")}
+	testNode    = datapath.LocalNode{Name: "lab-node-1", IP: nodeIP, Device: "eth0", PodCIDR: podCIDR, ClusterCIDR: clusterCIDR}
 )
+
+const masqChain = "GLIA-POSTROUTING"
 
 // topology is a node namespace whose eth0 is a veth to an "outside"
 // namespace (its default gateway, holding 198.18.64.10 as well).
@@ -134,7 +137,7 @@ func newTopology(t *testing.T) topology {
 		}
 		// The outside can answer unmasqueraded pods too, so a missing
 		// masquerade shows as the pod's address instead of a hang.
-		return netlink.RouteAdd(&netlink.Route{LinkIndex: out0.Attrs().Index, Dst: ipnet(clusterCIDR), Gw: nodeIP.AsSlice()})
+		return netlink.RouteAdd(&netlink.Route{LinkIndex: out0.Attrs().Index, Dst: linux.IPNet(clusterCIDR), Gw: nodeIP.AsSlice()})
 	})
 	return top
 }
@@ -143,7 +146,7 @@ func newTopology(t *testing.T) topology {
 // node namespace, routed through the link-local gateway 169.254.1.1.
 type pod struct {
 	ns  ns.NetNS
-	ep  api.Endpoint
+	ep  *state.Endpoint
 	mac net.HardwareAddr
 }
 
@@ -184,8 +187,8 @@ func newPod(t *testing.T, node ns.NetNS, hostIf, ip string) pod {
 		}
 		return netlink.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: unix.AF_INET, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: hostMAC})
 	})
-	p.ep = api.Endpoint{Attachment: api.Attachment{ContainerID: "c-" + hostIf, IfName: "eth0"}, IP: ip,
-		Netns: p.ns.Path(), HostIfName: hostIf, PodMAC: p.mac.String()}
+	p.ep = &state.Endpoint{Attachment: state.Attachment{ContainerID: "c-" + hostIf, IfName: "eth0"}, IP: netip.MustParseAddr(ip),
+		Netns: p.ns.Path(), HostIfName: hostIf, PodMAC: p.mac}
 	return p
 }
 
@@ -212,9 +215,6 @@ func newDatapath(t *testing.T, logs *logBuffer, opts datapath.Options) *Datapath
 	if logs == nil {
 		logs = &logBuffer{}
 	}
-	if opts.RoutingMode == "" {
-		opts.RoutingMode = "native"
-	}
 	d, err := New(slog.New(slog.NewTextHandler(logs, nil)), testNode, opts)
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -225,7 +225,7 @@ func newDatapath(t *testing.T, logs *logBuffer, opts datapath.Options) *Datapath
 // gliaRoutes lists the node's IPv4 routes of glia's protocol as "dst type dev/gw scope".
 func gliaRoutes(t *testing.T) []string {
 	t.Helper()
-	routes, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN},
+	routes, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: linux.RouteProtocol, Table: unix.RT_TABLE_MAIN},
 		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	if err != nil {
 		t.Fatal(err)
@@ -308,10 +308,10 @@ func TestPrivilegedInit(t *testing.T) {
 			t.Fatalf("a fresh namespace has ip_forward=%s, want 0 (is this the host namespace?)", got)
 		}
 		logs := &logBuffer{}
-		d := newDatapath(t, logs, datapath.Options{Masquerade: true})
+		d := newDatapath(t, logs, opts(true, false))
 		// Twice: Init is re-run on every agent start.
 		for i := 0; i < 2; i++ {
-			if err := d.Init(ctx); err != nil {
+			if err := initHost(ctx, d); err != nil {
 				t.Fatalf("Init #%d: %v", i+1, err)
 			}
 		}
@@ -330,11 +330,11 @@ func TestPrivilegedInit(t *testing.T) {
 		if diff := cmp.Diff([]string{"-P POSTROUTING ACCEPT", wantJump}, natRules(t, "POSTROUTING")); diff != "" {
 			t.Errorf("POSTROUTING (-want +got):\n%s", diff)
 		}
-		// The second Init found the rule in place and did not reinstall it.
-		if n := logs.count("Installed iptables masquerade rule"); n != 1 {
-			t.Errorf("masquerade rule installed %d times, want once:\n%s", n, logs.buf.String())
+		// The rule is in place: ensuring it again changes nothing.
+		if changed, err := linux.EnsureMasquerade(podCIDR, clusterCIDR); changed || err != nil {
+			t.Errorf("EnsureMasquerade on a node that has the rule: changed %t, %v", changed, err)
 		}
-		got, err := MasqueradeRules()
+		got, err := linux.MasqueradeRules()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -350,7 +350,7 @@ func TestPrivilegedInit(t *testing.T) {
 		if err := ipt.Insert("nat", masqChain, 1, "-s", "198.19.1.7/32", "-j", "RETURN"); err != nil {
 			t.Fatal(err)
 		}
-		if err := d.Init(ctx); err != nil {
+		if err := initHost(ctx, d); err != nil {
 			t.Fatal(err)
 		}
 		if diff := cmp.Diff([]string{"-N GLIA-POSTROUTING", wantMasqRule}, natRules(t, masqChain)); diff != "" {
@@ -358,8 +358,8 @@ func TestPrivilegedInit(t *testing.T) {
 		}
 
 		// Masquerading turned off: the chain and the jump go away.
-		off := newDatapath(t, nil, datapath.Options{Masquerade: false})
-		if err := off.Init(ctx); err != nil {
+		off := newDatapath(t, nil, opts(false, false))
+		if err := initHost(ctx, off); err != nil {
 			t.Fatal(err)
 		}
 		if got := natRules(t, masqChain); got != nil {
@@ -368,11 +368,11 @@ func TestPrivilegedInit(t *testing.T) {
 		if diff := cmp.Diff([]string{"-P POSTROUTING ACCEPT"}, natRules(t, "POSTROUTING")); diff != "" {
 			t.Errorf("POSTROUTING with masquerade off (-want +got):\n%s", diff)
 		}
-		if got, err := MasqueradeRules(); err != nil || got != nil {
+		if got, err := linux.MasqueradeRules(); err != nil || got != nil {
 			t.Errorf("MasqueradeRules with masquerade off = %q, %v; want none", got, err)
 		}
 		// ... and off again is fine.
-		return off.Init(ctx)
+		return initHost(ctx, off)
 	})
 }
 
@@ -380,10 +380,9 @@ func TestPrivilegedEnsureRemoveMasquerade(t *testing.T) {
 	requireRoot(t)
 	top := newTopology(t)
 	in(t, top.node, func() error {
-		log := slog.New(slog.NewTextHandler(&logBuffer{}, nil))
 		for i := 0; i < 2; i++ {
-			if err := EnsureMasquerade(log, testNode); err != nil {
-				t.Fatalf("EnsureMasquerade #%d: %v", i+1, err)
+			if changed, err := linux.EnsureMasquerade(podCIDR, clusterCIDR); err != nil || changed != (i == 0) {
+				t.Fatalf("EnsureMasquerade #%d: changed %t, %v", i+1, changed, err)
 			}
 		}
 		if diff := cmp.Diff([]string{"-N GLIA-POSTROUTING", wantMasqRule}, natRules(t, masqChain)); diff != "" {
@@ -393,7 +392,7 @@ func TestPrivilegedEnsureRemoveMasquerade(t *testing.T) {
 			t.Errorf("POSTROUTING (-want +got):\n%s", diff)
 		}
 		for i := 0; i < 2; i++ {
-			if err := RemoveMasquerade(); err != nil {
+			if _, err := linux.RemoveMasquerade(); err != nil {
 				t.Fatalf("RemoveMasquerade #%d: %v", i+1, err)
 			}
 		}
@@ -424,13 +423,13 @@ func TestPrivilegedEndpoints(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		d := newDatapath(t, nil, datapath.Options{Masquerade: true})
-		if err := d.Init(ctx); err != nil {
+		d := newDatapath(t, nil, opts(true, false))
+		if err := initHost(ctx, d); err != nil {
 			t.Fatal(err)
 		}
 		for i := 0; i < 2; i++ {
 			for _, p := range []pod{p1, p2} {
-				if err := d.UpsertEndpoint(ctx, p.ep); err != nil {
+				if err := upsert(ctx, d, p.ep); err != nil {
 					t.Fatalf("UpsertEndpoint %s: %v", p.ep.HostIfName, err)
 				}
 			}
@@ -457,29 +456,35 @@ func TestPrivilegedEndpoints(t *testing.T) {
 			}
 		}
 
-		// SyncEndpoints keeps the live one and removes the stale /32.
-		if err := d.SyncEndpoints(ctx, []api.Endpoint{p1.ep}); err != nil {
+		// A sync keeps the live one and prunes the stale /32.
+		if err := syncEndpoints(ctx, d, p1.ep); err != nil {
 			t.Fatal(err)
 		}
 		want = []string{"198.19.1.0/24 unreachable", "198.19.1.5/32 dev glpod1 scope link"}
 		if diff := cmp.Diff(want, gliaRoutes(t)); diff != "" {
 			t.Errorf("routes after SyncEndpoints (-want +got):\n%s", diff)
 		}
-		// SyncEndpoints also (re)programs the live ones.
-		if err := netlink.RouteDel(&netlink.Route{Dst: &net.IPNet{IP: net.IPv4(198, 19, 1, 5), Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK, Protocol: RouteProtocol}); err != nil {
+		// A refresh repairs a route deleted behind the datapath's back, and
+		// reports the drift.
+		if err := netlink.RouteDel(&netlink.Route{Dst: &net.IPNet{IP: net.IPv4(198, 19, 1, 5), Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK, Protocol: linux.RouteProtocol}); err != nil {
 			t.Fatal(err)
 		}
-		if err := d.SyncEndpoints(ctx, []api.Endpoint{p1.ep, p2.ep}); err != nil {
+		var drifted []string
+		d.opts.Drift = func(rec, obj, what string) { drifted = append(drifted, rec+" "+obj+": "+what) }
+		if err := syncEndpoints(ctx, d, refreshing(p1.ep), p2.ep); err != nil {
 			t.Fatal(err)
+		}
+		if diff := cmp.Diff([]string{"endpoints c-glpod1/eth0: route to 198.19.1.5 was missing or wrong"}, drifted); diff != "" {
+			t.Errorf("drift reported (-want +got):\n%s", diff)
 		}
 		want = []string{"198.19.1.0/24 unreachable", "198.19.1.5/32 dev glpod1 scope link", "198.19.1.6/32 dev glpod2 scope link"}
 		if diff := cmp.Diff(want, gliaRoutes(t)); diff != "" {
 			t.Errorf("routes after SyncEndpoints repair (-want +got):\n%s", diff)
 		}
 
-		// DeleteEndpoint removes the route; twice is fine.
+		// Delete removes the route; twice is fine.
 		for i := 0; i < 2; i++ {
-			if err := d.DeleteEndpoint(ctx, p2.ep); err != nil {
+			if err := d.Endpoints().Delete(ctx, nil, 0, p2.ep); err != nil {
 				t.Fatalf("DeleteEndpoint #%d: %v", i+1, err)
 			}
 		}
@@ -496,15 +501,10 @@ func TestPrivilegedEndpoints(t *testing.T) {
 		}
 
 		// Bad input is an error naming the endpoint.
-		bad := p1.ep
+		bad := *p1.ep
 		bad.HostIfName = "glnope"
-		if err := d.UpsertEndpoint(ctx, bad); err == nil || !strings.Contains(err.Error(), "glnope") {
-			t.Errorf("UpsertEndpoint with a missing veth = %v, want an error naming it", err)
-		}
-		bad = p1.ep
-		bad.IP = "not-an-ip"
-		if err := d.UpsertEndpoint(ctx, bad); err == nil {
-			t.Error("UpsertEndpoint with a bad IP succeeded")
+		if err := upsert(ctx, d, &bad); err == nil || !strings.Contains(err.Error(), "glnope") {
+			t.Errorf("Update with a missing veth = %v, want an error naming it", err)
 		}
 		return nil
 	})
@@ -514,10 +514,11 @@ func TestPrivilegedSyncNodes(t *testing.T) {
 	requireRoot(t)
 	top := newTopology(t)
 	ctx := context.Background()
-	n := func(name, ip, cidr string) datapath.RemoteNode {
-		return datapath.RemoteNode{Name: name, IP: netip.MustParseAddr(ip), PodCIDR: netip.MustParsePrefix(cidr)}
+	n := func(name, ip, cidr string) *state.Node {
+		return &state.Node{Name: name, IP: netip.MustParseAddr(ip), PodCIDR: netip.MustParsePrefix(cidr)}
 	}
 	self := n("lab-node-1", "198.18.0.11", "198.19.1.0/24")
+	self.Local = true
 	n2 := n("lab-node-2", "198.18.0.12", "198.19.2.0/24")
 	n3 := n("lab-node-3", "198.18.0.13", "198.19.3.0/24")
 	unmasked := n("lab-node-4", "198.18.0.14", "198.19.4.7/24")
@@ -531,42 +532,42 @@ func TestPrivilegedSyncNodes(t *testing.T) {
 			Gw: net.IPv4(198, 18, 0, 19), Protocol: unix.RTPROT_STATIC}); err != nil {
 			t.Fatal(err)
 		}
-		d := newDatapath(t, nil, datapath.Options{Masquerade: true, AutoDirectNodeRoutes: true})
-		if err := d.Init(ctx); err != nil {
+		d := newDatapath(t, nil, opts(true, true))
+		if err := initHost(ctx, d); err != nil {
 			t.Fatal(err)
 		}
 		steps := []struct {
 			name  string
-			nodes []datapath.RemoteNode
+			nodes []*state.Node
 			want  []string
 		}{
-			{name: "all nodes, own ignored", nodes: []datapath.RemoteNode{self, n2, n3, unmasked}, want: []string{
+			{name: "all nodes, own ignored", nodes: []*state.Node{self, n2, n3, unmasked}, want: []string{
 				"198.19.1.0/24 unreachable",
 				"198.19.2.0/24 via 198.18.0.12 dev eth0",
 				"198.19.3.0/24 via 198.18.0.13 dev eth0",
 				"198.19.4.0/24 via 198.18.0.14 dev eth0",
 			}},
-			{name: "again: nothing changes", nodes: []datapath.RemoteNode{n3, unmasked, n2, self}, want: []string{
+			{name: "again: nothing changes", nodes: []*state.Node{n3, unmasked, n2, self}, want: []string{
 				"198.19.1.0/24 unreachable",
 				"198.19.2.0/24 via 198.18.0.12 dev eth0",
 				"198.19.3.0/24 via 198.18.0.13 dev eth0",
 				"198.19.4.0/24 via 198.18.0.14 dev eth0",
 			}},
-			{name: "node 3 and 4 gone", nodes: []datapath.RemoteNode{n2}, want: []string{
+			{name: "node 3 and 4 gone", nodes: []*state.Node{n2}, want: []string{
 				"198.19.1.0/24 unreachable",
 				"198.19.2.0/24 via 198.18.0.12 dev eth0",
 			}},
-			{name: "node 2 moved to another address", nodes: []datapath.RemoteNode{n("lab-node-2", "198.18.0.22", "198.19.2.0/24")}, want: []string{
+			{name: "node 2 moved to another address", nodes: []*state.Node{n("lab-node-2", "198.18.0.22", "198.19.2.0/24")}, want: []string{
 				"198.19.1.0/24 unreachable",
 				"198.19.2.0/24 via 198.18.0.22 dev eth0",
 			}},
-			{name: "incomplete nodes are skipped", nodes: []datapath.RemoteNode{{Name: "no-ip", PodCIDR: netip.MustParsePrefix("198.19.5.0/24")},
+			{name: "incomplete nodes are skipped", nodes: []*state.Node{{Name: "no-ip", PodCIDR: netip.MustParsePrefix("198.19.5.0/24")},
 				{Name: "no-cidr", IP: netip.MustParseAddr("198.18.0.15")}}, want: []string{
 				"198.19.1.0/24 unreachable",
 			}},
 		}
 		for _, s := range steps {
-			if err := d.SyncNodes(ctx, s.nodes); err != nil {
+			if err := syncNodes(ctx, d, s.nodes...); err != nil {
 				t.Fatalf("%s: SyncNodes: %v", s.name, err)
 			}
 			if diff := cmp.Diff(s.want, gliaRoutes(t)); diff != "" {
@@ -575,11 +576,11 @@ func TestPrivilegedSyncNodes(t *testing.T) {
 		}
 
 		// auto-direct-node-routes off: glia's node routes go away.
-		if err := d.SyncNodes(ctx, []datapath.RemoteNode{n2, n3}); err != nil {
+		if err := syncNodes(ctx, d, n2, n3); err != nil {
 			t.Fatal(err)
 		}
-		off := newDatapath(t, nil, datapath.Options{Masquerade: true, AutoDirectNodeRoutes: false})
-		if err := off.SyncNodes(ctx, []datapath.RemoteNode{n2, n3}); err != nil {
+		off := newDatapath(t, nil, opts(true, false))
+		if err := syncNodes(ctx, off, n2, n3); err != nil {
 			t.Fatal(err)
 		}
 		if diff := cmp.Diff([]string{"198.19.1.0/24 unreachable"}, gliaRoutes(t)); diff != "" {
@@ -590,9 +591,9 @@ func TestPrivilegedSyncNodes(t *testing.T) {
 		}
 
 		// A missing node device is an error naming it.
-		bad := &Datapath{log: d.log, node: d.node, opts: d.opts, ipt: d.ipt}
+		bad := &Datapath{log: d.log, node: d.node, opts: d.opts}
 		bad.node.Device = "nope0"
-		if err := bad.SyncNodes(ctx, []datapath.RemoteNode{n2}); err == nil || !strings.Contains(err.Error(), "nope0") {
+		if err := syncNodes(ctx, bad, n2); err == nil || !strings.Contains(err.Error(), "nope0") {
 			t.Errorf("SyncNodes without the device = %v, want an error naming it", err)
 		}
 		return nil
@@ -606,10 +607,10 @@ func TestNewRefuses(t *testing.T) {
 		opts datapath.Options
 		want string
 	}{
-		{name: "tunnel", opts: datapath.Options{RoutingMode: "tunnel"}, want: `routing-mode=native only (got "tunnel")`},
-		{name: "bpf masquerade", opts: datapath.Options{RoutingMode: "native", BPFMasquerade: true}, want: "use the bpf datapath"},
-		{name: "kube-proxy replacement", opts: datapath.Options{RoutingMode: "native", KubeProxyReplacement: true}, want: "use the bpf datapath"},
-		{name: "bpf host routing", opts: datapath.Options{RoutingMode: "native", HostRoutingBPF: true}, want: "use the bpf datapath"},
+		{name: "tunnel", opts: datapath.Options{Modes: config.Modes{RoutingMode: "tunnel"}}, want: `routing-mode=native only (got "tunnel")`},
+		{name: "bpf masquerade", opts: datapath.Options{Modes: config.Modes{RoutingMode: "native", Masquerading: config.MasqBPF}}, want: "use the bpf datapath"},
+		{name: "kube-proxy replacement", opts: datapath.Options{Modes: config.Modes{RoutingMode: "native", KubeProxyReplacement: true}}, want: "use the bpf datapath"},
+		{name: "bpf host routing", opts: datapath.Options{Modes: config.Modes{RoutingMode: "native", HostRouting: config.HostRouting{Mode: config.HostRoutingBPF}}}, want: "use the bpf datapath"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -632,14 +633,14 @@ func TestPrivilegedMasqueradeTraffic(t *testing.T) {
 	remotePod := netip.MustParseAddr("198.19.2.10")
 	ctx := context.Background()
 	in(t, top.node, func() error {
-		d := newDatapath(t, nil, datapath.Options{Masquerade: true, AutoDirectNodeRoutes: true})
-		if err := d.Init(ctx); err != nil {
+		d := newDatapath(t, nil, opts(true, true))
+		if err := initHost(ctx, d); err != nil {
 			return err
 		}
-		if err := d.UpsertEndpoint(ctx, p.ep); err != nil {
+		if err := upsert(ctx, d, p.ep); err != nil {
 			return err
 		}
-		return d.SyncNodes(ctx, []datapath.RemoteNode{{Name: "lab-node-2", IP: gatewayIP, PodCIDR: netip.MustParsePrefix("198.19.2.0/24")}})
+		return syncNodes(ctx, d, &state.Node{Name: "lab-node-2", IP: gatewayIP, PodCIDR: netip.MustParsePrefix("198.19.2.0/24")})
 	})
 
 	// Servers in the outside namespace answer with the source they saw.
@@ -649,7 +650,7 @@ func TestPrivilegedMasqueradeTraffic(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: host32(remotePod)}); err != nil {
+		if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: linux.Host32(remotePod)}); err != nil {
 			return err
 		}
 		for _, a := range []netip.Addr{outsideIP, remotePod} {

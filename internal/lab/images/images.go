@@ -14,8 +14,16 @@
 //	glia/client                    command/args as host binaries, otherwise sleep
 //	coredns/coredns (or coredns)   the coredns binary beside the glia binary, with a
 //	                               Corefile written by the runner
+//	glia                           the lab's glia, glia-agent and glia-cni at /usr/bin;
+//	                               command as written (default /usr/bin/glia-agent)
+//	e2e-test-images/agnhost        the lab's agnhost binary at /agnhost (entrypoint),
+//	                               default args "pause"
 //	anything else                  the container's command as a host binary; without a
 //	                               command the image cannot run (ErrNotInCatalog)
+//
+// Every container's root is the node's root file system seen through an
+// overlay (internal/lab/podinit); an image's Files are bind-mounted into it,
+// so a program runs "as written", found through the container's PATH.
 //
 // Built-in programs run as `glia lab _image NAME ARGS...` (see Run).
 // README.md in this directory holds the same table.
@@ -24,6 +32,8 @@ package images
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -45,7 +55,9 @@ const (
 	// KindBuiltin runs a built-in program (Plan.Builtin, Plan.Args) through
 	// `glia lab _image`.
 	KindBuiltin Kind = iota + 1
-	// KindHost runs Plan.Args[0] as a host binary with Plan.Args[1:].
+	// KindHost runs Plan.Args[0] with Plan.Args[1:], found in the
+	// container's root: the image's Files, else the node's root file
+	// system (host binaries).
 	KindHost
 	// KindCoreDNS runs the coredns binary beside the glia binary with a
 	// Corefile written by the runner; Plan.Args is empty.
@@ -84,6 +96,29 @@ type Plan struct {
 	// Args are the built-in program's arguments (KindBuiltin) or the host
 	// program and its arguments (KindHost).
 	Args []string
+	// Files are the image's own files: container path → file in the lab's
+	// bin dir (a relative name) or an absolute host path.
+	Files map[string]string
+	// Build says how to build the files when they are missing.
+	Build string
+}
+
+// HostFiles returns p.Files with names resolved against binDir, or an
+// error (the container's ErrImagePull) naming a missing file and how to
+// build it.
+func (p Plan) HostFiles(binDir string) (map[string]string, error) {
+	out := make(map[string]string, len(p.Files))
+	for target, src := range p.Files {
+		if !filepath.IsAbs(src) {
+			src = filepath.Join(binDir, src)
+		}
+		st, err := os.Stat(src)
+		if err != nil || st.IsDir() {
+			return nil, fmt.Errorf("image %s needs %s for %s, which is missing (build it with `%s`)", p.Repository, src, target, p.Build)
+		}
+		out[target] = src
+	}
+	return out, nil
 }
 
 type entry struct {
@@ -127,13 +162,34 @@ func curlEntrypoint(c Container) (Plan, error) {
 // commandLine follows Kubernetes' rules: command replaces the image's
 // entrypoint, args replace its cmd.
 func commandLine(c Container, entrypoint []string) []string {
+	if len(c.Command) == 0 && len(c.Args) == 0 {
+		return nil
+	}
+	return imageCommand(c, entrypoint, nil)
+}
+
+// imageCommand is what runs for an image with entrypoint and cmd: command
+// replaces the entrypoint (and drops cmd), args replace cmd.
+func imageCommand(c Container, entrypoint, cmd []string) []string {
 	if len(c.Command) > 0 {
 		return append(append([]string(nil), c.Command...), c.Args...)
 	}
 	if len(c.Args) > 0 {
 		return append(append([]string(nil), entrypoint...), c.Args...)
 	}
-	return nil
+	return append(append([]string(nil), entrypoint...), cmd...)
+}
+
+// fileImage is an image made of files from the lab's bin dir: its program
+// runs as written, found through the container's PATH.
+func fileImage(files map[string]string, build string, entrypoint, cmd []string) func(Container) (Plan, error) {
+	return func(c Container) (Plan, error) {
+		argv := imageCommand(c, entrypoint, cmd)
+		if len(argv) == 0 {
+			return Plan{}, errors.New("the container gives no command and the image has none")
+		}
+		return Plan{Kind: KindHost, Args: argv, Files: files, Build: build}, nil
+	}
 }
 
 var catalog = []entry{
@@ -168,6 +224,20 @@ var catalog = []entry{
 		plan: func(Container) (Plan, error) {
 			return Plan{Kind: KindCoreDNS}, nil
 		},
+	},
+	{
+		repositories: []string{"glia"},
+		describe:     "glia's image: the lab's `glia`, `glia-agent` and `glia-cni` at `/usr/bin`; the command runs as written through PATH (default `/usr/bin/glia-agent`)",
+		plan: fileImage(map[string]string{
+			"/usr/bin/glia":       "glia",
+			"/usr/bin/glia-agent": "glia-agent",
+			"/usr/bin/glia-cni":   "glia-cni",
+		}, "make build", nil, []string{"/usr/bin/glia-agent"}),
+	},
+	{
+		repositories: []string{"e2e-test-images/agnhost"},
+		describe:     "the upstream e2e image: the lab's `agnhost` at `/agnhost` (entrypoint; default args `pause`); ErrImagePull naming `make agnhost` when it is not built",
+		plan:         fileImage(map[string]string{"/agnhost": "agnhost"}, "make agnhost", []string{"/agnhost"}, []string{"pause"}),
 	},
 }
 

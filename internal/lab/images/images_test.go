@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -110,6 +111,26 @@ func TestResolve(t *testing.T) {
 			want: Plan{Repository: "team/tool", Kind: KindHost, Args: []string{"/bin/true", "x"}},
 		},
 		{
+			name: "glia image runs its default command",
+			c:    Container{Image: "localhost:5000/glia:0.1.0"},
+			want: Plan{Repository: "glia", Kind: KindHost, Args: []string{"/usr/bin/glia-agent"}, Files: map[string]string{"/usr/bin/glia": "glia", "/usr/bin/glia-agent": "glia-agent", "/usr/bin/glia-cni": "glia-cni"}, Build: "make build"},
+		},
+		{
+			name: "glia image runs the command as written",
+			c:    Container{Image: "glia@sha256:0123", Command: []string{"glia-agent"}, Args: []string{"init", "mount-bpffs"}},
+			want: Plan{Repository: "glia", Kind: KindHost, Args: []string{"glia-agent", "init", "mount-bpffs"}, Files: map[string]string{"/usr/bin/glia": "glia", "/usr/bin/glia-agent": "glia-agent", "/usr/bin/glia-cni": "glia-cni"}, Build: "make build"},
+		},
+		{
+			name: "agnhost default is pause",
+			c:    Container{Image: "registry.k8s.io/e2e-test-images/agnhost:2.53"},
+			want: Plan{Repository: "e2e-test-images/agnhost", Kind: KindHost, Args: []string{"/agnhost", "pause"}, Files: map[string]string{"/agnhost": "agnhost"}, Build: "make agnhost"},
+		},
+		{
+			name: "agnhost args replace cmd",
+			c:    Container{Image: "registry.k8s.io/e2e-test-images/agnhost:2.53", Args: []string{"netexec", "--http-port=8080"}},
+			want: Plan{Repository: "e2e-test-images/agnhost", Kind: KindHost, Args: []string{"/agnhost", "netexec", "--http-port=8080"}, Files: map[string]string{"/agnhost": "agnhost"}, Build: "make agnhost"},
+		},
+		{
 			name:    "unknown image without command",
 			c:       Container{Image: "nginx:1.27", Args: []string{"-g", "daemon off;"}},
 			wantErr: ErrNotInCatalog,
@@ -125,6 +146,34 @@ func TestResolve(t *testing.T) {
 				t.Errorf("Resolve() mismatch (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+func TestHostFiles(t *testing.T) {
+	bin := t.TempDir()
+	for _, f := range []string{"glia", "glia-agent", "glia-cni"} {
+		if err := os.WriteFile(filepath.Join(bin, f), []byte("x"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := Resolve(Container{Image: "glia"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := p.HostFiles(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"/usr/bin/glia": filepath.Join(bin, "glia"), "/usr/bin/glia-agent": filepath.Join(bin, "glia-agent"), "/usr/bin/glia-cni": filepath.Join(bin, "glia-cni")}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("HostFiles (-want +got):\n%s", diff)
+	}
+	p, err = Resolve(Container{Image: "registry.k8s.io/e2e-test-images/agnhost:2.53"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.HostFiles(bin); err == nil || !strings.Contains(err.Error(), "make agnhost") || !strings.Contains(err.Error(), filepath.Join(bin, "agnhost")) {
+		t.Errorf("missing agnhost: %v, want an error naming the file and `make agnhost`", err)
 	}
 }
 
@@ -202,10 +251,15 @@ image reference are ignored; the catalog matches on the repository name
 `
 
 const readmeFooter = `
-Built-in programs run as ` + "`glia lab _image NAME ARGS...`" + ` under
-` + "`glia lab _pod-init`" + `, which gives the process the pod's /etc/resolv.conf and
-hostname. Host binaries are looked up in the container's PATH on this machine.
-The coredns binary is expected next to the glia binary (` + "`go install github.com/coredns/coredns@v1.15.0`" + `).
+Every container starts through ` + "`glia lab _pod-init`" + `, which builds its root as a
+runtime does: an overlay whose lower layer is the node's root file system (so
+host binaries such as ` + "`curl`" + ` are found through the container's PATH) and whose
+writes land in a tmpfs of the container's own; an image's own files (the
+` + "`glia`" + ` binaries, ` + "`agnhost`" + `) are bind-mounted from the lab's bin dir (` + "`make build`" + `,
+` + "`make agnhost`" + `); then fresh /proc, /sys, /dev, /tmp and /run, the pod's
+/etc/resolv.conf, /etc/hosts and hostname, and the volumes. Built-in programs run
+as ` + "`glia lab _image NAME ARGS...`" + `. The coredns binary is expected next to the glia
+binary (` + "`go install github.com/coredns/coredns@v1.15.0`" + `).
 
 This table is generated from the catalog in images.go:
 ` + "`GLIA_UPDATE_README=1 go test ./internal/lab/images -run TestReadmeMatchesCatalog`" + `.

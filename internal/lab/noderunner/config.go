@@ -1,14 +1,24 @@
 // Package noderunner is the lab's stand-in for kubelet plus a container
-// runtime. It runs inside a lab node's network namespace, registers the Node
-// and renews its Lease, and runs the Pods bound to the node as processes:
-// each pod gets a network namespace (glia-pod-…) wired by the CNI plugin
-// through libcni exactly as a kubelet/CRI would, and each container is a
-// process in its own mount and UTS namespaces (started through
-// `glia lab _pod-init`) in a per-pod cgroup. Images are mapped to programs by
-// the catalog in internal/lab/images. Readiness probes run, pod status is
-// written back, containers are restarted per restartPolicy, and deleted pods
-// are torn down (processes, CNI DEL, namespace, cgroup) before the Pod object
-// is removed.
+// runtime. It runs inside a lab node's network namespace and in a mount
+// namespace of its own (it refuses to run otherwise): the node's view of
+// the file system, where each --bind SRC:DST shows a node-local directory
+// at its real path (/opt/cni/bin, /etc/cni/net.d, /var/lib/glia…). It
+// registers the Node (with --register-with-taints) and renews its Lease,
+// and runs the Pods bound to the node as processes: each pod gets a network
+// namespace (glia-pod-…) wired by the CNI plugin through libcni exactly as a
+// kubelet/CRI would, and each container is a process in its own mount and
+// UTS namespaces (started through `glia lab _pod-init`, which builds its
+// root file system as a runtime does) in a per-pod cgroup.
+//
+// What kubelet does for a pod's containers, the runner does too: volumes
+// (hostPath with its type checks, emptyDir, configMap, secret, downwardAPI
+// and projected, with the ServiceAccount token from the TokenRequest API
+// bound to the pod and rotated), their readOnly, subPath and
+// mountPropagation; the environment (valueFrom, envFrom, $(VAR) expansion,
+// service links); startup, liveness and readiness probes with restarts and
+// back-off; pod status. Images are mapped to programs and files by the
+// catalog in internal/lab/images. Deleted pods are torn down (processes,
+// CNI DEL, namespace, cgroup, volumes) before the Pod object is removed.
 //
 // Each container's stdout and stderr go through a log shim (`glia lab
 // _log-shim`, one per container run, in its own session) that writes the
@@ -59,6 +69,26 @@ type Config struct {
 	TLSPrivateKeyFile string
 	ClientCAFile      string
 	Port              int
+	// KubeProxyClusterCIDR, when set, makes the runner run kube-proxy on
+	// the node whenever the node's glia agent does not replace it (the
+	// cluster's pod CIDR is kube-proxy's --cluster-cidr).
+	KubeProxyClusterCIDR string
+	// AgentSocket is the node's glia agent socket, asked whether it
+	// replaces kube-proxy.
+	AgentSocket string
+	// Binds (--bind SRC:DST) make the runner's mount namespace the node's
+	// view: each node-local SRC is bind-mounted over DST.
+	Binds []string
+	// RegisterWithTaints are the taints the Node is created with
+	// (key=value:Effect), as kubelet's --register-with-taints.
+	RegisterWithTaints []string
+	// ImageBinDir holds the binaries the image catalog maps into
+	// containers (glia, glia-agent, agnhost…); empty means SelfExe's
+	// directory.
+	ImageBinDir string
+	// VolumeResync is how often configMap, secret, downwardAPI and
+	// projected volumes are refreshed (tokens are rotated when due).
+	VolumeResync time.Duration
 }
 
 // DefaultConfig returns a Config with defaults filled in.
@@ -68,6 +98,8 @@ func DefaultConfig() Config {
 		ClusterDomain:  "cluster.local",
 		StatusInterval: 10 * time.Second,
 		Port:           DefaultKubeletPort,
+		AgentSocket:    "/var/run/glia/glia.sock",
+		VolumeResync:   10 * time.Second,
 	}
 }
 
@@ -90,6 +122,12 @@ func (c *Config) Flags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.TLSPrivateKeyFile, "tls-private-key-file", c.TLSPrivateKeyFile, "key of --tls-cert-file (PEM)")
 	fs.StringVar(&c.ClientCAFile, "client-ca-file", c.ClientCAFile, "CA that signs the certificates kubelet API clients must present (PEM)")
 	fs.IntVar(&c.Port, "port", c.Port, "kubelet API port on --node-ip")
+	fs.StringVar(&c.KubeProxyClusterCIDR, "kube-proxy-cluster-cidr", c.KubeProxyClusterCIDR, "run kube-proxy (with this --cluster-cidr) while the node's glia agent does not replace it; empty: never")
+	fs.StringVar(&c.AgentSocket, "agent-socket", c.AgentSocket, "the node's glia agent socket, asked whether it replaces kube-proxy")
+	fs.StringArrayVar(&c.Binds, "bind", c.Binds, "SRC:DST: bind-mount the node-local SRC over DST in the runner's mount namespace (repeatable; DST must exist)")
+	fs.StringSliceVar(&c.RegisterWithTaints, "register-with-taints", c.RegisterWithTaints, "taints the Node is registered with, as kubelet's: key=value:Effect,...")
+	fs.StringVar(&c.ImageBinDir, "image-bin-dir", c.ImageBinDir, "directory of the binaries the image catalog maps into containers (default: the glia binary's directory)")
+	fs.DurationVar(&c.VolumeResync, "volume-resync", c.VolumeResync, "how often configMap, secret, downwardAPI and projected volumes are refreshed")
 }
 
 // Validate checks the config.
@@ -124,6 +162,17 @@ func (c *Config) Validate() error {
 	if c.Port < 1 || c.Port > 65535 {
 		errs = append(errs, fmt.Errorf("invalid kubelet API port %d (--port): want 1-65535", c.Port))
 	}
+	if c.VolumeResync <= 0 {
+		errs = append(errs, errors.New("volume resync interval must be positive (--volume-resync)"))
+	}
+	for _, b := range c.Binds {
+		if _, err := ParseBind(b); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if _, err := ParseTaints(c.RegisterWithTaints); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -136,6 +185,23 @@ func (c *Config) selfExe() (string, error) {
 		return "", fmt.Errorf("find own executable: %w", err)
 	}
 	return exe, nil
+}
+
+func (c *Config) binds() []Bind {
+	var out []Bind
+	for _, s := range c.Binds {
+		if b, err := ParseBind(s); err == nil {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+func (c *Config) imageBinDir(self string) string {
+	if c.ImageBinDir != "" {
+		return c.ImageBinDir
+	}
+	return filepath.Dir(self)
 }
 
 func (c *Config) coreDNSBinary(self string) string {

@@ -128,7 +128,7 @@ func (hostRuntime) Exec(ctx context.Context, t execTarget, argv []string, s ioSt
 		cmd.SysProcAttr.CgroupFD = int(cg.Fd())
 	}
 	if s.TTY {
-		return runTerminal(ctx, cmd, s)
+		return runTerminal(ctx, cmd, s, fmt.Sprintf("/proc/%d/root/dev/ptmx", pid))
 	}
 	return runPiped(ctx, cmd, s)
 }
@@ -243,8 +243,8 @@ func runPiped(ctx context.Context, cmd *exec.Cmd, s ioStreams) error {
 	return exitResult(cmd, werr)
 }
 
-func runTerminal(ctx context.Context, cmd *exec.Cmd, s ioStreams) error {
-	master, slave, err := openPTY()
+func runTerminal(ctx context.Context, cmd *exec.Cmd, s ioStreams, ptmx string) error {
+	master, slave, err := openPTY(ptmx)
 	if err != nil {
 		return err
 	}

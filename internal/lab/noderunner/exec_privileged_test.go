@@ -56,7 +56,7 @@ func spawnTestContainer(t *testing.T, name string, cio ContainerIO, argv ...stri
 		SelfExe:   self,
 		NetNSPath: podNS.Path(),
 		CgroupDir: cgroup,
-		Init:      podinit.Options{Hostname: "web-7f9c", Argv: argv},
+		Init:      podinit.Options{Scratch: scratchDir(t, dir), Hostname: "web-7f9c", Argv: argv},
 		Env:       []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "GREETING=hello from the container"},
 		IO:        cio,
 	})

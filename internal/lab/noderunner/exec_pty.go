@@ -11,10 +11,14 @@ import (
 // can be given deadlines); the slave is opened from the master
 // (TIOCGPTPEER), not by a /dev/pts path, which may differ between mount
 // namespaces.
-func openPTY() (master, slave *os.File, err error) {
-	m, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+//
+// ptmx is the multiplexer to open: a container's own (/proc/PID/root/dev/ptmx,
+// its devpts instance) so the terminal has a name inside it, as a runtime's
+// exec gives.
+func openPTY(ptmx string) (master, slave *os.File, err error) {
+	m, err := unix.Open(ptmx, unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open /dev/ptmx: %w", err)
+		return nil, nil, fmt.Errorf("open %s: %w", ptmx, err)
 	}
 	if err := unix.IoctlSetPointerInt(m, unix.TIOCSPTLCK, 0); err != nil {
 		unix.Close(m)

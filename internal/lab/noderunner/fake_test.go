@@ -76,6 +76,8 @@ type fakeSandbox struct {
 	byPod    map[string][]*fakeProc
 	prepErr  error
 	ignoreTE bool
+	// exec answers Exec (exec probes); nil fails every exec.
+	exec func(pid int, argv []string) error
 }
 
 func newFakeSandbox() *fakeSandbox {
@@ -153,8 +155,20 @@ func (f *fakeSandbox) Teardown(_ context.Context, st *PodState) error {
 	return nil
 }
 
-func (f *fakeSandbox) Exec(context.Context, int, []string) ([]byte, error) {
-	return nil, errors.New("no exec in the fake sandbox")
+func (f *fakeSandbox) Exec(_ context.Context, pid int, argv []string) ([]byte, error) {
+	f.mu.Lock()
+	exec := f.exec
+	f.mu.Unlock()
+	if exec == nil {
+		return nil, errors.New("no exec in the fake sandbox")
+	}
+	return nil, exec(pid, argv)
+}
+
+func (f *fakeSandbox) setExec(fn func(pid int, argv []string) error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.exec = fn
 }
 
 func (f *fakeSandbox) podProcs(uid string) []*fakeProc {

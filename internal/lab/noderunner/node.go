@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
@@ -37,6 +38,10 @@ type nodeIdentity struct {
 	ip   string
 	// kubeletPort is the kubelet API's port (0: not served).
 	kubeletPort int32
+	// taints are registered with the Node (--register-with-taints); they
+	// are never written again afterwards (whoever removes one, e.g. an
+	// agent once ready, keeps it removed).
+	taints []corev1.Taint
 	// networkReady returns nil when pods can get a network.
 	networkReady func() error
 	now          func() time.Time
@@ -93,16 +98,22 @@ func (n *nodeIdentity) conditions(old []corev1.NodeCondition) []corev1.NodeCondi
 	return conds
 }
 
-// status returns the node status the runner owns, on top of old (fields it
-// does not own, e.g. set by others, are kept).
-func (n *nodeIdentity) status(old corev1.NodeStatus) corev1.NodeStatus {
-	st := *old.DeepCopy()
-	res := corev1.ResourceList{
+// nodeAllocatable is the capacity the runner reports; it is also the
+// default of a container's unset limits in resourceFieldRef.
+func nodeAllocatable() corev1.ResourceList {
+	return corev1.ResourceList{
 		corev1.ResourceCPU:              resource.MustParse("2"),
 		corev1.ResourceMemory:           resource.MustParse("8Gi"),
 		corev1.ResourcePods:             resource.MustParse("110"),
 		corev1.ResourceEphemeralStorage: resource.MustParse("20Gi"),
 	}
+}
+
+// status returns the node status the runner owns, on top of old (fields it
+// does not own, e.g. set by others, are kept).
+func (n *nodeIdentity) status(old corev1.NodeStatus) corev1.NodeStatus {
+	st := *old.DeepCopy()
+	res := nodeAllocatable()
 	st.Capacity = res
 	st.Allocatable = res.DeepCopy()
 	st.Addresses = []corev1.NodeAddress{
@@ -133,6 +144,7 @@ func (n *nodeIdentity) status(old corev1.NodeStatus) corev1.NodeStatus {
 func registerNode(ctx context.Context, c kubernetes.Interface, id *nodeIdentity) (*corev1.Node, error) {
 	node := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: id.name, Labels: nodeLabels(id.name)},
+		Spec:       corev1.NodeSpec{Taints: id.taints},
 	}
 	node.Status = id.status(corev1.NodeStatus{})
 	created, err := c.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
@@ -149,6 +161,18 @@ func registerNode(ctx context.Context, c kubernetes.Interface, id *nodeIdentity)
 			return err
 		}
 		changed := false
+		// A Node object made by someone else before any kubelet
+		// registered it (the lab pre-creates nodes to label them) gets
+		// the registration taints once, as if the runner had created it;
+		// a node that already reported status keeps the taints it has.
+		if !registeredBefore(cur) {
+			for _, t := range id.taints {
+				if !hasTaint(cur.Spec.Taints, t) {
+					cur.Spec.Taints = append(cur.Spec.Taints, t)
+					changed = true
+				}
+			}
+		}
 		if cur.Labels == nil {
 			cur.Labels = map[string]string{}
 		}
@@ -168,6 +192,61 @@ func registerNode(ctx context.Context, c kubernetes.Interface, id *nodeIdentity)
 		return nil, fmt.Errorf("update node labels: %w", err)
 	}
 	return updateNodeStatus(ctx, c, id)
+}
+
+// registeredBefore reports whether a kubelet already posted the node's
+// status (it has a Ready condition).
+func registeredBefore(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return true
+		}
+	}
+	return false
+}
+
+func hasTaint(taints []corev1.Taint, t corev1.Taint) bool {
+	for _, x := range taints {
+		if x.Key == t.Key && x.Effect == t.Effect {
+			return true
+		}
+	}
+	return false
+}
+
+// ParseTaints parses kubelet's --register-with-taints values:
+// key=value:Effect or key:Effect, Effect one of NoSchedule,
+// PreferNoSchedule, NoExecute.
+func ParseTaints(specs []string) ([]corev1.Taint, error) {
+	var out []corev1.Taint
+	for _, s := range specs {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		kv, effect, ok := strings.Cut(s, ":")
+		if !ok {
+			return nil, fmt.Errorf("invalid taint %q (--register-with-taints): want key=value:Effect", s)
+		}
+		key, value, _ := strings.Cut(kv, "=")
+		t := corev1.Taint{Key: key, Value: value, Effect: corev1.TaintEffect(effect)}
+		switch t.Effect {
+		case corev1.TaintEffectNoSchedule, corev1.TaintEffectPreferNoSchedule, corev1.TaintEffectNoExecute:
+		default:
+			return nil, fmt.Errorf("invalid taint %q (--register-with-taints): effect %q is not NoSchedule, PreferNoSchedule or NoExecute", s, effect)
+		}
+		if errs := validation.IsQualifiedName(key); len(errs) > 0 {
+			return nil, fmt.Errorf("invalid taint %q (--register-with-taints): key: %s", s, strings.Join(errs, "; "))
+		}
+		if errs := validation.IsValidLabelValue(value); len(errs) > 0 {
+			return nil, fmt.Errorf("invalid taint %q (--register-with-taints): value: %s", s, strings.Join(errs, "; "))
+		}
+		if hasTaint(out, t) {
+			return nil, fmt.Errorf("invalid --register-with-taints: taint %s:%s given twice", key, effect)
+		}
+		out = append(out, t)
+	}
+	return out, nil
 }
 
 // updateNodeStatus refreshes the node's status and heartbeat.

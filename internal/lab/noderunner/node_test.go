@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/utils/ptr"
+
+	"golang.org/x/sys/unix"
 )
 
 type fakeClock struct{ t time.Time }
@@ -136,5 +139,85 @@ func TestRenewLease(t *testing.T) {
 	}
 	if !got.Spec.RenewTime.Time.Equal(clock.t) {
 		t.Errorf("renewTime = %v, want %v", got.Spec.RenewTime, clock.t)
+	}
+}
+
+func TestParseTaints(t *testing.T) {
+	got, err := ParseTaints([]string{"node.glia.dev/agent-not-ready=true:NoSchedule", "dedicated:NoExecute", " "})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []corev1.Taint{
+		{Key: "node.glia.dev/agent-not-ready", Value: "true", Effect: corev1.TaintEffectNoSchedule},
+		{Key: "dedicated", Effect: corev1.TaintEffectNoExecute},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("taints (-want +got):\n%s", diff)
+	}
+	for _, bad := range []string{"novalue", "k=v:Sometimes", "bad key!=v:NoSchedule", "k=v v:NoSchedule"} {
+		if _, err := ParseTaints([]string{bad}); err == nil {
+			t.Errorf("ParseTaints(%q) accepted", bad)
+		}
+	}
+	if _, err := ParseTaints([]string{"k=a:NoSchedule", "k=b:NoSchedule"}); err == nil {
+		t.Error("the same key and effect twice accepted")
+	}
+}
+
+func TestRegisterWithTaints(t *testing.T) {
+	taint := corev1.Taint{Key: "node.glia.dev/agent-not-ready", Value: "true", Effect: corev1.TaintEffectNoSchedule}
+	ctx := context.Background()
+
+	// A new node is created with the taints.
+	client := fake.NewClientset()
+	id := &nodeIdentity{name: "lab-node-1", ip: "198.18.0.11", now: time.Now, taints: []corev1.Taint{taint}}
+	n, err := registerNode(ctx, client, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]corev1.Taint{taint}, n.Spec.Taints); diff != "" {
+		t.Errorf("taints at creation (-want +got):\n%s", diff)
+	}
+	// The agent removes it once ready; heartbeats and a runner restart
+	// (registration of an existing, registered node) never add it back.
+	n.Spec.Taints = nil
+	if _, err := client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := updateNodeStatus(ctx, client, id); err != nil {
+		t.Fatal(err)
+	}
+	if n, err = registerNode(ctx, client, id); err != nil {
+		t.Fatal(err)
+	}
+	if len(n.Spec.Taints) != 0 {
+		t.Errorf("taint came back after removal: %v", n.Spec.Taints)
+	}
+
+	// A node object made before any kubelet registered it (the lab
+	// labels nodes up front) gets the taints at the first registration.
+	pre := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "lab-node-2", Labels: map[string]string{"io.glia.enable-ebpf": "true"}},
+		Spec: corev1.NodeSpec{Taints: []corev1.Taint{{Key: "other", Effect: corev1.TaintEffectNoSchedule}}}}
+	client = fake.NewClientset(pre)
+	id = &nodeIdentity{name: "lab-node-2", ip: "198.18.0.12", now: time.Now, taints: []corev1.Taint{taint}}
+	if n, err = registerNode(ctx, client, id); err != nil {
+		t.Fatal(err)
+	}
+	want := []corev1.Taint{{Key: "other", Effect: corev1.TaintEffectNoSchedule}, taint}
+	if diff := cmp.Diff(want, n.Spec.Taints); diff != "" || n.Labels["io.glia.enable-ebpf"] != "true" {
+		t.Errorf("pre-created node: taints (-want +got):\n%s labels %v", diff, n.Labels)
+	}
+}
+
+func TestRunnerRefusesTheHostMountNamespace(t *testing.T) {
+	// The test shares its mount namespace with `go test`: the runner must
+	// refuse before it mounts anything.
+	dst := t.TempDir()
+	err := setupNodeMounts([]Bind{{Src: t.TempDir(), Dst: dst}})
+	if err == nil {
+		unix.Unmount(dst, unix.MNT_DETACH) // undo what must not have happened
+	}
+	if err == nil || !strings.Contains(err.Error(), "mount namespace of its own") {
+		t.Fatalf("setupNodeMounts outside a mount namespace of its own = %v, want a refusal", err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -19,12 +20,13 @@ import (
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 
+	"glia.dev/glia/internal/lab/images"
 	"glia.dev/glia/internal/lab/podinit"
 	"glia.dev/glia/internal/netnsfile"
 )
 
 // TestMain lets the test binary stand in for the glia binary: Spawn starts
-// `SELF lab _pod-init ...`.
+// `SELF lab _pod-init ...`, and built-in images run as `SELF lab _image ...`.
 func TestMain(m *testing.M) {
 	if filepath.Base(os.Args[0]) == testPluginName {
 		os.Exit(runTestPlugin())
@@ -39,6 +41,15 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 2 && os.Args[1] == "lab" && os.Args[2] == "_log-shim" {
 		if err := ShimMain(os.Args[3:]); err != nil {
 			fmt.Fprintln(os.Stderr, "log-shim:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	if len(os.Args) > 3 && os.Args[1] == "lab" && os.Args[2] == "_image" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+		defer stop()
+		if err := images.Run(ctx, os.Args[3], os.Args[4:], os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, "image:", err)
 			os.Exit(1)
 		}
 		os.Exit(0)
@@ -83,6 +94,16 @@ func testCgroup(t *testing.T) string {
 		}
 	})
 	return dir
+}
+
+// scratchDir makes an empty directory for a container's scratch tmpfs.
+func scratchDir(t *testing.T, dir string) string {
+	t.Helper()
+	p, err := os.MkdirTemp(dir, "scratch-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 func nsID(t *testing.T, path string) string {
@@ -132,6 +153,7 @@ func TestPrivilegedSpawnPodProcess(t *testing.T) {
 		NetNSPath: podNS.Path(),
 		CgroupDir: cgroup,
 		Init: podinit.Options{
+			Scratch:      scratchDir(t, dir),
 			Hostname:     "web-7f9c",
 			ResolvConf:   filepath.Join(dir, "resolv.conf"),
 			HostnameFile: filepath.Join(dir, "hostname"),

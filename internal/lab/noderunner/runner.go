@@ -29,6 +29,11 @@ func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	// Before anything else: the node's view of the file system, in the
+	// runner's own mount namespace (refused outside one).
+	if err := setupNodeMounts(cfg.binds()); err != nil {
+		return err
+	}
 	rc, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
 	if err != nil {
 		return fmt.Errorf("load kubeconfig: %w", err)
@@ -63,6 +68,11 @@ type runner struct {
 	tick     time.Duration // pod worker wake-up period (probes, restarts)
 	maxGrace time.Duration
 	pods     podIndex // for the kubelet API
+	// mounter, tokens and imageBin serve pod volumes and images
+	// (volumes.go, token.go, rootfs.go).
+	mounter  nodeMounter
+	tokens   *tokenManager
+	imageBin string
 
 	ctx     context.Context
 	mu      sync.Mutex
@@ -85,13 +95,20 @@ func newRunner(log *slog.Logger, cfg Config, client kubernetes.Interface, sb San
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
 	}
+	taints, err := ParseTaints(cfg.RegisterWithTaints)
+	if err != nil {
+		return nil, err
+	}
 	return &runner{
 		log:      log.With("subsys", "noderunner", "node", cfg.Node),
 		cfg:      cfg,
 		client:   client,
 		sb:       sb,
 		store:    store,
-		id:       &nodeIdentity{name: cfg.Node, ip: cfg.NodeIP, kubeletPort: cfg.kubeletPort(), networkReady: networkReady, now: time.Now},
+		mounter:  hostMounter{},
+		tokens:   newTokenManager(client, time.Now),
+		imageBin: cfg.imageBinDir(self),
+		id:       &nodeIdentity{name: cfg.Node, ip: cfg.NodeIP, taints: taints, kubeletPort: cfg.kubeletPort(), networkReady: networkReady, now: time.Now},
 		selfExe:  self,
 		coredns:  cfg.coreDNSBinary(self),
 		now:      time.Now,
@@ -133,6 +150,14 @@ func (r *runner) run(ctx context.Context) error {
 		defer r.wg.Done()
 		r.nodeLoop(ctx, registered)
 	}()
+	if r.cfg.KubeProxyClusterCIDR != "" {
+		kp := r.newKubeProxy()
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			kp.run(ctx)
+		}()
+	}
 
 	factory := informers.NewSharedInformerFactoryWithOptions(r.client, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -252,21 +277,6 @@ func (r *runner) deletePodObject(pod *corev1.Pod) {
 	default:
 		r.log.Warn("delete pod object", "pod", pod.Namespace+"/"+pod.Name, "err", err)
 	}
-}
-
-// kubernetesService returns the "kubernetes" Service's ClusterIP and port.
-func (r *runner) kubernetesService(ctx context.Context) (string, string) {
-	svc, err := r.client.CoreV1().Services(metav1.NamespaceDefault).Get(ctx, "kubernetes", metav1.GetOptions{})
-	if err != nil || svc.Spec.ClusterIP == "" || svc.Spec.ClusterIP == corev1.ClusterIPNone {
-		return "", ""
-	}
-	port := "443"
-	for _, p := range svc.Spec.Ports {
-		if p.Name == "https" || len(svc.Spec.Ports) == 1 {
-			port = fmt.Sprint(p.Port)
-		}
-	}
-	return svc.Spec.ClusterIP, port
 }
 
 func podKey(ns, name string) string { return ns + "/" + name }

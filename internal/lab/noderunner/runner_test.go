@@ -73,10 +73,13 @@ func TestPodRunsAndBecomesReady(t *testing.T) {
 				{Name: "GREETING", Value: "hi"},
 				{Name: "MY_POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}},
 				{Name: "MY_NS", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
-				{Name: "SECRET", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{Key: "k"}}},
+				{Name: "MISSING", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "nope"}, Key: "k", Optional: ptr.To(true)}}},
+				{Name: "SECRET", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "creds"}, Key: "k"}}},
+				{Name: "URL", Value: "http://$(MY_POD_IP):$(KUBERNETES_SERVICE_PORT)/$(UNDEFINED)"},
 			},
 		})
-	client := fake.NewClientset(pod, kubernetesSvc())
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "creds", Namespace: "default"}, Data: map[string][]byte{"k": []byte("s3cret")}}
+	client := fake.NewClientset(pod, kubernetesSvc(), secret)
 	sb := newFakeSandbox()
 	startRunner(t, client, sb, t.TempDir())
 
@@ -135,11 +138,19 @@ func TestPodRunsAndBecomesReady(t *testing.T) {
 	wantEnv := []string{
 		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"HOSTNAME=web-1",
-		"KUBERNETES_SERVICE_HOST=198.18.128.1",
-		"KUBERNETES_SERVICE_PORT=443",
 		"GREETING=hi",
 		"MY_POD_IP=198.19.1.10",
 		"MY_NS=default",
+		"SECRET=s3cret",
+		"URL=http://198.19.1.10:443/$(UNDEFINED)",
+		"KUBERNETES_PORT=tcp://198.18.128.1:443",
+		"KUBERNETES_PORT_443_TCP=tcp://198.18.128.1:443",
+		"KUBERNETES_PORT_443_TCP_ADDR=198.18.128.1",
+		"KUBERNETES_PORT_443_TCP_PORT=443",
+		"KUBERNETES_PORT_443_TCP_PROTO=tcp",
+		"KUBERNETES_SERVICE_HOST=198.18.128.1",
+		"KUBERNETES_SERVICE_PORT=443",
+		"KUBERNETES_SERVICE_PORT_HTTPS=443",
 	}
 	if diff := cmp.Diff(wantEnv, p.env); diff != "" {
 		t.Errorf("env (-want +got):\n%s", diff)

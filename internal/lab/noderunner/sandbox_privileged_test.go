@@ -189,6 +189,7 @@ func TestPrivilegedHostSandbox(t *testing.T) {
 
 	logPath := filepath.Join(stateDir, "shop_web-0_c.log")
 	p, err := sb.Start(t.Context(), st, podinit.Options{
+		Scratch:  scratchDir(t, st.Dir),
 		Hostname: "web-0",
 		Argv:     []string{"sh", "-c", "cat /sys/class/net/eth0/operstate; hostname; echo marker; exec sleep 1000"},
 	}, []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, ContainerIO{LogPath: logPath, AttachSocket: AttachSocketPath(st.Dir, "c")})

@@ -130,7 +130,7 @@ func startLogShim(selfExe string, cio ContainerIO, cgroupDir string) (_ *contain
 		return 2 + len(shimFiles)
 	}
 	if cio.TTY {
-		master, slave, err := openPTY()
+		master, slave, err := openPTY("/dev/ptmx")
 		if err != nil {
 			return nil, err
 		}

@@ -4,10 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -59,6 +59,7 @@ type podWorker struct {
 	sandboxFails int
 	terminal     bool
 	lastStatus   *corev1.PodStatus
+	podVolumes   // the pod's volumes (volumes.go)
 }
 
 func (w *podWorker) update(pod *corev1.Pod, deleted bool) {
@@ -151,13 +152,22 @@ func (w *podWorker) adopt(ctx context.Context) {
 			w.log.Info("container re-adopted", "container", cs.Name, "pid", cs.PID)
 		}
 		w.procs[cs.Name] = p
-		ps := &probeState{}
+		ps := &probeState{started: true}
 		// Keep the readiness the API has, so a runner restart does not
-		// flip a ready pod to not ready.
+		// flip a ready pod to not ready; the probes go on from there.
 		if pod != nil {
+			for _, c := range allContainers(pod) {
+				if c.Name == cs.Name {
+					ps = newProbeState(c, cs.StartedAt)
+					ps.started = true
+				}
+			}
 			for _, s := range pod.Status.ContainerStatuses {
 				if s.Name == cs.Name && s.Ready {
 					ps.ready = true
+					if ps.readiness != nil {
+						ps.readiness.result = true
+					}
 				}
 			}
 		}
@@ -243,6 +253,10 @@ func (w *podWorker) sync(ctx context.Context) {
 			delay := backoff(w.sandboxFails)
 			w.sandboxRetry = now.Add(delay)
 			msg := "failed to create pod sandbox: " + err.Error()
+			var ve volumeError
+			if errors.As(err, &ve) {
+				msg = err.Error()
+			}
 			if msg != w.sandboxErr {
 				w.log.Warn("pod sandbox", "err", err, "retry_in", delay)
 			}
@@ -253,6 +267,9 @@ func (w *podWorker) sync(ctx context.Context) {
 		w.log.Info("pod sandbox ready", "ips", w.st.PodIPs, "netns", w.st.NetNSPath)
 	}
 	if w.terminal {
+		return
+	}
+	if !w.syncVolumes(ctx, pod) {
 		return
 	}
 	for i := range pod.Spec.InitContainers {
@@ -266,13 +283,24 @@ func (w *podWorker) sync(ctx context.Context) {
 		}
 		return // init containers run one at a time, in order
 	}
+	stopped := stoppedContainers(pod)
 	for i := range pod.Spec.Containers {
 		c := &pod.Spec.Containers[i]
 		cs := w.findState(c.Name)
 		if cs != nil && cs.Done {
 			continue
 		}
-		if _, running := w.procs[c.Name]; !running && !now.Before(w.restarts[c.Name]) {
+		p, running := w.procs[c.Name]
+		if stopped[c.Name] {
+			if running {
+				w.log.Info("stopping container: the pod's annotation keeps it stopped", "container", c.Name, "annotation", StoppedContainersAnnotation)
+				p.Signal(syscall.SIGTERM)
+			} else {
+				w.waiting[c.Name] = waitReason{"Stopped", "kept stopped by annotation " + StoppedContainersAnnotation}
+			}
+			continue
+		}
+		if !running && !now.Before(w.restarts[c.Name]) {
 			w.start(ctx, pod, c, false)
 		}
 	}
@@ -288,7 +316,11 @@ func (w *podWorker) sync(ctx context.Context) {
 func (w *podWorker) checkImages(pod *corev1.Pod) bool {
 	ok := true
 	for _, c := range allContainers(pod) {
-		if _, err := images.Resolve(catalogContainer(c)); err != nil {
+		plan, err := images.Resolve(catalogContainer(c))
+		if err == nil {
+			_, err = plan.HostFiles(w.r.imageBin)
+		}
+		if err != nil {
 			w.waiting[c.Name] = waitReason{"ErrImagePull", err.Error()}
 			ok = false
 		}
@@ -342,7 +374,18 @@ func (w *podWorker) prepare(ctx context.Context, pod *corev1.Pod) error {
 	if err := w.r.store.Save(st); err != nil {
 		return err
 	}
+	// Volumes first, as kubelet: a pod whose volumes cannot be set up
+	// gets no sandbox.
+	vols, err := w.setupVolumes(ctx, pod, st)
+	if err != nil {
+		w.r.mounter.UnmountUnder(filepath.Join(st.Dir, "volumes"))
+		w.r.tokens.forget(pod.UID)
+		w.r.store.Delete(st.UID)
+		os.RemoveAll(st.Dir)
+		return err
+	}
 	if err := w.r.sb.Prepare(ctx, st); err != nil {
+		w.r.mounter.UnmountUnder(filepath.Join(st.Dir, "volumes"))
 		if terr := w.r.sb.Teardown(ctx, st); terr != nil {
 			w.log.Warn("clean up failed sandbox", "err", terr)
 		} else {
@@ -355,6 +398,7 @@ func (w *podWorker) prepare(ctx context.Context, pod *corev1.Pod) error {
 		return err
 	}
 	w.st = st
+	w.setVolumes(vols)
 	w.save()
 	return nil
 }
@@ -417,35 +461,6 @@ func fileExists(p string) bool {
 	return err == nil
 }
 
-// programArgv turns a catalog plan into the program to run.
-func (r *runner) programArgv(st *PodState, plan images.Plan) ([]string, error) {
-	switch plan.Kind {
-	case images.KindBuiltin:
-		return append([]string{r.selfExe, "lab", "_image", plan.Builtin}, plan.Args...), nil
-	case images.KindHost:
-		if _, err := exec.LookPath(plan.Args[0]); err != nil {
-			return nil, fmt.Errorf("image %s runs host binaries: %w", plan.Repository, err)
-		}
-		return plan.Args, nil
-	case images.KindCoreDNS:
-		if _, err := os.Stat(r.coredns); err != nil {
-			return nil, fmt.Errorf("image %s needs the coredns binary at %s (go install github.com/coredns/coredns@v1.15.0 and copy it beside glia): %w", plan.Repository, r.coredns, err)
-		}
-		kubeconfig := r.cfg.Kubeconfig
-		if kubeconfig != "" {
-			if abs, err := filepath.Abs(kubeconfig); err == nil {
-				kubeconfig = abs
-			}
-		}
-		path := filepath.Join(st.Dir, "Corefile")
-		if err := os.WriteFile(path, []byte(Corefile(r.cfg.ClusterDomain, kubeconfig)), 0o644); err != nil {
-			return nil, fmt.Errorf("write Corefile: %w", err)
-		}
-		return []string{r.coredns, "-conf", path}, nil
-	}
-	return nil, fmt.Errorf("unknown plan kind %v", plan.Kind)
-}
-
 // start starts (or restarts) one container.
 func (w *podWorker) start(ctx context.Context, pod *corev1.Pod, c *corev1.Container, init bool) {
 	now := w.r.now()
@@ -456,22 +471,19 @@ func (w *podWorker) start(ctx context.Context, pod *corev1.Pod, c *corev1.Contai
 		w.waiting[c.Name] = waitReason{reason, err.Error()}
 		w.log.Warn("start container", "container", c.Name, "reason", reason, "err", err, "retry_in", delay)
 	}
-	plan, err := images.Resolve(catalogContainer(c))
+	spec, err := w.launchSpec(ctx, pod, c)
 	if err != nil {
-		fail("ErrImagePull", err)
+		var se startError
+		errors.As(err, &se)
+		fail(se.reason, err)
 		return
 	}
-	argv, err := w.r.programArgv(w.st, plan)
-	if err != nil {
-		fail("CreateContainerError", err)
-		return
-	}
-	env := w.r.containerEnv(ctx, pod, c, w.podIP(w.st))
+	argv := spec.argv
 	cs := w.containerState(c.Name, init)
 	logPath := LogPath(w.r.cfg.StateDir, pod.Namespace, pod.Name, c.Name)
 	cio := ContainerIO{LogPath: logPath, Restart: !cs.StartedAt.IsZero(), Stdin: c.Stdin, StdinOnce: c.StdinOnce, TTY: c.TTY,
 		AttachSocket: AttachSocketPath(w.st.Dir, c.Name)}
-	p, err := w.r.sb.Start(ctx, w.st, w.initOptions(pod, c, argv), env, cio)
+	p, err := w.r.sb.Start(ctx, w.st, spec.opts, spec.env, cio)
 	if err != nil {
 		fail("RunContainerError", err)
 		return
@@ -487,7 +499,7 @@ func (w *podWorker) start(ctx context.Context, pod *corev1.Pod, c *corev1.Contai
 	cs.LogPath = logPath
 	cs.Done = false
 	w.procs[c.Name] = p
-	w.probes[c.Name] = &probeState{}
+	w.probes[c.Name] = newProbeState(c, now)
 	delete(w.waiting, c.Name)
 	delete(w.restarts, c.Name)
 	w.save()
@@ -529,6 +541,12 @@ func (w *podWorker) handleExit(ev exitEvent) {
 	if !restart {
 		cs.Done = true
 		w.log.Info("container exited", "container", ev.name, "exit_code", code)
+		w.save()
+		return
+	}
+	if stoppedContainers(pod)[ev.name] {
+		w.waiting[ev.name] = waitReason{"Stopped", "kept stopped by annotation " + StoppedContainersAnnotation}
+		w.log.Info("container stopped; kept stopped by the pod's annotation", "container", ev.name, "exit_code", code)
 		w.save()
 		return
 	}
@@ -630,6 +648,9 @@ func (w *podWorker) terminate(ctx context.Context) {
 				case <-time.After(delay):
 				}
 			}
+		}
+		if err := w.releaseVolumes(); err != nil {
+			w.log.Warn("release pod volumes", "err", err)
 		}
 		if err := w.r.store.Delete(w.st.UID); err != nil {
 			w.log.Warn("forget pod", "err", err)
@@ -837,9 +858,9 @@ func (w *podWorker) containerStatus(c *corev1.Container, waitDefault string) cor
 	switch {
 	case running && cs != nil:
 		out.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(cs.StartedAt)}
-		*out.Started = true
 		ps := w.probes[c.Name]
-		out.Ready = ps != nil && (c.ReadinessProbe == nil || ps.ready)
+		*out.Started = ps != nil && ps.started
+		out.Ready = ps != nil && ps.started && ps.ready
 	case cs != nil && cs.Done && cs.LastExitCode != nil:
 		out.State.Terminated = terminated()
 	default:
@@ -856,54 +877,6 @@ func (w *podWorker) containerStatus(c *corev1.Container, waitDefault string) cor
 		out.LastTerminationState.Terminated = terminated()
 	}
 	return out
-}
-
-// containerEnv builds a container's environment as the kubelet does (for
-// the subset the lab supports).
-func (r *runner) containerEnv(ctx context.Context, pod *corev1.Pod, c *corev1.Container, podIP string) []string {
-	var keys []string
-	vals := map[string]string{}
-	set := func(k, v string) {
-		if _, ok := vals[k]; !ok {
-			keys = append(keys, k)
-		}
-		vals[k] = v
-	}
-	set("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-	set("HOSTNAME", podHostnameFor(pod, r.cfg))
-	if host, port := r.kubernetesService(ctx); host != "" {
-		set("KUBERNETES_SERVICE_HOST", host)
-		set("KUBERNETES_SERVICE_PORT", port)
-	}
-	for _, e := range c.Env {
-		if e.ValueFrom == nil {
-			set(e.Name, e.Value)
-			continue
-		}
-		if f := e.ValueFrom.FieldRef; f != nil {
-			switch f.FieldPath {
-			case "metadata.name":
-				set(e.Name, pod.Name)
-			case "metadata.namespace":
-				set(e.Name, pod.Namespace)
-			case "metadata.uid":
-				set(e.Name, string(pod.UID))
-			case "spec.nodeName":
-				set(e.Name, pod.Spec.NodeName)
-			case "spec.serviceAccountName":
-				set(e.Name, pod.Spec.ServiceAccountName)
-			case "status.podIP":
-				set(e.Name, podIP)
-			case "status.hostIP":
-				set(e.Name, r.cfg.NodeIP)
-			}
-		}
-	}
-	env := make([]string, 0, len(keys))
-	for _, k := range keys {
-		env = append(env, k+"="+vals[k])
-	}
-	return env
 }
 
 func newID() string {
