@@ -57,6 +57,11 @@ type Datapath struct {
 	nodeIPs  *maps.NodeIPs
 	lb       *lbWriter
 	devIndex int
+
+	// The handover of established flows (handover.go).
+	owners     Owners
+	svcSeeds   map[maps.SvcKey][]svcSeed
+	secondPass bool
 }
 
 var _ datapath.Datapath = (*Datapath)(nil)
@@ -194,6 +199,9 @@ func (d *Datapath) Init(ctx context.Context) (datapath.Host, error) {
 		d.log.Info("Restored services from the pinned maps", "frontends", st.Frontends, "backends", st.Backends,
 			"to-rewrite", st.Rewrite, "stale-slots-removed", st.StaleSlots)
 	}
+	// The handover before anything of this run is attached, and before
+	// a kube-proxy-replacement run's services go.
+	d.handoverBeforeAttach(maps.NewBackends(objs.Maps[maps.NameBackends]))
 	if !d.opts.Modes.KubeProxyReplacement && (st.Frontends > 0 || st.Backends > 0) {
 		// kube-proxy balances Services here: what a kube-proxy-replacement
 		// run wrote goes.
@@ -242,6 +250,7 @@ func (d *Datapath) Init(ctx context.Context) (datapath.Host, error) {
 			return host, err
 		}
 	}
+	d.handoverAfterAttach()
 	d.log.Info("eBPF datapath ready", "device", d.node.Device, "routing-mode", d.opts.Modes.RoutingMode,
 		"host-routing-bpf", d.opts.HostRoutingBPF(), "bpf-masquerade", d.opts.BPFMasquerade(),
 		"kube-proxy-replacement", d.opts.Modes.KubeProxyReplacement, "tcx", d.tcx, "socket-lb-cgroup", map[bool]string{true: d.opts.SocketLBCgroup}[socketLB])
