@@ -155,7 +155,9 @@ func tupleOf(src, dst netip.AddrPort, proto, dir uint8) maps.Tuple {
 		SPort: maps.PortFrom(src.Port()), DPort: maps.PortFrom(dst.Port()), Proto: proto, Dir: dir}
 }
 
-func addrPort(a maps.IPv4, p maps.Port) netip.AddrPort { return netip.AddrPortFrom(a.Addr(), p.Uint16()) }
+func addrPort(a maps.IPv4, p maps.Port) netip.AddrPort {
+	return netip.AddrPortFrom(a.Addr(), p.Uint16())
+}
 
 // seededFlags are the state bits of an established flow: seen both ways,
 // and for TCP past its handshake.

@@ -37,10 +37,10 @@ func kflow(proto uint8, origSrc, origDst, replySrc, replyDst string) linux.CTFlo
 func TestHandoverSeedsFromKernelFlows(t *testing.T) {
 	const now = 1000
 	flows := []linux.CTFlow{
-		kflow(maps.ProtoTCP, "198.19.1.10:32001", "198.18.64.10:80", "198.18.64.10:80", "198.18.0.11:32001"),  // masq, port kept
-		kflow(maps.ProtoUDP, "198.19.1.10:40000", "198.18.64.10:53", "198.18.64.10:53", "198.18.0.11:1024"),   // masq, port changed
-		kflow(maps.ProtoTCP, "198.19.2.10:40000", "198.18.64.10:80", "198.18.64.10:80", "198.18.0.12:40000"),  // another node's pod
-		kflow(maps.ProtoTCP, "198.19.1.10:40002", "198.19.2.30:80", "198.19.2.30:80", "198.19.1.10:40002"),    // pod to pod
+		kflow(maps.ProtoTCP, "198.19.1.10:32001", "198.18.64.10:80", "198.18.64.10:80", "198.18.0.11:32001"),   // masq, port kept
+		kflow(maps.ProtoUDP, "198.19.1.10:40000", "198.18.64.10:53", "198.18.64.10:53", "198.18.0.11:1024"),    // masq, port changed
+		kflow(maps.ProtoTCP, "198.19.2.10:40000", "198.18.64.10:80", "198.18.64.10:80", "198.18.0.12:40000"),   // another node's pod
+		kflow(maps.ProtoTCP, "198.19.1.10:40002", "198.19.2.30:80", "198.19.2.30:80", "198.19.1.10:40002"),     // pod to pod
 		kflow(maps.ProtoTCP, "198.18.0.12:45000", "198.19.1.20:8080", "198.19.1.20:8080", "198.18.0.12:45000"), // host -> pod
 		kflow(maps.ProtoTCP, "198.19.1.10:40003", vip+":80", "198.19.2.30:8080", "198.19.1.10:40003"),          // pod -> ClusterIP
 		kflow(maps.ProtoTCP, world+":5000", nodeIP+":30080", "198.19.2.30:8080", "198.18.0.11:61000"),          // NodePort, remote backend
