@@ -80,6 +80,8 @@ type Agent struct {
 	modes    config.Modes
 	node     datapath.LocalNode
 	svcCIDR  netip.Prefix
+	// dpStateDir is the datapath's state dir (its handover record).
+	dpStateDir string
 	dp       datapath.Datapath
 	tables   *state.Tables
 	recs     atomic.Pointer[reconcile.Set] // set once; the probes read it from the start
@@ -211,6 +213,7 @@ func (a *Agent) start(ctx context.Context) error {
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return err
 	}
+	a.dpStateDir = opts.StateDir
 	if a.dp, err = newDatapath(a.log, a.node, opts); err != nil {
 		return err
 	}
@@ -238,6 +241,15 @@ func (a *Agent) start(ctx context.Context) error {
 	a.watcher = k8s.NewWatcher(a.log, a.clients, a.tables, k8s.WatcherConfig{LocalNode: node.Name,
 		Services: a.modes.KubeProxyReplacement, ServiceCIDR: r.ServiceCIDR}, a.apiHealth)
 
+	if a.dp.Name() == config.DatapathLegacy {
+		// Leaving the eBPF datapath (if it ran here): the flows it
+		// translates go to the kernel's connection tracking before the
+		// masquerade rule could take them as new (handover.go of package
+		// bpf). Its programs keep carrying them until Cleanup.
+		if _, err := bpfdp.HandBackPinned(a.log, a.node, a.cfg.BPFFSDir); err != nil {
+			a.log.Warn("Handing the eBPF datapath's flows to the kernel failed; they may be interrupted", "error", err)
+		}
+	}
 	host, err := a.dp.Init(ctx)
 	if err != nil {
 		return fmt.Errorf("initialise %s datapath: %w", a.dp.Name(), err)
@@ -389,11 +401,7 @@ func (a *Agent) run(ctx context.Context) error {
 	a.programmed.Store(true)
 	a.log.Info("glia-agent ready: the cluster's state is programmed")
 	if a.dp.Name() == config.DatapathLegacy {
-		// A node switched back from the eBPF datapath: now that the kernel
-		// routes every pod and node, detach what the eBPF datapath left.
-		if err := bpfdp.Cleanup(a.log, a.cfg.BPFFSDir, a.cfg.Device); err != nil {
-			a.log.Warn("Removing eBPF datapath leftovers failed", "error", err)
-		}
+		a.leaveBPF(ctx)
 	}
 	go a.removeNotReadyTaint(ctx, func() bool {
 		n, ok := a.watcher.Node(a.node.Name)
