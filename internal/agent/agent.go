@@ -82,13 +82,13 @@ type Agent struct {
 	svcCIDR  netip.Prefix
 	// dpStateDir is the datapath's state dir (its handover record).
 	dpStateDir string
-	dp       datapath.Datapath
-	tables   *state.Tables
-	recs     atomic.Pointer[reconcile.Set] // set once; the probes read it from the start
-	alloc    *ipam.Allocator
-	eps      *endpoint.Manager
-	watcher  *k8s.Watcher
-	ctrl     *controllers
+	dp         datapath.Datapath
+	tables     *state.Tables
+	recs       atomic.Pointer[reconcile.Set] // set once; the probes read it from the start
+	alloc      *ipam.Allocator
+	eps        *endpoint.Manager
+	watcher    *k8s.Watcher
+	ctrl       *controllers
 
 	repairsMu sync.Mutex
 	repairs   map[string]uint64
@@ -241,16 +241,7 @@ func (a *Agent) start(ctx context.Context) error {
 	a.watcher = k8s.NewWatcher(a.log, a.clients, a.tables, k8s.WatcherConfig{LocalNode: node.Name,
 		Services: a.modes.KubeProxyReplacement, ServiceCIDR: r.ServiceCIDR}, a.apiHealth)
 
-	if a.dp.Name() == config.DatapathLegacy {
-		// Leaving the eBPF datapath (if it ran here): the flows it
-		// translates go to the kernel's connection tracking before the
-		// masquerade rule could take them as new (handover.go of package
-		// bpf). Its programs keep carrying them until Cleanup.
-		if _, err := bpfdp.HandBackPinned(a.log, a.node, a.cfg.BPFFSDir); err != nil {
-			a.log.Warn("Handing the eBPF datapath's flows to the kernel failed; they may be interrupted", "error", err)
-		}
-	}
-	host, err := a.dp.Init(ctx)
+	host, err := a.initDatapath(ctx)
 	if err != nil {
 		return fmt.Errorf("initialise %s datapath: %w", a.dp.Name(), err)
 	}

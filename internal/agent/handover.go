@@ -7,10 +7,25 @@ import (
 	"time"
 
 	"glia.dev/glia/internal/config"
+	"glia.dev/glia/internal/datapath"
 	bpfdp "glia.dev/glia/internal/datapath/bpf"
 	"glia.dev/glia/internal/datapath/linux"
 	"glia.dev/glia/internal/maps"
 )
+
+// initDatapath initialises the node's datapath. A legacy datapath
+// replacing an eBPF one (if it ran here) first hands the flows the eBPF
+// maps translate to the kernel's connection tracking, before its
+// masquerade rule could take them as new (handover.go of package bpf);
+// the eBPF programs keep carrying them until leaveBPF.
+func (a *Agent) initDatapath(ctx context.Context) (datapath.Host, error) {
+	if a.dp.Name() == config.DatapathLegacy {
+		if _, err := bpfdp.HandBackPinned(a.log, a.node, a.cfg.BPFFSDir); err != nil {
+			a.log.Warn("Handing the eBPF datapath's flows to the kernel failed; they may be interrupted", "error", err)
+		}
+	}
+	return a.dp.Init(ctx)
+}
 
 // kubeProxyWait bounds how long a node leaving kube-proxy replacement
 // waits for kube-proxy's rules before the eBPF programs that balanced its

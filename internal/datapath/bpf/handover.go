@@ -647,12 +647,27 @@ func HandBackPinned(log *slog.Logger, node datapath.LocalNode, bpffsDir string) 
 		ms = append(ms, m)
 		get[name] = m
 	}
+	liberalConntrack(log)
 	st, err := handBack(maps.NewCT(get[maps.NameCT]), maps.NewNAT(get[maps.NameNAT]), maps.NewBackends(get[maps.NameBackends]),
 		netOf(node), handBackWhat{masquerade: true, services: true})
 	if st.total() > 0 || st.Conflicts > 0 || st.Skipped > 0 {
 		log.Info("Handed the eBPF datapath's established flows to the kernel's connection tracking", st.logArgs()...)
 	}
 	return st, err
+}
+
+// liberalConntrack keeps the kernel's connection tracking from resetting
+// the flows a switch carries (linux.ConntrackLiberal says how), before
+// either datapath's programs could send a flow's packets past the stack.
+func liberalConntrack(log *slog.Logger) {
+	changed, err := linux.ConntrackLiberal()
+	if err != nil {
+		log.Warn("Cannot make connection tracking liberal: flows carried across the switch may be reset", "sysctl", linux.SysctlTCPLiberal, "error", err)
+		return
+	}
+	if changed {
+		log.Info("Connection tracking no longer judges TCP windows, so that flows carried across a switch are not reset", "sysctl", linux.SysctlTCPLiberal+"=1")
+	}
 }
 
 // handoverBeforeAttach is Init's first step of the handover, with the
@@ -663,6 +678,7 @@ func HandBackPinned(log *slog.Logger, node datapath.LocalNode, bpffsDir string) 
 // frontend is first written); a second pass follows the attach when
 // masquerading was taken over.
 func (d *Datapath) handoverBeforeAttach(backends *maps.Backends) {
+	liberalConntrack(d.log)
 	n := netOf(d.node)
 	ct, nat := maps.NewCT(d.objs.Maps[maps.NameCT]), maps.NewNAT(d.objs.Maps[maps.NameNAT])
 	owners, err := ReadOwners(d.opts.StateDir)

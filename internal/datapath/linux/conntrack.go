@@ -247,3 +247,27 @@ func ConntrackDelete(proto uint8, orig Tuple) error {
 	}
 	return nil
 }
+
+// SysctlTCPLiberal is the sysctl that stops the kernel's connection
+// tracking from marking out-of-window TCP segments INVALID.
+const SysctlTCPLiberal = "net.netfilter.nf_conntrack_tcp_be_liberal"
+
+// ConntrackLiberal sets SysctlTCPLiberal to 1 (when connection tracking is
+// loaded at all; without it nothing is tracked and nothing is to do) and
+// says whether it had to. Across a switch between the datapaths a flow's
+// packets take turns through the stack and past it (eBPF host routing
+// redirects them), so the kernel's entry of a flow misses the segments
+// that went past and its window falls behind: the next segment through
+// the stack would be INVALID, left untranslated, and answered with a
+// reset — by the node for a reply to its masquerading address, by the
+// peer for an un-DNATed reply. In liberal mode conntrack still tracks the
+// state and translates, only no longer judges windows; kube-proxy offers
+// the same setting (--conntrack-tcp-be-liberal) against the same resets.
+// It stays set: the flows carried across a switch may live for days.
+func ConntrackLiberal() (bool, error) {
+	changed, err := EnsureSysctl(SysctlTCPLiberal, "1")
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return changed, err
+}
