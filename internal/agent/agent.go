@@ -391,7 +391,7 @@ func (a *Agent) run(ctx context.Context) error {
 	if a.dp.Name() == config.DatapathLegacy {
 		// A node switched back from the eBPF datapath: now that the kernel
 		// routes every pod and node, detach what the eBPF datapath left.
-		if err := bpfdp.Cleanup(a.log, a.cfg.BPFFSDir, a.cfg.Device); err != nil {
+		if err := bpfdp.Cleanup(a.log, a.cfg.BPFFSDir, filepath.Join(a.cfg.StateDir, "datapath"), a.cfg.Device); err != nil {
 			a.log.Warn("Removing eBPF datapath leftovers failed", "error", err)
 		}
 	}

@@ -224,7 +224,7 @@ func (d *Datapath) Init(ctx context.Context) (datapath.Host, error) {
 			return host, fmt.Errorf("iptables masquerade: %w", err)
 		}
 	case d.opts.BPFMasquerade():
-		if err := reservePortRange(d.log); err != nil {
+		if err := reservePortRange(d.log, d.opts.StateDir); err != nil {
 			return host, err
 		}
 	}
