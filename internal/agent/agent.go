@@ -242,6 +242,9 @@ func (a *Agent) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("initialise %s datapath: %w", a.dp.Name(), err)
 	}
+	for _, m := range a.mapMigrations() {
+		a.metrics.SetMapMigration(m.Map, m.Action, m.Carried, m.Lost, m.FlowsLost)
+	}
 	a.initialised.Store(true)
 	insertAll(a.tables.DB, a.tables.Sysctls, host.Sysctls)
 	insertAll(a.tables.DB, a.tables.Masquerade, host.Masquerade)
