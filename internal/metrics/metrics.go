@@ -65,6 +65,9 @@ const (
 	// NameMapMigrationFlowsLost is the flows (conntrack, NAT) or entries
 	// (other maps) a migration at start could not carry, by map.
 	NameMapMigrationFlowsLost = "glia_map_migration_flows_lost"
+	// NameEndpointsSwept counts endpoints the agent deleted because their
+	// host veth was gone: a CNI DEL that did not reach the agent.
+	NameEndpointsSwept = "glia_endpoints_swept_total"
 )
 
 // Metrics is the agent's metric set. All methods are safe for concurrent
@@ -84,6 +87,7 @@ type Metrics struct {
 	reconcileObjects   *prometheus.GaugeVec
 	migrationEntries   *prometheus.GaugeVec
 	migrationFlowsLost *prometheus.GaugeVec
+	endpointsSwept     prometheus.Counter
 
 	counters *datapathCounters
 }
@@ -142,12 +146,16 @@ func New() *Metrics {
 			Name: NameMapMigrationFlowsLost,
 			Help: "Flows (conntrack, NAT) or entries (other maps) of a pinned map the agent could not carry into its new layout or size at start, by map.",
 		}, []string{"map"}),
+		endpointsSwept: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: NameEndpointsSwept,
+			Help: "Endpoints deleted because their host veth was gone: a CNI DEL that reached the node while the agent was starting or down.",
+		}),
 		counters: newDatapathCounters(),
 	}
 	m.reg.MustRegister(
 		m.endpoints, m.services, m.healthRTT, m.healthReachable, m.mapPressure,
 		m.hostRoutingMode, m.datapathFallback, m.controllerFailures, m.reconcileRepairs, m.reconcileObjects,
-		m.migrationEntries, m.migrationFlowsLost, m.counters,
+		m.migrationEntries, m.migrationFlowsLost, m.endpointsSwept, m.counters,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "glia_agent"}),
 		collectors.NewGoCollector(),
 	)
@@ -322,6 +330,14 @@ func (m *Metrics) SetMapMigration(name, action string, carried, lost, flowsLost 
 	m.migrationEntries.WithLabelValues(name, action, "carried").Set(float64(carried))
 	m.migrationEntries.WithLabelValues(name, action, "lost").Set(float64(lost))
 	m.migrationFlowsLost.WithLabelValues(name).Set(float64(flowsLost))
+}
+
+// AddEndpointsSwept counts n endpoints deleted because their host veth
+// was gone.
+func (m *Metrics) AddEndpointsSwept(n int) {
+	if m != nil {
+		m.endpointsSwept.Add(float64(n))
+	}
 }
 
 func boolFloat(b bool) float64 {

@@ -40,6 +40,8 @@ func TestScrape(t *testing.T) {
 	m.SetControllerFailures("endpoint-sync", 2)
 	m.SetMapMigration("glia_ct", "migrated", 40, 6, 3)
 	m.SetMapMigration("glia_affinity", "reset", 0, 5, 5)
+	m.AddEndpointsSwept(2)
+	m.AddEndpointsSwept(1)
 
 	srv := httptest.NewServer(m.Handler())
 	defer srv.Close()
@@ -96,11 +98,15 @@ glia_map_migration_entries{action="reset",map="glia_affinity",result="lost"} 5
 # TYPE glia_map_migration_flows_lost gauge
 glia_map_migration_flows_lost{map="glia_affinity"} 5
 glia_map_migration_flows_lost{map="glia_ct"} 3
+# HELP glia_endpoints_swept_total Endpoints deleted because their host veth was gone: a CNI DEL that reached the node while the agent was starting or down.
+# TYPE glia_endpoints_swept_total counter
+glia_endpoints_swept_total 3
 `
 	names := []string{
 		NameEndpoints, NameServices, NameDropsTotal, NameForwardedPackets, NameForwardedBytes,
 		NameHealthRTT, NameHealthReachable, NameMapPressure, NameHostRoutingMode,
 		NameDatapathFallback, NameControllerFailures, NameMapMigrationEntries, NameMapMigrationFlowsLost,
+		NameEndpointsSwept,
 	}
 	if err := testutil.ScrapeAndCompare(srv.URL, strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)
@@ -207,6 +213,7 @@ func TestNilMetricsIgnoresCalls(t *testing.T) {
 	m.SetControllerFailures("c", 1)
 	m.SetMapPressure("m", 1)
 	m.SetMapMigration("m", "reset", 0, 1, 1)
+	m.AddEndpointsSwept(1)
 	if err := m.RegisterCollector(constCollector{}); err != nil {
 		t.Error(err)
 	}
