@@ -53,7 +53,7 @@ func (a *Agent) leaveBPF(ctx context.Context) {
 	if _, err := bpfdp.HandBackPinned(a.log, a.node, a.cfg.BPFFSDir); err != nil {
 		a.log.Warn("Handing the eBPF datapath's flows to the kernel failed; they may be interrupted", "error", err)
 	}
-	if err := bpfdp.Cleanup(a.log, a.cfg.BPFFSDir, a.cfg.Device); err != nil {
+	if err := bpfdp.Cleanup(a.log, a.cfg.BPFFSDir, a.dpStateDir, a.cfg.Device); err != nil {
 		a.log.Warn("Removing eBPF datapath leftovers failed", "error", err)
 		return
 	}
