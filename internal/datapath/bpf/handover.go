@@ -29,6 +29,11 @@ package bpf
 //     up by the kernel's own NAT core (CTA_NAT_SRC/CTA_NAT_DST), so
 //     MASQUERADE and kube-proxy continue it: an established entry is never
 //     matched against their rules again.
+//   - both ways, connection tracking is made liberal first
+//     (linux.ConntrackLiberal): a flow's packets take turns through the
+//     stack and past it during a switch, and a kernel entry whose window
+//     fell behind would otherwise take the next segment as INVALID, leave
+//     it untranslated and have it answered with a reset.
 //
 // Every step is idempotent and state lives in the two tables themselves:
 // seeds are written only where glia has no entry, kernel entries only
