@@ -80,13 +80,15 @@ type Agent struct {
 	modes    config.Modes
 	node     datapath.LocalNode
 	svcCIDR  netip.Prefix
-	dp       datapath.Datapath
-	tables   *state.Tables
-	recs     atomic.Pointer[reconcile.Set] // set once; the probes read it from the start
-	alloc    *ipam.Allocator
-	eps      *endpoint.Manager
-	watcher  *k8s.Watcher
-	ctrl     *controllers
+	// dpStateDir is the datapath's state dir (its handover record).
+	dpStateDir string
+	dp         datapath.Datapath
+	tables     *state.Tables
+	recs       atomic.Pointer[reconcile.Set] // set once; the probes read it from the start
+	alloc      *ipam.Allocator
+	eps        *endpoint.Manager
+	watcher    *k8s.Watcher
+	ctrl       *controllers
 
 	repairsMu sync.Mutex
 	repairs   map[string]uint64
@@ -211,6 +213,7 @@ func (a *Agent) start(ctx context.Context) error {
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return err
 	}
+	a.dpStateDir = opts.StateDir
 	if a.dp, err = newDatapath(a.log, a.node, opts); err != nil {
 		return err
 	}
@@ -238,7 +241,7 @@ func (a *Agent) start(ctx context.Context) error {
 	a.watcher = k8s.NewWatcher(a.log, a.clients, a.tables, k8s.WatcherConfig{LocalNode: node.Name,
 		Services: a.modes.KubeProxyReplacement, ServiceCIDR: r.ServiceCIDR}, a.apiHealth)
 
-	host, err := a.dp.Init(ctx)
+	host, err := a.initDatapath(ctx)
 	if err != nil {
 		return fmt.Errorf("initialise %s datapath: %w", a.dp.Name(), err)
 	}
@@ -392,11 +395,7 @@ func (a *Agent) run(ctx context.Context) error {
 	a.programmed.Store(true)
 	a.log.Info("glia-agent ready: the cluster's state is programmed")
 	if a.dp.Name() == config.DatapathLegacy {
-		// A node switched back from the eBPF datapath: now that the kernel
-		// routes every pod and node, detach what the eBPF datapath left.
-		if err := bpfdp.Cleanup(a.log, a.cfg.BPFFSDir, filepath.Join(a.cfg.StateDir, "datapath"), a.cfg.Device); err != nil {
-			a.log.Warn("Removing eBPF datapath leftovers failed", "error", err)
-		}
+		a.leaveBPF(ctx)
 	}
 	go a.removeNotReadyTaint(ctx, func() bool {
 		n, ok := a.watcher.Node(a.node.Name)

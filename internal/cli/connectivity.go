@@ -29,18 +29,19 @@ func newConnectivityCmd(g *globals) *cobra.Command {
 }
 
 type connectivityFlags struct {
-	kubeconfig     string
-	tests          []string
-	output         string
-	verbose        bool
-	keep           bool
-	include        bool
-	setup, check   bool
-	agentNamespace string
-	agentSelector  string
-	agentSocket    string
-	actionTimeout  time.Duration
-	p              connectivity.Params
+	kubeconfig      string
+	tests           []string
+	output          string
+	verbose         bool
+	keep            bool
+	include         bool
+	externalTargets []string
+	setup, check    bool
+	agentNamespace  string
+	agentSelector   string
+	agentSocket     string
+	actionTimeout   time.Duration
+	p               connectivity.Params
 }
 
 func newConnectivityTestCmd() *cobra.Command {
@@ -94,6 +95,7 @@ names the world.`,
 	fl.StringVar(&f.p.ConnDisrupt.Image, "conn-disrupt-image", f.p.ConnDisrupt.Image, "image of the conn-disrupt pods (real clusters: must contain the glia binary)")
 	fl.DurationVar(&f.p.ConnDisrupt.StallAfter, "conn-disrupt-stall", f.p.ConnDisrupt.StallAfter, "a long-lived connection silent for longer than this is stalled")
 	fl.DurationVar(&f.p.ConnDisrupt.RequestInterval, "conn-disrupt-interval", f.p.ConnDisrupt.RequestInterval, "interval between new requests to each target")
+	fl.StringArrayVar(&f.externalTargets, "conn-disrupt-external-target", nil, "with --conn-disrupt-setup: a conn-disrupt server outside the cluster (NAME=IP:PORT, repeatable) every client also holds connections to (the lab's: world=198.18.64.10:8000)")
 	return cmd
 }
 
@@ -106,6 +108,16 @@ func runConnectivityTest(cmd *cobra.Command, f *connectivityFlags) error {
 	}
 	if f.setup && f.check {
 		return errors.New("--conn-disrupt-setup and --conn-disrupt-check are two runs: set up before the change, check after it")
+	}
+	if len(f.externalTargets) > 0 && (!f.include || f.check) {
+		return errors.New("--conn-disrupt-external-target goes with --include-conn-disrupt-test (and --conn-disrupt-setup): the setup records the targets")
+	}
+	for _, x := range f.externalTargets {
+		tgt, err := connectivity.ParseConnTarget(x)
+		if err != nil {
+			return fmt.Errorf("--conn-disrupt-external-target: %w", err)
+		}
+		f.p.ConnDisrupt.ExternalTargets = append(f.p.ConnDisrupt.ExternalTargets, tgt)
 	}
 	filter, err := connectivity.ParseFilter(f.tests)
 	if err != nil {

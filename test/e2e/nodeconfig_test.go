@@ -17,7 +17,9 @@ import (
 // and `kubectl logs` say so and why; the switch is previewed, a
 // GliaNodeConfig is applied, one node is labelled and its agent pod
 // deleted; the DaemonSet's new pod runs BPF on that node — only that node —
-// while curl loops, one from a pod on that very node, lose nothing. Then
+// while curl loops, one from a pod on that very node, lose nothing, and
+// the conn-disrupt check finds no interrupted connection. Then the label
+// goes and the node switches back, again interrupting nothing. Then
 // health probing and bad config.
 func TestNodeConfigSwitch(t *testing.T) {
 	l := upLab(t, 3, "--set", "kube-proxy-replacement=true")
@@ -68,7 +70,7 @@ func TestNodeConfigSwitch(t *testing.T) {
 	// pod — with curl loops (from curler and from a pod on lab-node-2) and
 	// the conn-disrupt check across it.
 	var res, resN2 loopResult
-	line, _ := l.connDisrupt(t, func() {
+	line, ok := l.connDisrupt(t, func() {
 		loop := l.startCurlLoop(t, "curler", 30*time.Second)
 		loopN2 := l.startCurlLoop(t, "curler-n2", 30*time.Second)
 		l.Kubectl("apply", "-f", "../../examples/switch/glia-fix.yaml")
@@ -77,8 +79,12 @@ func TestNodeConfigSwitch(t *testing.T) {
 		l.waitAgentPod(t, "lab-node-2", string(old.UID))
 		res, resN2 = loop(), loopN2()
 	})
-	// What a switch interrupts is reported, to be driven to zero.
-	t.Logf("conn-disrupt across lab-node-2's switch from legacy to BPF: %s", line)
+	// The switch interrupts nothing.
+	if !ok {
+		t.Errorf("conn-disrupt across lab-node-2's switch from legacy to BPF: %s", line)
+	} else {
+		t.Logf("conn-disrupt across lab-node-2's switch from legacy to BPF: %s", line)
+	}
 	for _, r := range []loopResult{res, resN2} {
 		t.Logf("curl loop from %s across lab-node-2's switch to BPF: %s", r.from, r.summary)
 		if r.failed != 0 {
@@ -103,6 +109,21 @@ func TestNodeConfigSwitch(t *testing.T) {
 	if view := l.Glia("config", "view", "--node", "lab-node-2"); !strings.Contains(view, "GliaNodeConfig glia-system/glia-switch-from-iptables-ebpf") {
 		t.Errorf("config view of lab-node-2 does not name the node config:\n%s", view)
 	}
+
+	// And back: the label goes, the node's agent pod is deleted, the new
+	// one runs the legacy datapath again — interrupting nothing either.
+	old = cur
+	line, ok = l.connDisrupt(t, func() {
+		l.Kubectl("label", "node", "lab-node-2", "io.glia.enable-ebpf-")
+		l.Kubectl("-n", "glia-system", "delete", "pod", old.Name)
+		l.waitAgentPod(t, "lab-node-2", string(old.UID))
+	})
+	if !ok {
+		t.Errorf("conn-disrupt across lab-node-2's switch from BPF back to legacy: %s", line)
+	} else {
+		t.Logf("conn-disrupt across lab-node-2's switch from BPF back to legacy: %s", line)
+	}
+	l.checkLegacyNode(t, "lab-node-2")
 	l.CheckConnectivity()
 
 	t.Run("Health", l.checkHealth)
