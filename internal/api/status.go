@@ -43,6 +43,10 @@ type Status struct {
 	Datapath string `json:"datapath"`
 	// AgentUptime is how long the agent has been running (JSON: nanoseconds).
 	AgentUptime time.Duration `json:"agentUptime"`
+	// Version and Commit are the agent binary's build (its
+	// internal/version).
+	Version string `json:"version,omitempty"`
+	Commit  string `json:"commit,omitempty"`
 }
 
 // KubernetesStatus is the agent's connection to the Kubernetes API, as
