@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -82,7 +83,7 @@ func (o Options) withDefaults() Options {
 }
 
 // FindKubeconfig is the kubeconfig Options lead to: the explicit one, else
-// $KUBECONFIG (which may list several files), else the lab's when it
+// $KUBECONFIG (which may list several files; one at least must exist), else the lab's when it
 // exists, else ~/.kube/config when it exists; ErrNoKubeconfig when none.
 // It returns the loading rules and a description for messages.
 func FindKubeconfig(o Options) (*clientcmd.ClientConfigLoadingRules, string, error) {
@@ -92,7 +93,11 @@ func FindKubeconfig(o Options) (*clientcmd.ClientConfigLoadingRules, string, err
 		rules.ExplicitPath = o.Kubeconfig
 		return rules, o.Kubeconfig, nil
 	case os.Getenv(clientcmd.RecommendedConfigPathEnvVar) != "":
-		return rules, os.Getenv(clientcmd.RecommendedConfigPathEnvVar), nil
+		env := os.Getenv(clientcmd.RecommendedConfigPathEnvVar)
+		if !slices.ContainsFunc(filepath.SplitList(env), exists) {
+			return nil, "", fmt.Errorf("%w (KUBECONFIG=%s names no file that exists)", ErrNoKubeconfig, env)
+		}
+		return rules, env, nil
 	case o.LabKubeconfig != "" && exists(o.LabKubeconfig):
 		rules.ExplicitPath = o.LabKubeconfig
 		return rules, o.LabKubeconfig + " (the lab's)", nil

@@ -158,7 +158,8 @@ func TestFindKubeconfig(t *testing.T) {
 		wantErr                    error
 	}{
 		{name: "flag wins", flag: "/x/kc", env: "/y/kc", lab: labKC, want: "/x/kc"},
-		{name: "then KUBECONFIG", env: "/y/kc", lab: labKC, want: "/y/kc"},
+		{name: "then KUBECONFIG", env: "/y/kc" + string(filepath.ListSeparator) + labKC, lab: labKC, want: "/y/kc" + string(filepath.ListSeparator) + labKC},
+		{name: "KUBECONFIG names no file", env: "/y/kc", lab: labKC, wantErr: ErrNoKubeconfig},
 		{name: "then the lab's", lab: labKC, want: labKC + " (the lab's)"},
 		{name: "no lab up, no home kubeconfig", lab: filepath.Join(dir, "absent"), wantErr: ErrNoKubeconfig},
 		{name: "no lab up: ~/.kube/config", lab: filepath.Join(dir, "absent"), home: withKube, want: filepath.Join(withKube, ".kube", "config")},
