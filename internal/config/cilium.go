@@ -63,7 +63,6 @@ var ciliumKeys = []ciliumKey{
 	{"enable-ipsec", refuseIfTrue("glia does not encrypt traffic between nodes: pod traffic would cross the network in clear; remove enable-ipsec")},
 	{"enable-l7-proxy", nil},
 	{"enable-policy", nil},
-	{"policy-enforcement-mode", nil},
 	{"enable-hubble", nil},
 	{"hubble-listen-address", nil},
 	{"hubble-disable-tls", nil},
@@ -105,7 +104,12 @@ var ciliumKeys = []ciliumKey{
 	{"bpf-map-dynamic-size-ratio", nil},
 	{"bpf-policy-map-max", nil},
 	{"bpf-lb-external-clusterip", nil},
-	{"bpf-lb-mode", nil},
+	{"bpf-lb-mode", func(v string) string {
+		if m := strings.TrimSpace(v); m != "" && m != "snat" {
+			return fmt.Sprintf("glia has no bpf-lb-mode %q (direct server return): remove bpf-lb-mode or set it to \"snat\"", m)
+		}
+		return ""
+	}},
 	{"bpf-lb-acceleration", nil},
 	{"bpf-root", nil},
 	{"preallocate-bpf-maps", nil},

@@ -62,6 +62,11 @@ func TestCiliumKeys(t *testing.T) {
 			wantErr: []string{`no datapath-mode "netkit"`},
 		},
 		{
+			name:    "direct server return refuses",
+			in:      Inputs{ConfigMap: map[string]string{"bpf-lb-mode": "dsr"}},
+			wantErr: []string{`glia has no bpf-lb-mode "dsr"`},
+		},
+		{
 			name:         "encryption off is only ignored",
 			in:           Inputs{ConfigMap: map[string]string{"enable-wireguard": "false", "datapath-mode": "veth"}},
 			wantWarnings: []string{"ConfigMap glia-config sets Cilium keys glia does not implement, ignored: datapath-mode, enable-wireguard"},
