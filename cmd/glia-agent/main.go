@@ -72,6 +72,11 @@ func run(args []string) int {
 	defer stop()
 	if err := agent.Run(ctx, log, cfg); err != nil {
 		log.Error("glia-agent failed", "error", err)
+		if logFormat == logging.FormatText {
+			// The error as written, not quoted as a logfmt value: what a
+			// person reads in kubectl logs (JSON lines keep it in "error").
+			fmt.Fprintln(os.Stderr, "glia-agent:", err)
+		}
 		return 1
 	}
 	return 0

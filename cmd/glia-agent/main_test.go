@@ -101,11 +101,12 @@ func TestExitCodes(t *testing.T) {
 	}
 }
 
-// TestLogFormatJSON starts the agent against an API server that is not
-// there, lets it log while it waits for its Node, stops it, and reads
-// every line it wrote.
-func TestLogFormatJSON(t *testing.T) {
-	cmd := exec.Command(bin, append([]string{"--log-format", "json"}, unreachable(t)...)...)
+// logUntilStopped starts the agent with --log-format format against an API
+// server that is not there, lets it log while it waits for its Node, stops
+// it, and returns every line it wrote on stderr.
+func logUntilStopped(t *testing.T, format string) []string {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"--log-format", format}, unreachable(t)...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -156,6 +157,12 @@ wait:
 	if len(got) < 3 {
 		t.Errorf("%d lines, want at least start, waiting and stop:\n%s", len(got), strings.Join(got, "\n"))
 	}
+	return got
+}
+
+// TestLogFormatJSON: every line is a JSON object with the stable keys.
+func TestLogFormatJSON(t *testing.T) {
+	got := logUntilStopped(t, "json")
 	for _, l := range got {
 		var m map[string]any
 		if err := json.Unmarshal([]byte(l), &m); err != nil {
@@ -175,5 +182,17 @@ wait:
 	_ = json.Unmarshal([]byte(got[0]), &start)
 	if start["msg"] != "Starting glia-agent" || start["version"] != "9.9.9-test" || start["subsys"] != "daemon" {
 		t.Errorf("first line %q, want msg Starting glia-agent, version 9.9.9-test, subsys daemon", got[0])
+	}
+}
+
+// TestLogFormatText: logfmt lines, and the error that stopped the agent
+// once more as written, for a person reading kubectl logs.
+func TestLogFormatText(t *testing.T) {
+	got := logUntilStopped(t, "text")
+	if !strings.HasPrefix(got[0], "time=") || !strings.Contains(got[0], `msg="Starting glia-agent" subsys=daemon node=test-node version=9.9.9-test`) {
+		t.Errorf("first line %q", got[0])
+	}
+	if last := got[len(got)-1]; !strings.HasPrefix(last, "glia-agent: node test-node: context canceled") {
+		t.Errorf("last line %q, want the error as written", last)
 	}
 }
