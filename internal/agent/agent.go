@@ -344,7 +344,7 @@ func (a *Agent) logModes() {
 		"hostRouting", m.HostRouting.Mode, "masquerading", m.Masquerading,
 		"kubeProxyReplacement", m.KubeProxyReplacement, "routingMode", m.RoutingMode, "kernel", a.probe.KernelVersion)
 	if m.HostRouting.Mode == config.HostRoutingLegacy {
-		a.log.Info(m.HostRouting.Message(), "subsys", "daemon", "blockingKey", m.HostRouting.BlockingKey)
+		a.log.Info(m.HostRouting.Message(), "subsys", "daemon", "blockingKey", m.HostRouting.BlockingKey, "fix", m.HostRouting.Fix)
 	}
 }
 

@@ -31,6 +31,9 @@ func TestConnectivityConnDisruptFlags(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want one containing %q", err, tc.want)
 			}
+			if code := ExitCode(err); code != 2 {
+				t.Errorf("exit code %d, want 2 (a usage error)", code)
+			}
 		})
 	}
 }

@@ -33,7 +33,7 @@ func TestNodeConfigSwitch(t *testing.T) {
 	// kubectl -n glia-system exec -it <agent pod> -- glia status, as in the story.
 	old := l.agentPod(t, "lab-node-2")
 	st := l.Kubectl("-n", "glia-system", "exec", old.Name, "--", "glia", "status")
-	for _, want := range []string{"Host Routing:            Legacy", "Masquerading:            IPTables"} {
+	for _, want := range []string{"Host Routing: Legacy", "Masquerading: IPTables"} {
 		if !strings.Contains(st, want) {
 			t.Errorf("kubectl exec %s -- glia status lacks %q:\n%s", old.Name, want, st)
 		}
@@ -49,7 +49,7 @@ func TestNodeConfigSwitch(t *testing.T) {
 	// The switch is previewed before anyone labels the node.
 	prev := l.Glia("config", "preview", "--node", "lab-node-2", "-f", "../../examples/switch/glia-fix.yaml", "--label", "io.glia.enable-ebpf=true")
 	for _, want := range []string{
-		"Node configs:       glia-system/glia-switch-from-iptables-ebpf",
+		"Node configs: glia-system/glia-switch-from-iptables-ebpf",
 		"Host Routing: Legacy -> BPF",
 		"Masquerading: IPTables -> BPF",
 		// The chart renders every key into glia-config, so the old value's
@@ -62,7 +62,7 @@ func TestNodeConfigSwitch(t *testing.T) {
 		}
 	}
 	// Previewing lab-node-1 (not to be labelled) predicts no change.
-	if p := l.Glia("config", "preview", "--node", "lab-node-1", "-f", "../../examples/switch/glia-fix.yaml"); !strings.Contains(p, "Changes:            none") {
+	if p := l.Glia("config", "preview", "--node", "lab-node-1", "-f", "../../examples/switch/glia-fix.yaml"); !strings.Contains(p, "Changes: none") {
 		t.Errorf("preview of an unlabelled node predicts a change:\n%s", p)
 	}
 
@@ -95,7 +95,7 @@ func TestNodeConfigSwitch(t *testing.T) {
 	// kubectl exec glia status on the new pod: BPF, BPF.
 	cur := l.agentPod(t, "lab-node-2")
 	st = l.Kubectl("-n", "glia-system", "exec", cur.Name, "--", "glia", "status")
-	for _, want := range []string{"Host Routing:            BPF", "Masquerading:            BPF"} {
+	for _, want := range []string{"Host Routing: BPF", "Masquerading: BPF"} {
 		if !strings.Contains(st, want) {
 			t.Errorf("kubectl exec %s -- glia status (the new pod) lacks %q:\n%s", cur.Name, want, st)
 		}
@@ -178,15 +178,15 @@ func (l *Lab) checkHealth(t *testing.T) {
 	var out string
 	eventually(t, 30*time.Second, "3/3 reachable with RTTs", func() error {
 		out = l.Glia("health", "status", "--node", "lab-node-1", "-v")
-		if !strings.Contains(out, "Cluster health:   3/3 reachable") {
+		if !strings.Contains(out, "Cluster health: 3/3 reachable") {
 			return fmt.Errorf("not 3/3:\n%s", out)
 		}
 		return nil
 	})
-	if n := strings.Count(out, "ICMP to stack:   OK, RTT="); n != 6 {
+	if n := strings.Count(out, "ICMP to stack: OK, RTT="); n != 6 {
 		t.Errorf("want 6 ICMP RTTs (3 nodes × host and endpoint), got %d:\n%s", n, out)
 	}
-	if n := strings.Count(out, "HTTP to agent:   OK, RTT="); n != 6 {
+	if n := strings.Count(out, "HTTP to agent: OK, RTT="); n != 6 {
 		t.Errorf("want 6 HTTP RTTs, got %d:\n%s", n, out)
 	}
 	var rep healthReport
@@ -199,7 +199,7 @@ func (l *Lab) checkHealth(t *testing.T) {
 	defer l.Glia("lab", "agent", "start", "lab-node-3")
 	eventually(t, 2*rep.Interval+5*time.Second, "lab-node-3 unreachable over HTTP", func() error {
 		out = l.Glia("health", "status", "--node", "lab-node-1")
-		if !strings.Contains(out, "Cluster health:   2/3 reachable") || !strings.Contains(out, "lab-node-3") || !strings.Contains(out, "HTTP to agent") {
+		if !strings.Contains(out, "Cluster health: 2/3 reachable") || !strings.Contains(out, "lab-node-3") || !strings.Contains(out, "HTTP to agent") {
 			return fmt.Errorf("not reported yet:\n%s", out)
 		}
 		return nil
