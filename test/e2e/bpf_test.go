@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
 	"path/filepath"
@@ -177,6 +178,14 @@ func (l *Lab) checkDeletedBackend(t *testing.T) {
 		}
 		return nil
 	})
+	// The EndpointSlice changed; each agent programs it a moment later.
+	// Connections opened in that moment may still pick the victim (as with
+	// kube-proxy): measure once every node's load-balancing map has let it go.
+	for _, n := range l.Nodes() {
+		eventually(t, 30*time.Second, n.Name+"'s load-balancing map drops "+victim.Status.PodIP, func() error {
+			return lbMapDropped(l, n.Name, victim.Status.PodIP)
+		})
+	}
 	hits := l.serviceHits(t, 200)
 	t.Logf("200 new connections after deleting %s: %v", victim.Name, hits)
 	if hits[victim.Name] > 0 {
@@ -247,4 +256,33 @@ func (l *Lab) checkFlushedServiceMap(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// lbMapDropped says whether node's kernel load-balancing map (as `glia bpf
+// lb list` reads it) still holds a backend at address ip.
+func lbMapDropped(l *Lab, node, ip string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := run(ctx, l.glia(), "bpf", "lb", "list", "--node", node, "-o", "json")
+	if err != nil {
+		return fmt.Errorf("glia bpf lb list: %v: %s", err, out)
+	}
+	var list struct {
+		Items []struct {
+			Service string `json:"service"`
+			Backend string `json:"backend"`
+		} `json:"items"`
+	}
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		return fmt.Errorf("glia bpf lb list -o json: %v: %s", err, out)
+	}
+	if len(list.Items) == 0 {
+		return fmt.Errorf("glia bpf lb list shows no entry at all")
+	}
+	for _, r := range list.Items {
+		if strings.HasPrefix(r.Backend, ip+":") {
+			return fmt.Errorf("%s still a backend of %s", r.Backend, r.Service)
+		}
+	}
+	return nil
 }
