@@ -119,6 +119,7 @@ fuzz:
 
 # Regenerate the BPF objects (needs clang-19); the results are committed.
 generate:
+	@scripts/deps.sh generate
 	@$(GO) generate ./internal/datapath/bpf/
 
 clean:

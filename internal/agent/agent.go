@@ -31,6 +31,7 @@ import (
 	"glia.dev/glia/internal/datapath"
 	bpfdp "glia.dev/glia/internal/datapath/bpf"
 	"glia.dev/glia/internal/datapath/legacy"
+	"glia.dev/glia/internal/datapath/policydp"
 	"glia.dev/glia/internal/datapath/probe"
 	"glia.dev/glia/internal/endpoint"
 	"glia.dev/glia/internal/health"
@@ -38,6 +39,7 @@ import (
 	"glia.dev/glia/internal/k8s"
 	"glia.dev/glia/internal/maps"
 	"glia.dev/glia/internal/metrics"
+	"glia.dev/glia/internal/policy"
 	"glia.dev/glia/internal/reconcile"
 	"glia.dev/glia/internal/state"
 )
@@ -87,6 +89,11 @@ type Agent struct {
 	eps      *endpoint.Manager
 	watcher  *k8s.Watcher
 	ctrl     *controllers
+
+	// Network policy (policy.go).
+	policyDP  *policydp.Unit
+	policyCtl *policy.Controller
+	policyOn  atomic.Bool // enforcement on
 
 	repairsMu sync.Mutex
 	repairs   map[string]uint64
@@ -211,6 +218,11 @@ func (a *Agent) start(ctx context.Context) error {
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return err
 	}
+	// Network policy's maps before the datapath: its programs share them.
+	if err := a.startPolicyDatapath(r); err != nil {
+		return err
+	}
+	opts.PolicyMaps = a.policyDP.Maps()
 	if a.dp, err = newDatapath(a.log, a.node, opts); err != nil {
 		return err
 	}
@@ -232,11 +244,14 @@ func (a *Agent) start(ctx context.Context) error {
 		return err
 	}
 	epWriter := reconcile.NewEndpoints(a.tables)
+	a.policyCtl = policy.NewController(a.log, a.tables, node.Name,
+		policy.Limits{IPCache: a.policyDP.MaxEntries(), Policies: a.policyDP.MaxEntries()})
+	epWriter.Policy = a.waitEndpointPolicy
 	if a.eps, err = endpoint.NewManager(a.log, endpoint.Config{StateDir: a.cfg.StateDir, PodCIDR: local.PodCIDR, MTU: mtu}, a.alloc, epWriter); err != nil {
 		return err
 	}
 	a.watcher = k8s.NewWatcher(a.log, a.clients, a.tables, k8s.WatcherConfig{LocalNode: node.Name,
-		Services: a.modes.KubeProxyReplacement, ServiceCIDR: r.ServiceCIDR}, a.apiHealth)
+		Services: a.modes.KubeProxyReplacement, ServiceCIDR: r.ServiceCIDR, Policy: true}, a.apiHealth)
 
 	host, err := a.dp.Init(ctx)
 	if err != nil {
@@ -307,6 +322,9 @@ func (a *Agent) specs(ops kernelOps) []reconcile.Spec {
 	if ops.programs != nil {
 		specs = append(specs, reconcile.For(datapath.ReconcilerPrograms, t.Programs, ops.programs, a.periods[datapath.ReconcilerPrograms]))
 	}
+	if a.policyDP != nil {
+		specs = append(specs, a.policySpecs()...)
+	}
 	return specs
 }
 
@@ -368,6 +386,7 @@ func (a *Agent) run(ctx context.Context) error {
 		return err
 	}
 	defer a.watcher.Stop()
+	a.runPolicy(ctx)
 	go k8s.Heartbeat(ctx, a.log, a.clients.Kube.Discovery(), a.apiHealth, apiHeartbeat)
 	if err := a.startObservability(ctx, a.conf.Typed()); err != nil {
 		return err
@@ -411,7 +430,7 @@ func (a *Agent) run(ctx context.Context) error {
 		case <-ctx.Done():
 			a.log.Info("glia-agent stopping; the datapath keeps carrying traffic")
 			a.uninstallIfRemoved()
-			return errors.Join(a.dp.Close())
+			return errors.Join(a.dp.Close(), a.policyDP.Close())
 		case err := <-errc:
 			if errors.Is(err, http.ErrServerClosed) {
 				return nil

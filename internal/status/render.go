@@ -37,6 +37,7 @@ func Render(w io.Writer, s *api.Status, verbose bool) error {
 	r.routing()
 	r.hostRouting()
 	r.masquerading()
+	r.policy()
 	r.reconcilers()
 	r.controllers()
 	r.configSources()
@@ -218,6 +219,17 @@ func (r *renderer) masquerading() {
 	default:
 		r.line("Masquerading:", orUnknown(m.Mode))
 	}
+}
+
+// policy is the network policy line: whether the node enforces, and how
+// many of its endpoints some NetworkPolicy isolates.
+func (r *renderer) policy() {
+	p := r.s.Policy
+	if p.State == "" {
+		return
+	}
+	r.line("Policy enforcement:", p.State, fmt.Sprintf("[eBPF; %d/%d endpoints isolated, %d NetworkPolicies, %d identities; denied %d ingress, %d egress]",
+		p.Isolated, p.Endpoints, p.Policies, p.Identities, p.DeniedIngress, p.DeniedEgress))
 }
 
 func (r *renderer) services() {

@@ -41,6 +41,10 @@ type Config struct {
 	// MaxEntries overrides the size a map is compiled with, by map name
 	// (from the config keys bpf-lb-map-max, bpf-ct-map-max, bpf-nat-map-max).
 	MaxEntries map[string]uint32
+	// SharedMaps are maps another unit owns and pins (network policy's,
+	// package policydp), given to the programs as they are, by name:
+	// never created, pinned, replaced or closed here.
+	SharedMaps map[string]*ebpf.Map
 }
 
 // MaxEntries turns the configured map sizes into per-map sizes: the
@@ -249,7 +253,11 @@ func loadObjects(log *slog.Logger, cfg Config, pinDir string) (*objects, error) 
 			}
 		}
 	}
-	maps, err := openMaps(log, all["from_container"], pinDir, cfg.MaxEntries)
+	own := all["from_container"].Copy()
+	for name := range cfg.SharedMaps {
+		delete(own.Maps, name)
+	}
+	maps, err := openMaps(log, own, pinDir, cfg.MaxEntries)
 	if err != nil {
 		return nil, err
 	}
@@ -269,6 +277,9 @@ func loadObjects(log *slog.Logger, cfg Config, pinDir string) (*objects, error) 
 		repl := map[string]*ebpf.Map{}
 		for mn := range spec.Maps {
 			if m, ok := maps[mn]; ok {
+				repl[mn] = m
+			}
+			if m, ok := cfg.SharedMaps[mn]; ok {
 				repl[mn] = m
 			}
 		}
