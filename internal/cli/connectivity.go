@@ -141,11 +141,11 @@ func runConnectivityTest(cmd *cobra.Command, f *connectivityFlags) error {
 			p.ExternalTarget = "http://" + lab.OutsideAddr.String() + "/"
 			c.WorldSourceIsNode = true
 		}
-		// Pods of the lab run host binaries: the conn-disrupt programs are
-		// this glia binary.
-		p.ConnDisrupt.Command = []string{glia, "connectivity"}
-		// The lab machine need not have ping: use glia's.
-		p.PingCommand = []string{glia, "connectivity", "_ping", "--timeout", "3s"}
+		// The lab machine need not have ping: use glia's, which the lab's
+		// client image has at /usr/bin/glia (as the glia image does) — the
+		// path of this binary on the host may be hidden in the container
+		// (its /tmp and /run are its own).
+		p.PingCommand = []string{"glia", "connectivity", "_ping", "--timeout", "3s"}
 	} else {
 		ke := &connectivity.KubeExecutor{Client: cs, Config: cfg, HostNamespace: p.Namespace,
 			HostSelector: "name=" + connectivity.NameHostNetns}

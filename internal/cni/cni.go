@@ -494,7 +494,7 @@ func checkPod(ifName string, addr netip.Addr, hostMAC net.HardwareAddr) error {
 	if !hasGwRoute {
 		return fmt.Errorf("no route to the gateway %s on %s", gw, ifName)
 	}
-	neighs, err := netlink.NeighList(link.Attrs().Index, netlink.FAMILY_V4)
+	neighs, err := linux.NeighList(link.Attrs().Index)
 	if err != nil {
 		return fmt.Errorf("neighbours of %s: %w", ifName, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -125,9 +126,11 @@ func setupRootNetwork() error {
 // the lab still in the root namespace. Missing pieces are not errors.
 func teardownRootNetwork() error {
 	var errs []error
-	links, err := netlink.LinkList()
+	// A dump the kernel interrupted (links of other namespaces come and
+	// go) is retried; if listing still fails, the blackhole goes anyway.
+	links, err := netlinksafe.LinkList()
 	if err != nil {
-		return err
+		errs = append(errs, fmt.Errorf("list links: %w", err))
 	}
 	for _, l := range links {
 		name := l.Attrs().Name

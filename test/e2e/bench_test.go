@@ -122,7 +122,7 @@ func TestBench(t *testing.T) {
 			t.Errorf("glia bench did not say it takes the lab down:\n%s", log.String())
 		}
 		if left := labLeftovers(); len(left) > 0 {
-			t.Errorf("interrupted glia bench left its lab behind:\n%s", strings.Join(left, "\n"))
+			t.Errorf("interrupted glia bench left its lab behind:\n%s\nglia bench said:\n%s", strings.Join(left, "\n"), log.String())
 		}
 	})
 	if t.Failed() {

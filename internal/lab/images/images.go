@@ -192,6 +192,18 @@ func fileImage(files map[string]string, build string, entrypoint, cmd []string) 
 	}
 }
 
+// withFiles adds the lab's files (built by the make target build) to an
+// image's plans.
+func withFiles(plan func(Container) (Plan, error), files map[string]string, build string) func(Container) (Plan, error) {
+	return func(c Container) (Plan, error) {
+		p, err := plan(c)
+		if err == nil {
+			p.Files, p.Build = files, build
+		}
+		return p, err
+	}
+}
+
 var catalog = []entry{
 	{
 		repositories: []string{"zwindler/vhelloworld"},
@@ -215,8 +227,8 @@ var catalog = []entry{
 	},
 	{
 		repositories: []string{"glia/client"},
-		describe:     "command/args as host binaries; otherwise the built-in sleep",
-		plan:         commandOrSleep(nil),
+		describe:     "the lab's `glia` at `/usr/bin/glia` (for `glia connectivity` programs, as in the `glia` image); command/args as host binaries; otherwise the built-in sleep",
+		plan:         withFiles(commandOrSleep(nil), map[string]string{"/usr/bin/glia": "glia"}, "make build"),
 	},
 	{
 		repositories: []string{"coredns/coredns", "coredns"},

@@ -93,7 +93,7 @@ func TestResolve(t *testing.T) {
 		{
 			name: "glia client sleeps",
 			c:    Container{Image: "glia/client:dev"},
-			want: Plan{Repository: "glia/client", Kind: KindBuiltin, Builtin: BuiltinSleep},
+			want: Plan{Repository: "glia/client", Kind: KindBuiltin, Builtin: BuiltinSleep, Files: map[string]string{"/usr/bin/glia": "glia"}, Build: "make build"},
 		},
 		{
 			name: "coredns from registry.k8s.io",

@@ -307,7 +307,7 @@ func TestImageNotInCatalog(t *testing.T) {
 }
 
 func TestHostNetworkPod(t *testing.T) {
-	pod := testPod("hostnet", "uid-hostnet", corev1.Container{Name: "c", Image: "glia/client"})
+	pod := testPod("hostnet", "uid-hostnet", corev1.Container{Name: "c", Image: "busybox"})
 	pod.Spec.HostNetwork = true
 	client := fake.NewClientset(pod)
 	sb := newFakeSandbox()
