@@ -6,6 +6,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"glia.dev/glia/internal/datapath/policydp"
 	"glia.dev/glia/internal/maps"
 )
 
@@ -81,6 +82,21 @@ func TestMapTypesMatchBTF(t *testing.T) {
 		maps.NameAffinity:   {reflect.TypeOf(maps.AffinityKey{}).Size(), reflect.TypeOf(maps.AffinityValue{}).Size()},
 		maps.NameNodeIPs:    {reflect.TypeOf(maps.NodeKey{}).Size(), reflect.TypeOf(maps.NodeValue{}).Size()},
 		maps.NameSockRevNAT: {reflect.TypeOf(maps.SockKey{}).Size(), reflect.TypeOf(maps.SockValue{}).Size()},
+	}
+	// Network policy's maps (bpf/lib/policy.h) are package policydp's,
+	// which creates and pins them from its own object: both objects must
+	// agree on them.
+	pol, err := policydp.LoadToContainer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{policydp.MapIPCache, policydp.MapPolicy, policydp.MapEP, policydp.MapCT, policydp.MapState, policydp.MapDrops} {
+		ps, ok := pol.Maps[name]
+		if !ok {
+			t.Errorf("policydp's object lacks map %s", name)
+			continue
+		}
+		sizes[name] = [2]uintptr{uintptr(ps.KeySize), uintptr(ps.ValueSize)}
 	}
 	for name, ms := range spec.Maps {
 		if name[0] == '.' {
