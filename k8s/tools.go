@@ -4,7 +4,8 @@
 // built by `make e2e-bin`) is a test binary of a dependency: go mod tidy
 // keeps only what the main module imports, so this file, never built,
 // imports what the suite's test main imports. agnhost, the suite's test
-// image program, is a `tool` in go.mod.
+// image program (`make e2e-bin` too), is a main package of
+// k8s.io/kubernetes, which go.mod requires.
 package main
 
 import (
