@@ -40,7 +40,7 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&g.socket, "socket", "", "glia-agent API socket (default: the lab node's socket with --node, else /var/run/glia/glia.sock)")
-	root.AddCommand(newStatusCmd(g), newLabCmd(), newEndpointCmd(g), newHealthCmd(g), newBPFCmd(g), newConfigCmd(g), newConnectivityCmd(g), newServiceCmd(g), newBenchCmd())
+	root.AddCommand(newStatusCmd(g), newLabCmd(), newEndpointCmd(g), newHealthCmd(g), newBPFCmd(g), newConfigCmd(g), newConnectivityCmd(g), newServiceCmd(g), newPolicyCmd(g), newBenchCmd())
 	return root
 }
 

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -76,8 +77,10 @@ func TestPolicyMixedLab(t *testing.T) {
 		t.Fatalf("%d web server pods, want one per node", len(web))
 	}
 	targets := map[string]string{} // node → URL of its web server pod
+	webPod := map[string]string{}  // node → namespace/name of its web server pod
 	for _, p := range web {
 		targets[p.Spec.NodeName] = "http://" + p.Status.PodIP + ":8081"
+		webPod[p.Spec.NodeName] = "default/" + p.Name
 	}
 	if len(targets) != 2 {
 		t.Fatalf("web server pods are not on both nodes: %v", targets)
@@ -115,11 +118,35 @@ func TestPolicyMixedLab(t *testing.T) {
 		stillBlocked(t, l, what, nodes, targets, 3)
 	}
 
+	// trace asks every node's agent for the verdicts of curler → each web
+	// server on TCP 8081 and on UDP 8081, and requires tcp and udp.
+	trace := func(what string, tcp, udp bool) {
+		t.Helper()
+		for _, asked := range nodes {
+			for _, n := range nodes {
+				for port, want := range map[string]bool{"8081/TCP": tcp, "8081/UDP": udp} {
+					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+					out, err := run(ctx, l.glia(), "policy", "trace", "--node", asked, "--from", "default/curler", "--to", webPod[n], "--port", port)
+					cancel()
+					verdict := "Verdict: DENIED"
+					if want {
+						verdict = "Verdict: ALLOWED"
+					}
+					if (err == nil) != want || !strings.Contains(out, verdict) {
+						t.Errorf("%s: glia policy trace --node %s curler → %s %s: want %q (err %v):\n%s", what, asked, webPod[n], port, verdict, err, out)
+					}
+				}
+			}
+		}
+	}
+
 	reachable("without policy")
+	trace("without policy", true, true)
 	t.Log("no policy: curler reaches the web servers on the legacy and the eBPF node")
 
 	l.Kubectl("apply", "-f", writeTemp(t, denyIngress))
 	blocked("deny-all ingress")
+	trace("deny-all ingress", false, false)
 	for _, n := range nodes {
 		st := l.Glia("status", "--node", n)
 		m := regexp.MustCompile(`Policy enforcement:\s+Enabled\s+\[eBPF; (\d+)/\d+ endpoints isolated.*denied (\d+) ingress`).FindStringSubmatch(st)
@@ -150,6 +177,7 @@ func TestPolicyMixedLab(t *testing.T) {
 
 	l.Kubectl("apply", "-f", writeTemp(t, allowClient))
 	reachable("allow role=client on TCP 8081")
+	trace("allow role=client on TCP 8081", true, false)
 	t.Log("allow policy: curler (role=client) reaches both web servers again")
 
 	l.Kubectl("apply", "-f", writeTemp(t, denyEgress))
