@@ -179,9 +179,9 @@ func (c *Controller) apply(r *Result, first bool) {
 	c.computed.Add(1)
 	var err error
 	if c.limits.IPCache > 0 && len(r.IPCache) > c.limits.IPCache {
-		err = fmt.Errorf("the policy needs %d address → identity entries and glia_ipcache holds %d (raise bpf-policy-map-max)", len(r.IPCache), c.limits.IPCache)
+		err = fmt.Errorf("the policy needs %d address → identity entries and glia_ipcache holds %d: fewer pod label sets, pods or ipBlocks must be in use for it to fit", len(r.IPCache), c.limits.IPCache)
 	} else if c.limits.Policies > 0 && len(r.Entries) > c.limits.Policies {
-		err = fmt.Errorf("the policy needs %d policy entries and glia_policy holds %d (raise bpf-policy-map-max)", len(r.Entries), c.limits.Policies)
+		err = fmt.Errorf("the policy needs %d policy entries and glia_policy holds %d: fewer or simpler NetworkPolicies must be in use for it to fit", len(r.Entries), c.limits.Policies)
 	}
 	eps := r.Endpoints
 	ipc, entries := r.IPCache, r.Entries

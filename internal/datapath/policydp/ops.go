@@ -231,7 +231,7 @@ func write[K comparable, V comparable](u *Unit, name string, k K, v V, seen func
 	seen(have, found)
 	if err := m.Update(&k, &v, ebpf.UpdateAny); err != nil {
 		if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOSPC) {
-			return fmt.Errorf("%s is full (%d entries): raise bpf-policy-map-max", name, m.MaxEntries())
+			return fmt.Errorf("%s is full (%d entries, its compiled size): fewer NetworkPolicies, label sets or ipBlocks must be in use", name, m.MaxEntries())
 		}
 		return fmt.Errorf("update %s: %w", name, err)
 	}
