@@ -90,7 +90,7 @@ func TestPolicyMixedLab(t *testing.T) {
 	reachable := func(what string) {
 		t.Helper()
 		for _, n := range nodes {
-			eventually(t, 30*time.Second, what+": curler → web server on "+n, func() error {
+			eventually(t, 60*time.Second, what+": curler → web server on "+n, func() error {
 				out, err := l.Curl("curler", targets[n])
 				if err != nil {
 					return fmt.Errorf("%v: %s", err, out)
@@ -104,7 +104,7 @@ func TestPolicyMixedLab(t *testing.T) {
 	blocked := func(what string) {
 		t.Helper()
 		for _, n := range nodes {
-			eventually(t, 30*time.Second, what+": curler → web server on "+n+" times out", func() error {
+			eventually(t, 60*time.Second, what+": curler → web server on "+n+" times out", func() error {
 				out, err := l.Exec("curler", "curl", "-sS", "--max-time", "2", targets[n])
 				if err == nil {
 					return fmt.Errorf("answered: %s", out)
