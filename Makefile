@@ -17,7 +17,7 @@ K8S_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go/
 # deploy/ whole: the binaries embed the Helm chart (templates, schema, NOTES).
 GO_SOURCES := $(shell find cmd internal bpf -type f \( -name '*.go' -o -name '*.o' -o -name '*.yaml' \) 2>/dev/null) $(shell find deploy -type f) go.mod go.sum
 
-.PHONY: all deps build image lab lab-down test test-unit test-e2e fuzz generate clean e2e-bin
+.PHONY: all deps build old-glia image lab lab-down test test-unit test-e2e fuzz generate clean e2e-bin
 
 all: build
 
@@ -30,6 +30,13 @@ $(BIN)/glia $(BIN)/glia-agent $(BIN)/glia-cni: $(GO_SOURCES)
 	@mkdir -p $(BIN)
 	@echo "==> building glia, glia-agent, glia-cni"
 	@$(GO) build -o $(BIN)/ ./cmd/glia ./cmd/glia-agent ./cmd/glia-cni
+
+# glia at an earlier commit, for the upgrade test: its glia, glia-agent and
+# glia-cni in bin/images/glia-<commit12>/ (the lab runs image
+# glia:<commit12> from there) and its chart in .../chart; cached by commit.
+OLD_GLIA_COMMIT ?= $(shell sed -n 's/^const upgradeFromCommit = "\(.*\)".*/\1/p' test/e2e/upgrade_test.go 2>/dev/null)
+old-glia:
+	@scripts/build-old-glia.sh $(OLD_GLIA_COMMIT) $(BIN)
 
 # The real Kubernetes control plane and kube-proxy, from k8s.io/kubernetes.
 # About 7 minutes on 2 cores when the Go build cache is cold, under a minute warm.

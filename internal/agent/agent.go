@@ -257,6 +257,9 @@ func (a *Agent) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("initialise %s datapath: %w", a.dp.Name(), err)
 	}
+	for _, m := range a.mapMigrations() {
+		a.metrics.SetMapMigration(m.Map, m.Action, m.Carried, m.Lost, m.FlowsLost)
+	}
 	a.initialised.Store(true)
 	insertAll(a.tables.DB, a.tables.Sysctls, host.Sysctls)
 	insertAll(a.tables.DB, a.tables.Masquerade, host.Masquerade)
@@ -410,7 +413,7 @@ func (a *Agent) run(ctx context.Context) error {
 	if a.dp.Name() == config.DatapathLegacy {
 		// A node switched back from the eBPF datapath: now that the kernel
 		// routes every pod and node, detach what the eBPF datapath left.
-		if err := bpfdp.Cleanup(a.log, a.cfg.BPFFSDir, a.cfg.Device); err != nil {
+		if err := bpfdp.Cleanup(a.log, a.cfg.BPFFSDir, filepath.Join(a.cfg.StateDir, "datapath"), a.cfg.Device); err != nil {
 			a.log.Warn("Removing eBPF datapath leftovers failed", "error", err)
 		}
 	}
@@ -419,6 +422,7 @@ func (a *Agent) run(ctx context.Context) error {
 		return ok && k8s.HasTaint(n, k8s.TaintAgentNotReady)
 	})
 
+	a.endpointGC(ctx)
 	a.updateMetrics()
 	gc := time.NewTicker(gcPeriod)
 	defer gc.Stop()
@@ -438,16 +442,31 @@ func (a *Agent) run(ctx context.Context) error {
 			return fmt.Errorf("agent API: %w", err)
 		case <-heartbeat.C:
 		case <-gc.C:
-			a.ctrl.run(ctx, "endpoint-gc", func(ctx context.Context) error {
-				released, err := a.eps.CollectStale(ctx)
-				if len(released) > 0 {
-					a.log.Info("Released addresses of interrupted CNI ADDs", "owners", released)
-				}
-				return err
-			})
+			a.endpointGC(ctx)
 			a.updateMetrics()
 		}
 	}
+}
+
+// endpointGC releases what CNI calls that never completed against the
+// agent left: addresses of interrupted ADDs (CollectStale, after its grace
+// period) and endpoints whose host veth is gone, their DEL having reached
+// the node while the agent was starting or down (SweepGone). It runs once
+// the agent serves and then every gcPeriod, which bounds how long such an
+// address stays allocated.
+func (a *Agent) endpointGC(ctx context.Context) {
+	a.ctrl.run(ctx, "endpoint-gc", func(ctx context.Context) error {
+		swept, serr := a.eps.SweepGone(ctx)
+		if len(swept) > 0 {
+			a.log.Info("Deleted endpoints whose CNI DEL did not reach the agent: their host veth is gone", "endpoints", swept)
+			a.metrics.AddEndpointsSwept(len(swept))
+		}
+		released, err := a.eps.CollectStale(ctx)
+		if len(released) > 0 {
+			a.log.Info("Released addresses of interrupted CNI ADDs", "owners", released)
+		}
+		return errors.Join(serr, err)
+	})
 }
 
 // waitProgrammed waits until every reconciler has processed its table as

@@ -20,6 +20,7 @@ import (
 	"glia.dev/glia/internal/api"
 	"glia.dev/glia/internal/config"
 	"glia.dev/glia/internal/datapath"
+	bpfdp "glia.dev/glia/internal/datapath/bpf"
 	"glia.dev/glia/internal/health"
 	"glia.dev/glia/internal/ipam"
 	"glia.dev/glia/internal/maps"
@@ -182,7 +183,28 @@ func (a *Agent) status() *api.Status {
 	if a.prober != nil {
 		s.ClusterHealth = a.prober.Status()
 	}
+	s.MapMigrations = a.mapMigrations()
 	return s
+}
+
+// migrator is a datapath with pinned maps that migrates them at Init.
+type migrator interface{ Migrations() []maps.Migration }
+
+var _ migrator = (*bpfdp.Datapath)(nil)
+
+// mapMigrations is what the datapath's Init did with pinned maps of
+// another layout or size (nothing for a datapath without pinned maps).
+func (a *Agent) mapMigrations() []api.MapMigration {
+	dp, ok := a.dp.(migrator)
+	if !ok {
+		return nil
+	}
+	var out []api.MapMigration
+	for _, m := range dp.Migrations() {
+		out = append(out, api.MapMigration{Map: m.Map, Action: m.Action, FromVersion: m.FromVersion, ToVersion: m.ToVersion,
+			FromMax: m.FromMax, ToMax: m.ToMax, Carried: m.Carried, Lost: m.Lost, FlowsLost: m.FlowsLost, Reason: m.Reason})
+	}
+	return out
 }
 
 // reconcilerStatus is every reconciler's table, with the repairs counted.

@@ -205,7 +205,7 @@ func (a *Agent) servePolicy(w http.ResponseWriter, req *http.Request) {
 	if r == nil {
 		return
 	}
-	writeJSON(w, policy.Describe(r))
+	writeJSON(w, describePolicy(r))
 }
 
 // servePolicySelectors answers `glia policy selectors`.
@@ -214,7 +214,7 @@ func (a *Agent) servePolicySelectors(w http.ResponseWriter, req *http.Request) {
 	if r == nil {
 		return
 	}
-	writeJSON(w, policy.Selectors(r))
+	writeJSON(w, policySelectors(r))
 }
 
 // servePolicyTrace answers `glia policy trace`: ?from=&to=&port=N/proto.
@@ -244,7 +244,7 @@ func (a *Agent) servePolicyTrace(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	writeJSON(w, policy.TraceAPI(v))
+	writeJSON(w, policyTraceAPI(v))
 }
 
 func parsePeer(s string) (policy.Peer, error) {

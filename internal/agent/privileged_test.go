@@ -470,7 +470,7 @@ func TestPrivilegedSwitchDatapath(t *testing.T) {
 
 	// 3. and back: legacy routes and rule first, then the eBPF datapath goes.
 	runAgent(t, l, legacyModes, k, pinDir, defaultTestPeriods())
-	must(t, l.node.Do(func(ns.NetNS) error { return bpfdp.Cleanup(discard(), pinDir, "eth0") }))
+	must(t, l.node.Do(func(ns.NetNS) error { return bpfdp.Cleanup(discard(), pinDir, "", "eth0") }))
 	t.Run("bpf to legacy", func(t *testing.T) {
 		roundTrips(t, "legacy-again")
 		masquerades(t)
@@ -496,7 +496,7 @@ func TestPrivilegedSwitchDatapath(t *testing.T) {
 		}
 	})
 	t.Run("cleanup is idempotent", func(t *testing.T) {
-		must(t, l.node.Do(func(ns.NetNS) error { return bpfdp.Cleanup(discard(), pinDir, "eth0") }))
+		must(t, l.node.Do(func(ns.NetNS) error { return bpfdp.Cleanup(discard(), pinDir, "", "eth0") }))
 		roundTrips(t, "still")
 	})
 }

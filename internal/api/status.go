@@ -44,6 +44,30 @@ type Status struct {
 	Datapath string `json:"datapath"`
 	// AgentUptime is how long the agent has been running (JSON: nanoseconds).
 	AgentUptime time.Duration `json:"agentUptime"`
+	// MapMigrations are what the eBPF datapath did at start with pinned
+	// maps of another layout version or size: entries it carried over and
+	// entries it could not (counted, never dropped silently).
+	MapMigrations []MapMigration `json:"mapMigrations,omitempty"`
+}
+
+// MapMigration is what the agent did at start with one pinned map of
+// another layout version or size.
+type MapMigration struct {
+	Map string `json:"map"`
+	// Action is "migrated" (entries carried into a map of another layout
+	// or size), "reset" (a layout it cannot migrate: a new, empty map),
+	// "merged" (a map an interrupted start left, merged into the current
+	// one) or "kept-newer" (a newer layout this agent may use as it is).
+	Action      string `json:"action"`
+	FromVersion uint32 `json:"fromVersion"`
+	ToVersion   uint32 `json:"toVersion"`
+	FromMax     uint32 `json:"fromMaxEntries"`
+	ToMax       uint32 `json:"toMaxEntries"`
+	Carried     int    `json:"carried"`
+	Lost        int    `json:"lost"`
+	// FlowsLost is Lost in flows for conntrack and NAT, else Lost.
+	FlowsLost int    `json:"flowsLost"`
+	Reason    string `json:"reason,omitempty"`
 }
 
 // KubernetesStatus is the agent's connection to the Kubernetes API, as

@@ -386,9 +386,10 @@ func (p *plugin) cmdDel(args *skel.CmdArgs) error {
 	defer cancel()
 	if err := api.NewClient(conf.SocketPath).DeleteEndpoint(ctx, att); err != nil {
 		if errors.Is(err, api.ErrAgentUnreachable) {
-			// The veth is gone: the agent finds the endpoint orphaned when
-			// it restores and releases it then.
-			p.log.Warn("agent unreachable during DEL; the veth is removed and the agent reconciles the endpoint when it starts",
+			// The veth is gone: the agent deletes an endpoint whose veth
+			// is gone when it restores, and every endpoint-gc period
+			// once it runs (SweepGone).
+			p.log.Warn("agent unreachable during DEL; the veth is removed and the agent deletes the endpoint once it is ready (within its endpoint-gc period)",
 				"attachment", att.Key(), "socket", conf.SocketPath)
 			return nil
 		}

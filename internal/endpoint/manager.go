@@ -265,6 +265,40 @@ func (m *Manager) CollectStale(ctx context.Context) ([]string, error) {
 	return released, errors.Join(errs...)
 }
 
+// SweepGone deletes every endpoint whose host veth no longer exists — its
+// datapath state, its file and its address — as a CNI DEL would have: the
+// DEL that reached the node while the agent was starting or unreachable
+// (the plugin removed the veth and could not tell the agent). The agent
+// runs it every endpoint-gc period, which bounds how long such an address
+// stays allocated. It returns the endpoints it deleted.
+func (m *Manager) SweepGone(ctx context.Context) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.restored {
+		return nil, api.Errorf(api.CodeNotReady, "endpoints are not restored yet")
+	}
+	var swept []string
+	var errs []error
+	for _, ep := range m.listLocked() {
+		exists, err := m.linkExists(ep.HostIfName)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if exists {
+			continue
+		}
+		if err := m.deleteLocked(ctx, ep.Attachment); err != nil {
+			errs = append(errs, fmt.Errorf("sweep endpoint %s: %w", ep.Key(), err))
+			continue
+		}
+		m.log.Info("deleted an endpoint whose host veth is gone: its CNI DEL did not reach the agent", "endpoint", ep.Key(),
+			"hostIfName", ep.HostIfName, "ip", ep.IP, "pod", ep.Pod())
+		swept = append(swept, ep.Key())
+	}
+	return swept, errors.Join(errs...)
+}
+
 func (m *Manager) ready() error {
 	if !m.restored {
 		return api.Errorf(api.CodeNotReady, "the agent is restoring endpoints; retry shortly")

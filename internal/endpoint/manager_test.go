@@ -433,6 +433,60 @@ func TestCollectStale(t *testing.T) {
 	}
 }
 
+// A CNI DEL that never reached the agent (it was starting or down: the
+// plugin removed the veth and returned) leaves an endpoint whose host veth
+// is gone; SweepGone deletes it as the DEL would have, and leaves live
+// endpoints alone. Before Restore it refuses.
+func TestSweepGone(t *testing.T) {
+	ctx := context.Background()
+	if _, err := newEnv(t, "", "198.19.1.0/24").m.SweepGone(ctx); err == nil {
+		t.Fatal("SweepGone before Restore succeeded")
+	}
+	e := restored(t, newEnv(t, "", "198.19.1.0/24"))
+	e.add(t, att("live"))
+	gone := e.add(t, att("deleted-while-down"))
+	if swept, err := e.m.SweepGone(ctx); err != nil || len(swept) != 0 {
+		t.Fatalf("SweepGone with every veth present = %v, %v", swept, err)
+	}
+	delete(e.links, gone.HostIfName) // the plugin's DEL removed the veth; the agent never heard
+	swept, err := e.m.SweepGone(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"deleted-while-down/eth0"}, swept); diff != "" {
+		t.Fatalf("swept (-want +got):\n%s", diff)
+	}
+	if _, ok := e.alloc.Lookup(gone.Attachment.Key()); ok {
+		t.Error("the swept endpoint's address is still allocated")
+	}
+	if _, ok := e.alloc.Owner(netip.MustParseAddr(gone.IP)); ok {
+		t.Errorf("address %s still has an owner", gone.IP)
+	}
+	if diff := cmp.Diff([]string{"live/eth0"}, e.dp.programmedKeys()); diff != "" {
+		t.Errorf("datapath endpoints (-want +got):\n%s", diff)
+	}
+	if files, _ := filepath.Glob(filepath.Join(e.dir, "endpoints", "*")); len(files) != 1 {
+		t.Errorf("endpoint files %v, want the live one only", files)
+	}
+	if _, ok := e.alloc.Lookup(att("live").Key()); !ok {
+		t.Error("the live endpoint lost its address")
+	}
+	// The late DEL, if it comes, still succeeds; a second sweep finds nothing.
+	if err := e.m.DeleteEndpoint(ctx, gone.Attachment); err != nil {
+		t.Errorf("late DeleteEndpoint = %v", err)
+	}
+	if swept, err := e.m.SweepGone(ctx); err != nil || len(swept) != 0 {
+		t.Errorf("second SweepGone = %v, %v", swept, err)
+	}
+	// A restart finds the same: nothing to restore but the live endpoint.
+	e2 := newEnv(t, e.dir, "198.19.1.0/24")
+	e2.links = e.links
+	restored(t, e2)
+	if n := e2.m.Count(); n != 1 {
+		t.Errorf("after restart %d endpoints, want 1", n)
+	}
+}
+
 func TestCNIStatusExhausted(t *testing.T) {
 	// A /30 has a single allocatable address (.2; .1 is the router's).
 	e := restored(t, newEnv(t, "", "198.19.1.0/30"))

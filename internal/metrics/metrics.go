@@ -59,6 +59,16 @@ const (
 	NameControllerFailures = "glia_controller_failures"
 	NameReconcileRepairs   = "glia_reconcile_repairs_total"
 	NameReconcileObjects   = "glia_reconcile_objects"
+	// NameMapMigrationEntries counts, by map, action and result
+	// ("carried" or "lost"), the entries of pinned maps of another
+	// layout or size the agent migrated at start.
+	NameMapMigrationEntries = "glia_map_migration_entries"
+	// NameMapMigrationFlowsLost is the flows (conntrack, NAT) or entries
+	// (other maps) a migration at start could not carry, by map.
+	NameMapMigrationFlowsLost = "glia_map_migration_flows_lost"
+	// NameEndpointsSwept counts endpoints the agent deleted because their
+	// host veth was gone: a CNI DEL that did not reach the agent.
+	NameEndpointsSwept = "glia_endpoints_swept_total"
 )
 
 // Metrics is the agent's metric set. All methods are safe for concurrent
@@ -76,6 +86,9 @@ type Metrics struct {
 	controllerFailures *prometheus.GaugeVec
 	reconcileRepairs   *prometheus.CounterVec
 	reconcileObjects   *prometheus.GaugeVec
+	migrationEntries   *prometheus.GaugeVec
+	migrationFlowsLost *prometheus.GaugeVec
+	endpointsSwept     prometheus.Counter
 
 	counters *datapathCounters
 }
@@ -126,11 +139,24 @@ func New() *Metrics {
 			Name: NameReconcileObjects,
 			Help: "Objects of a reconciler's desired-state table, by reconciliation status (done, pending, error).",
 		}, []string{"reconciler", "status"}),
+		migrationEntries: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: NameMapMigrationEntries,
+			Help: "Entries of a pinned map of another layout version or size the agent migrated at start, by map, action (migrated, reset, merged, kept-newer) and result (carried, lost).",
+		}, []string{"map", "action", "result"}),
+		migrationFlowsLost: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: NameMapMigrationFlowsLost,
+			Help: "Flows (conntrack, NAT) or entries (other maps) of a pinned map the agent could not carry into its new layout or size at start, by map.",
+		}, []string{"map"}),
+		endpointsSwept: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: NameEndpointsSwept,
+			Help: "Endpoints deleted because their host veth was gone: a CNI DEL that reached the node while the agent was starting or down.",
+		}),
 		counters: newDatapathCounters(),
 	}
 	m.reg.MustRegister(
 		m.endpoints, m.services, m.healthRTT, m.healthReachable, m.mapPressure,
-		m.hostRoutingMode, m.datapathFallback, m.controllerFailures, m.reconcileRepairs, m.reconcileObjects, m.counters,
+		m.hostRoutingMode, m.datapathFallback, m.controllerFailures, m.reconcileRepairs, m.reconcileObjects,
+		m.migrationEntries, m.migrationFlowsLost, m.endpointsSwept, m.counters,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "glia_agent"}),
 		collectors.NewGoCollector(),
 	)
@@ -305,6 +331,26 @@ func (m *Metrics) SetReconcileObjects(reconciler string, done, pending, errors i
 	m.reconcileObjects.WithLabelValues(reconciler, "done").Set(float64(done))
 	m.reconcileObjects.WithLabelValues(reconciler, "pending").Set(float64(pending))
 	m.reconcileObjects.WithLabelValues(reconciler, "error").Set(float64(errors))
+}
+
+// SetMapMigration records what the agent did at start with one pinned
+// map of another layout or size: glia_map_migration_entries{map,action,
+// result} for carried and lost entries, glia_map_migration_flows_lost{map}.
+func (m *Metrics) SetMapMigration(name, action string, carried, lost, flowsLost int) {
+	if m == nil {
+		return
+	}
+	m.migrationEntries.WithLabelValues(name, action, "carried").Set(float64(carried))
+	m.migrationEntries.WithLabelValues(name, action, "lost").Set(float64(lost))
+	m.migrationFlowsLost.WithLabelValues(name).Set(float64(flowsLost))
+}
+
+// AddEndpointsSwept counts n endpoints deleted because their host veth
+// was gone.
+func (m *Metrics) AddEndpointsSwept(n int) {
+	if m != nil {
+		m.endpointsSwept.Add(float64(n))
+	}
 }
 
 func boolFloat(b bool) float64 {

@@ -38,6 +38,10 @@ func TestScrape(t *testing.T) {
 	m.SetHostRoutingMode(HostRoutingLegacy)
 	m.SetDatapathFallback("enable-bpf-masquerade")
 	m.SetControllerFailures("endpoint-sync", 2)
+	m.SetMapMigration("glia_ct", "migrated", 40, 6, 3)
+	m.SetMapMigration("glia_affinity", "reset", 0, 5, 5)
+	m.AddEndpointsSwept(2)
+	m.AddEndpointsSwept(1)
 
 	srv := httptest.NewServer(m.Handler())
 	defer srv.Close()
@@ -84,11 +88,25 @@ glia_datapath_fallback{key="enable-bpf-masquerade"} 1
 # HELP glia_controller_failures Consecutive failures of a controller since its last success.
 # TYPE glia_controller_failures gauge
 glia_controller_failures{name="endpoint-sync"} 2
+# HELP glia_map_migration_entries Entries of a pinned map of another layout version or size the agent migrated at start, by map, action (migrated, reset, merged, kept-newer) and result (carried, lost).
+# TYPE glia_map_migration_entries gauge
+glia_map_migration_entries{action="migrated",map="glia_ct",result="carried"} 40
+glia_map_migration_entries{action="migrated",map="glia_ct",result="lost"} 6
+glia_map_migration_entries{action="reset",map="glia_affinity",result="carried"} 0
+glia_map_migration_entries{action="reset",map="glia_affinity",result="lost"} 5
+# HELP glia_map_migration_flows_lost Flows (conntrack, NAT) or entries (other maps) of a pinned map the agent could not carry into its new layout or size at start, by map.
+# TYPE glia_map_migration_flows_lost gauge
+glia_map_migration_flows_lost{map="glia_affinity"} 5
+glia_map_migration_flows_lost{map="glia_ct"} 3
+# HELP glia_endpoints_swept_total Endpoints deleted because their host veth was gone: a CNI DEL that reached the node while the agent was starting or down.
+# TYPE glia_endpoints_swept_total counter
+glia_endpoints_swept_total 3
 `
 	names := []string{
 		NameEndpoints, NameServices, NameDropsTotal, NameForwardedPackets, NameForwardedBytes,
 		NameHealthRTT, NameHealthReachable, NameMapPressure, NameHostRoutingMode,
-		NameDatapathFallback, NameControllerFailures,
+		NameDatapathFallback, NameControllerFailures, NameMapMigrationEntries, NameMapMigrationFlowsLost,
+		NameEndpointsSwept,
 	}
 	if err := testutil.ScrapeAndCompare(srv.URL, strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)
@@ -194,6 +212,8 @@ func TestNilMetricsIgnoresCalls(t *testing.T) {
 	m.SetDatapathFallback("k")
 	m.SetControllerFailures("c", 1)
 	m.SetMapPressure("m", 1)
+	m.SetMapMigration("m", "reset", 0, 1, 1)
+	m.AddEndpointsSwept(1)
 	if err := m.RegisterCollector(constCollector{}); err != nil {
 		t.Error(err)
 	}

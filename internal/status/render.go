@@ -38,6 +38,7 @@ func Render(w io.Writer, s *api.Status, verbose bool) error {
 	r.hostRouting()
 	r.masquerading()
 	r.policy()
+	r.mapMigrations()
 	r.reconcilers()
 	r.controllers()
 	r.configSources()
@@ -230,6 +231,36 @@ func (r *renderer) policy() {
 	}
 	r.line("Policy enforcement:", p.State, fmt.Sprintf("[eBPF; %d/%d endpoints isolated, %d NetworkPolicies, %d identities; denied %d ingress, %d egress]",
 		p.Isolated, p.Endpoints, p.Policies, p.Identities, p.DeniedIngress, p.DeniedEgress))
+}
+
+// mapMigrations writes what the agent did at start with pinned maps of
+// another layout or size, one line a map, whenever it did anything:
+// entries lost are an event the user must see.
+func (r *renderer) mapMigrations() {
+	if len(r.s.MapMigrations) == 0 {
+		return
+	}
+	carried, lost, flows := 0, 0, 0
+	for _, m := range r.s.MapMigrations {
+		carried, lost, flows = carried+m.Carried, lost+m.Lost, flows+m.FlowsLost
+	}
+	summary := fmt.Sprintf("%d maps, %d entries carried", len(r.s.MapMigrations), carried)
+	if lost > 0 {
+		summary += fmt.Sprintf(", %d entries lost (%d flows)", lost, flows)
+	}
+	r.line("Map migrations:", summary)
+	for _, m := range r.s.MapMigrations {
+		what := fmt.Sprintf("%s layout v%d -> v%d, max entries %d -> %d, %d carried, %d lost",
+			m.Action, m.FromVersion, m.ToVersion, m.FromMax, m.ToMax, m.Carried, m.Lost)
+		if m.FlowsLost != m.Lost {
+			what += fmt.Sprintf(" (%d flows)", m.FlowsLost)
+		}
+		reason := ""
+		if m.Reason != "" && (m.Lost > 0 || r.verbose) {
+			reason = "(" + m.Reason + ")"
+		}
+		r.sub(m.Map+":", what, reason)
+	}
 }
 
 func (r *renderer) services() {

@@ -121,6 +121,42 @@ Cluster health:          5/5 reachable   (2026-11-26T01:01:51Z)
 `,
 		},
 		{
+			name: "map migrations at start: one line a map, the reason of a loss",
+			status: func(t *testing.T) *api.Status {
+				s := storyStatus(t, map[string]string{"io.glia.enable-ebpf": "true"})
+				s.MapMigrations = []api.MapMigration{
+					{Map: "glia_ct", Action: "migrated", FromVersion: 1, ToVersion: 1, FromMax: 65536, ToMax: 131072, Carried: 120},
+					{Map: "glia_affinity", Action: "reset", FromVersion: 1, ToVersion: 2, FromMax: 1024, ToMax: 1024, Lost: 6, FlowsLost: 6,
+						Reason: "no converter from layout version 1"},
+					{Map: "glia_nat", Action: "migrated", FromVersion: 1, ToVersion: 1, FromMax: 4, ToMax: 2, Carried: 2, Lost: 2, FlowsLost: 1,
+						Reason: "max-entries 4 -> 2"},
+				}
+				return s
+			},
+			want: `Kubernetes:              Ok   v1.37.2
+Readiness:               Ready
+KubeProxyReplacement:    True   [eth0 198.18.0.14]
+Node:                    sandbox-04
+Datapath:                ebpf (tcx)
+Uptime:                  2h0m5s
+IPAM:                    IPv4: 3/253 allocated from 198.19.4.0/24
+Endpoints:               2
+Services:                5
+Routing:                 Network: Native   Host: BPF
+Host Routing:            BPF
+Masquerading:            BPF   [eth0]   198.19.0.0/16 [IPv4: Enabled, IPv6: Disabled]
+Map migrations:          3 maps, 122 entries carried, 8 entries lost (7 flows)
+  glia_ct:               migrated layout v1 -> v1, max entries 65536 -> 131072, 120 carried, 0 lost
+  glia_affinity:         reset layout v1 -> v2, max entries 1024 -> 1024, 0 carried, 6 lost   (no converter from layout version 1)
+  glia_nat:              migrated layout v1 -> v1, max entries 4 -> 2, 2 carried, 2 lost (1 flows)   (max-entries 4 -> 2)
+Controller Status:       2/3 healthy
+  Name      Last success   Failures   Last error
+  ipam-gc   1m30s ago      2          list pods: connection refused
+Config sources:          default (15), ConfigMap glia-system/glia-config (1), GliaNodeConfig glia-system/glia-switch-from-iptables-ebpf (1)
+Cluster health:          5/5 reachable   (2026-11-26T01:01:51Z)
+`,
+		},
+		{
 			name: "verbose: fixes, sources with overrides, warnings, addresses, all controllers",
 			status: func(t *testing.T) *api.Status {
 				legacy := config.NodeConfig{Namespace: "glia-system", Name: "zz-keep-legacy",

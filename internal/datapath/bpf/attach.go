@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -31,6 +32,25 @@ func (a attachment) pinName() string {
 		dir = "egress"
 	}
 	return a.prog + "-" + a.ifname + "-" + dir
+}
+
+// FaultKillAfterAttach is a fault-injection environment variable, set
+// only by tests (TestPrivilegedAttachKilledBeforePin): when it names an
+// attachment's pin (<prog>-<ifname>-<ingress|egress>), the process kills
+// itself with SIGKILL right after attaching that program and before
+// pinning its link or program — the one window in which a kill loses a
+// first attach (the kernel detaches a TCX link whose last descriptor
+// closes unpinned). A restart attaches it again: attach is idempotent
+// across such a kill (a missing pin means "attach"; a tc filter is
+// replaced in place).
+const FaultKillAfterAttach = "GLIA_TEST_KILL_AFTER_ATTACH"
+
+func faultAfterAttach(a attachment) {
+	if v := os.Getenv(FaultKillAfterAttach); v == "" || v != a.pinName() {
+		return
+	}
+	unix.Kill(os.Getpid(), unix.SIGKILL)
+	time.Sleep(time.Minute) // SIGKILL ends the process before this does
 }
 
 // tc fallback filter identity: one filter per hook, always at this
@@ -96,6 +116,7 @@ func (d *Datapath) attach(a attachment, prog *ebpf.Program) error {
 	if err := attachTC(a, prog); err != nil {
 		return err
 	}
+	faultAfterAttach(a)
 	// tc filters live on the qdisc, not in bpffs; pin the program under
 	// the same name anyway so that stale attachments can be found.
 	pin := filepath.Join(d.linksDir, a.pinName())
@@ -142,6 +163,7 @@ func (d *Datapath) attachTCX(a attachment, prog *ebpf.Program) error {
 		return fmt.Errorf("attach %s: %w", a.pinName(), err)
 	}
 	defer l.Close()
+	faultAfterAttach(a)
 	if err := l.Pin(pin); err != nil {
 		return fmt.Errorf("pin link %s: %w", a.pinName(), err)
 	}

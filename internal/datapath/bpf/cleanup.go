@@ -25,7 +25,8 @@ var progNames = map[string]bool{"from_container": true, "from_netdev": true, "to
 // on the VXLAN device and on every pod veth (host side "gl…", and any
 // interface named by a pinned link), the VXLAN device (and the routes
 // through it), the NAT port range it reserved, and every pin under
-// bpffsDir. glia's other routes are the legacy datapath's: its
+// bpffsDir; the port range goes back to the value recorded in stateDir
+// (the datapath's state directory) before glia changed it. glia's other routes are the legacy datapath's: its
 // reconcilers keep those it wants (a route replaced keeps carrying
 // traffic) and prune the rest. It is
 // idempotent and succeeds when nothing is there.
@@ -33,7 +34,7 @@ var progNames = map[string]bool{"from_container": true, "from_netdev": true, "to
 // For a switch to the legacy datapath without dropping traffic, call it
 // after the legacy datapath has installed its routes and masquerade rule:
 // once the programs are gone, the stack carries the packets.
-func Cleanup(log *slog.Logger, bpffsDir, device string) error {
+func Cleanup(log *slog.Logger, bpffsDir, stateDir, device string) error {
 	log = log.With("subsys", "datapath-bpf")
 	var errs []error
 
@@ -91,7 +92,7 @@ func Cleanup(log *slog.Logger, bpffsDir, device string) error {
 		}
 	}
 
-	errs = append(errs, releasePortRange(log))
+	errs = append(errs, releasePortRange(log, stateDir))
 
 	if bpffsDir != "" {
 		if err := os.RemoveAll(bpffsDir); err != nil {

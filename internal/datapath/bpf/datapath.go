@@ -57,6 +57,9 @@ type Datapath struct {
 	nodeIPs  *maps.NodeIPs
 	lb       *lbWriter
 	devIndex int
+	// migrations are what Init did with pinned maps of another layout
+	// or size.
+	migrations []maps.Migration
 }
 
 var _ datapath.Datapath = (*Datapath)(nil)
@@ -221,7 +224,7 @@ func (d *Datapath) Init(ctx context.Context) (datapath.Host, error) {
 			return host, fmt.Errorf("iptables masquerade: %w", err)
 		}
 	case d.opts.BPFMasquerade():
-		if err := reservePortRange(d.log); err != nil {
+		if err := reservePortRange(d.log, d.opts.StateDir); err != nil {
 			return host, err
 		}
 	}
@@ -229,6 +232,12 @@ func (d *Datapath) Init(ctx context.Context) (datapath.Host, error) {
 		if _, err := d.attachProgram(p); err != nil {
 			return host, err
 		}
+	}
+	// The pods' programs too, now rather than when the endpoint
+	// reconciler gets to them: old and new programs must not share a
+	// node's flows for longer than it takes.
+	if err := d.reattachEndpoints(); err != nil {
+		return host, err
 	}
 	if socketLB {
 		if err := d.attachSocketLB(d.opts.SocketLBCgroup); err != nil {
@@ -241,6 +250,13 @@ func (d *Datapath) Init(ctx context.Context) (datapath.Host, error) {
 		if err := d.removeVXLAN(); err != nil {
 			return host, err
 		}
+	}
+	// Every program of this version is attached: the maps of an earlier
+	// layout or size, kept for the programs they replaced, go now.
+	migs, err := objs.finish()
+	d.migrations = migs
+	if err != nil {
+		return host, fmt.Errorf("finish migrating the pinned maps: %w", err)
 	}
 	d.log.Info("eBPF datapath ready", "device", d.node.Device, "routing-mode", d.opts.Modes.RoutingMode,
 		"host-routing-bpf", d.opts.HostRoutingBPF(), "bpf-masquerade", d.opts.BPFMasquerade(),
@@ -353,6 +369,14 @@ func (d *Datapath) locked(f func() error) error {
 		return errors.New("eBPF datapath not initialised: call Init first")
 	}
 	return f()
+}
+
+// Migrations returns what Init did with pinned maps of another layout or
+// size (for status and metrics).
+func (d *Datapath) Migrations() []maps.Migration {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]maps.Migration(nil), d.migrations...)
 }
 
 // Endpoints implements datapath.Datapath.

@@ -85,6 +85,31 @@ func (o endpointOps) Update(_ context.Context, _ statedb.ReadTxn, _ statedb.Revi
 	})
 }
 
+// reattachEndpoints puts the loaded from_container on every pod interface
+// that has a pinned one (replaced in place), at Init.
+func (d *Datapath) reattachEndpoints() error {
+	pins, err := d.pinnedLinks("from_container")
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, pin := range pins {
+		a, ok := parsePinName(pin)
+		if !ok || a.egress {
+			continue
+		}
+		l, err := netlinksafe.LinkByName(a.ifname)
+		if err != nil {
+			continue // the pod is gone: the endpoint reconciler prunes its pin
+		}
+		a.ifindex = l.Attrs().Index
+		if err := d.attach(a, d.objs.FromContainer); err != nil {
+			errs = append(errs, fmt.Errorf("replace the program of %s: %w", a.ifname, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 func podMAC(ep *state.Endpoint) (net.HardwareAddr, error) {
 	if len(ep.PodMAC) > 0 {
 		return ep.PodMAC, nil

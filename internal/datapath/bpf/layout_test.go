@@ -1,9 +1,12 @@
 package bpf
 
 import (
+	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf/btf"
 	"github.com/google/go-cmp/cmp"
 
 	"glia.dev/glia/internal/datapath/policydp"
@@ -109,6 +112,78 @@ func TestMapTypesMatchBTF(t *testing.T) {
 		}
 		if uintptr(ms.KeySize) != want[0] || uintptr(ms.ValueSize) != want[1] {
 			t.Errorf("map %s: key/value %d/%d in C, %d/%d in internal/maps", name, ms.KeySize, ms.ValueSize, want[0], want[1])
+		}
+	}
+}
+
+// fingerprint describes a BTF type as maps.Layout.Fields does: a struct
+// as name{field@offset:size ...}, an integer as u<bits> or s<bits>.
+func fingerprint(t *testing.T, typ btf.Type) string {
+	t.Helper()
+	typ = btf.UnderlyingType(typ)
+	switch v := typ.(type) {
+	case *btf.Int:
+		if v.Encoding&btf.Signed != 0 {
+			return fmt.Sprintf("s%d", v.Size*8)
+		}
+		return fmt.Sprintf("u%d", v.Size*8)
+	case *btf.Struct:
+		var fs []string
+		for _, m := range v.Members {
+			size, err := btf.Sizeof(m.Type)
+			if err != nil {
+				t.Fatalf("%s.%s: %v", v.Name, m.Name, err)
+			}
+			fs = append(fs, fmt.Sprintf("%s@%d:%d", m.Name, m.Offset.Bytes(), size))
+		}
+		return v.Name + "{" + strings.Join(fs, " ") + "}"
+	}
+	t.Fatalf("no fingerprint for %T %v", typ, typ)
+	return ""
+}
+
+// Every map the programs declare has a layout history in internal/maps
+// whose current layout is the map as compiled — its type, sizes, flags
+// and its structs' fields — so that a change to bpf/lib/maps.h cannot
+// reach a node without a new layout version (and a converter) that
+// migrates the maps an earlier version pinned.
+func TestLayoutsMatchObjects(t *testing.T) {
+	reg := maps.Layouts()
+	if err := reg.Validate(); err != nil {
+		t.Fatalf("maps.Layouts: %v", err)
+	}
+	all, err := specs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if all["sock_lb"], err = LoadSockLB(); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for obj, spec := range all {
+		for name, ms := range spec.Maps {
+			if !strings.HasPrefix(name, "glia_") || policyMaps[name] {
+				continue // network policy's maps are policydp's: it pins them, this loader never migrates them
+			}
+			seen[name] = true
+			cur, ok := reg.Current(name)
+			if !ok {
+				t.Errorf("%s (in %s) has no layout in maps.Layouts: add version 1", name, obj)
+				continue
+			}
+			fields := fingerprint(t, ms.Key) + " " + fingerprint(t, ms.Value)
+			if !cur.Matches(ms.Type, ms.KeySize, ms.ValueSize, ms.Flags) || cur.Fields != fields {
+				t.Errorf("%s (in %s) is compiled as\n\t%s key %d B value %d B flags %#x\n\tFields: %q\nbut its current layout %d is\n\t%s\n\tFields: %q\n"+
+					"A change to a pinned map's definition needs layout version %d in internal/maps/layout.go, with its converter "+
+					"from version %d (Up) and, when version %d's programs may use the new maps as they are, Compat: %d.",
+					name, obj, ms.Type, ms.KeySize, ms.ValueSize, ms.Flags, fields, cur.Version, cur.Definition(), cur.Fields,
+					cur.Version+1, cur.Version, cur.Version, cur.Version)
+			}
+		}
+	}
+	for name := range reg {
+		if !seen[name] {
+			t.Errorf("maps.Layouts has %s, which no program declares", name)
 		}
 	}
 }

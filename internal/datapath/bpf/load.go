@@ -6,8 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -41,10 +39,19 @@ type Config struct {
 	// MaxEntries overrides the size a map is compiled with, by map name
 	// (from the config keys bpf-lb-map-max, bpf-ct-map-max, bpf-nat-map-max).
 	MaxEntries map[string]uint32
+	// Layouts is the history of the maps' layouts (nil: maps.Layouts());
+	// tests give synthetic older layouts.
+	Layouts maps.Registry
 	// SharedMaps are maps another unit owns and pins (network policy's,
 	// package policydp), given to the programs as they are, by name:
-	// never created, pinned, replaced or closed here.
+	// never created, pinned, migrated, replaced or closed here.
 	SharedMaps map[string]*ebpf.Map
+}
+
+// policyMaps are the maps of bpf/lib/policy.h, package policydp's.
+var policyMaps = map[string]bool{
+	"glia_ipcache": true, "glia_policy": true, "glia_ep_policy": true,
+	"glia_policy_ct": true, "glia_policy_state": true, "glia_policy_drops": true,
 }
 
 // MaxEntries turns the configured map sizes into per-map sizes: the
@@ -117,6 +124,13 @@ type objects struct {
 	// when Config.SocketLB asked for them.
 	Sock map[string]*ebpf.Program
 	Maps map[string]*ebpf.Map
+	// unshared are network policy's maps the caller did not share
+	// (Config.SharedMaps): fresh and unpinned, so the programs load (their
+	// policy code is not ready, so it enforces nothing).
+	unshared map[string]*ebpf.Map
+	// pins migrates the pinned maps; finish it once the programs are
+	// attached (nil without a pin directory).
+	pins *pinnedMaps
 }
 
 // sockProgs are the programs of bpf/sock_lb.c and their cgroup hooks.
@@ -143,6 +157,12 @@ func (o *objects) Close() error {
 	for _, m := range o.Maps {
 		errs = append(errs, m.Close())
 	}
+	for _, m := range o.unshared {
+		errs = append(errs, m.Close())
+	}
+	if o.pins != nil && o.pins.recMap != nil {
+		errs = append(errs, o.pins.recMap.Close())
+	}
 	return errors.Join(errs...)
 }
 
@@ -163,27 +183,10 @@ func specs() (map[string]*ebpf.CollectionSpec, error) {
 	return out, nil
 }
 
-// openMaps creates glia's maps, or re-uses those pinned in pinDir by an
-// earlier run. A map's size is the one compiled in unless maxEntries
-// overrides it. A pinned map whose definition changed (another layout, or
-// another size in the config) is replaced, and its entries are lost, with
-// a warning saying so: the service maps are written again from the
-// cluster's Services at once; connection-tracking and NAT entries are
-// gone, and the connections they carried lose their backend or their
-// translation. pinDir "" pins nothing (tests).
-func openMaps(log *slog.Logger, spec *ebpf.CollectionSpec, pinDir string, maxEntries map[string]uint32) (map[string]*ebpf.Map, error) {
+// newMaps creates glia's maps, unpinned (tests without a pin directory).
+// A map's size is the one compiled in unless maxEntries overrides it.
+func newMaps(spec *ebpf.CollectionSpec, maxEntries map[string]uint32) (map[string]*ebpf.Map, error) {
 	out := map[string]*ebpf.Map{}
-	fail := func(err error) (map[string]*ebpf.Map, error) {
-		for _, m := range out {
-			m.Close()
-		}
-		return nil, err
-	}
-	if pinDir != "" {
-		if err := os.MkdirAll(pinDir, 0o700); err != nil {
-			return nil, fmt.Errorf("create pin directory: %w", err)
-		}
-	}
 	for name, ms := range spec.Maps {
 		if !strings.HasPrefix(name, "glia_") {
 			continue // .rodata and friends belong to one collection
@@ -193,39 +196,12 @@ func openMaps(log *slog.Logger, spec *ebpf.CollectionSpec, pinDir string, maxEnt
 		if n, ok := maxEntries[name]; ok {
 			ms.MaxEntries = n
 		}
-		if pinDir != "" {
-			path := filepath.Join(pinDir, name)
-			m, err := ebpf.LoadPinnedMap(path, nil)
-			switch {
-			case err == nil:
-				if cerr := ms.Compatible(m); cerr != nil {
-					what := "its definition changed in this version"
-					if info, err := m.Info(); err == nil && info.MaxEntries != ms.MaxEntries {
-						what = fmt.Sprintf("it has %d entries and the config asks for %d", info.MaxEntries, ms.MaxEntries)
-					}
-					log.Warn("Replacing a pinned map: "+what+"; its entries are lost (service maps are rewritten from the cluster, "+
-						"connections tracked or translated in it lose that state)", "map", name, "reason", cerr)
-					m.Close()
-					if err := os.Remove(path); err != nil {
-						return fail(fmt.Errorf("remove incompatible pinned map %s: %w", name, err))
-					}
-				} else {
-					out[name] = m
-					continue
-				}
-			case !errors.Is(err, os.ErrNotExist):
-				return fail(fmt.Errorf("open pinned map %s: %w", name, err))
-			}
-		}
 		m, err := ebpf.NewMap(ms)
 		if err != nil {
-			return fail(fmt.Errorf("create map %s: %w", name, err))
-		}
-		if pinDir != "" {
-			if err := m.Pin(filepath.Join(pinDir, name)); err != nil {
+			for _, m := range out {
 				m.Close()
-				return fail(fmt.Errorf("pin map %s: %w", name, err))
 			}
+			return nil, fmt.Errorf("create map %s: %w", name, err)
 		}
 		out[name] = m
 	}
@@ -233,7 +209,10 @@ func openMaps(log *slog.Logger, spec *ebpf.CollectionSpec, pinDir string, maxEnt
 }
 
 // loadObjects loads the three programs with cfg compiled in, sharing one
-// set of maps (pinned in pinDir when it is not empty).
+// set of maps: pinned in pinDir when it is not empty, where the maps an
+// earlier run pinned are re-used or migrated (migrate.go). The migrated
+// maps take their names once every program has loaded; the caller
+// attaches the programs and then calls o.finish.
 func loadObjects(log *slog.Logger, cfg Config, pinDir string) (*objects, error) {
 	all, err := specs()
 	if err != nil {
@@ -253,15 +232,44 @@ func loadObjects(log *slog.Logger, cfg Config, pinDir string) (*objects, error) 
 			}
 		}
 	}
+	// Network policy's maps are package policydp's (pinned in its own
+	// directory, with its own lifecycle): never pinned or migrated here.
 	own := all["from_container"].Copy()
-	for name := range cfg.SharedMaps {
-		delete(own.Maps, name)
+	policy := &ebpf.CollectionSpec{Maps: map[string]*ebpf.MapSpec{}}
+	for name, ms := range own.Maps {
+		if policyMaps[name] {
+			if _, shared := cfg.SharedMaps[name]; !shared {
+				policy.Maps[name] = ms
+			}
+			delete(own.Maps, name)
+		}
 	}
-	maps, err := openMaps(log, own, pinDir, cfg.MaxEntries)
-	if err != nil {
+	o := &objects{}
+	if o.unshared, err = newMaps(policy, nil); err != nil {
 		return nil, err
 	}
-	o := &objects{Maps: maps}
+	if pinDir != "" {
+		reg := cfg.Layouts
+		if reg == nil {
+			reg = maps.Layouts()
+		}
+		if o.pins, err = openPinned(log, own, pinDir, cfg.MaxEntries, reg); err != nil {
+			o.Close() // the unshared maps
+			return nil, err
+		}
+		o.Maps = o.pins.maps
+	} else if o.Maps, err = newMaps(own, cfg.MaxEntries); err != nil {
+		o.Close()
+		return nil, err
+	}
+	fail := func(err error) (*objects, error) {
+		if o.pins != nil {
+			o.pins.abort() // closes the maps: the old ones stay pinned as they were
+			o.Maps = nil
+		}
+		o.Close()
+		return nil, err
+	}
 	vars := cfg.variables()
 	for name, spec := range all {
 		for v, val := range vars {
@@ -270,27 +278,28 @@ func loadObjects(log *slog.Logger, cfg Config, pinDir string) (*objects, error) 
 				continue
 			}
 			if err := vs.Set(val); err != nil {
-				o.Close()
-				return nil, fmt.Errorf("set %s in %s: %w", v, name, err)
+				return fail(fmt.Errorf("set %s in %s: %w", v, name, err))
 			}
 		}
 		repl := map[string]*ebpf.Map{}
 		for mn := range spec.Maps {
-			if m, ok := maps[mn]; ok {
+			if m, ok := o.Maps[mn]; ok {
 				repl[mn] = m
 			}
 			if m, ok := cfg.SharedMaps[mn]; ok {
 				repl[mn] = m
 			}
+			if m, ok := o.unshared[mn]; ok {
+				repl[mn] = m
+			}
 		}
 		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
 		if err != nil {
-			o.Close()
 			var verr *ebpf.VerifierError
 			if errors.As(err, &verr) {
-				return nil, fmt.Errorf("load %s: %w\nverifier log:\n%+v", name, err, verr)
+				return fail(fmt.Errorf("load %s: %w\nverifier log:\n%+v", name, err, verr))
 			}
-			return nil, fmt.Errorf("load %s: %w", name, err)
+			return fail(fmt.Errorf("load %s: %w", name, err))
 		}
 		if name == "sock_lb" {
 			o.Sock = map[string]*ebpf.Program{}
@@ -301,16 +310,14 @@ func loadObjects(log *slog.Logger, cfg Config, pinDir string) (*objects, error) 
 			}
 			coll.Close()
 			if len(o.Sock) != len(sockProgs) {
-				o.Close()
-				return nil, fmt.Errorf("object %s lacks socket programs: has %d of %d", name, len(o.Sock), len(sockProgs))
+				return fail(fmt.Errorf("object %s lacks socket programs: has %d of %d", name, len(o.Sock), len(sockProgs)))
 			}
 			continue
 		}
 		prog := coll.DetachProgram(name)
 		coll.Close()
 		if prog == nil {
-			o.Close()
-			return nil, fmt.Errorf("object %s has no program %s", name, name)
+			return fail(fmt.Errorf("object %s has no program %s", name, name))
 		}
 		switch name {
 		case "from_container":
@@ -321,5 +328,22 @@ func loadObjects(log *slog.Logger, cfg Config, pinDir string) (*objects, error) 
 			o.ToNetdev = prog
 		}
 	}
+	if o.pins != nil {
+		// Every program loaded: the migrated maps take their names; the
+		// old ones wait under <name>_swap for finish.
+		if err := o.pins.exchange(); err != nil {
+			o.Close()
+			return nil, err
+		}
+	}
 	return o, nil
+}
+
+// finish completes the maps' migration once the programs are attached
+// (nothing without a pin directory).
+func (o *objects) finish() ([]maps.Migration, error) {
+	if o.pins == nil {
+		return nil, nil
+	}
+	return o.pins.finish()
 }

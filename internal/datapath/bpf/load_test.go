@@ -92,8 +92,9 @@ func TestLoadSocketLB(t *testing.T) {
 }
 
 // The sized maps take their size from the config at load; a pinned map of
-// another size is replaced (its entries are lost), and the log says which
-// map, what size it had and what the config asks for.
+// another size is migrated into a new map of the size asked for, and the
+// log says which map, what size it had and what the config asks for
+// (TestPrivilegedMigrateSize checks that its entries are carried over).
 func TestPrivilegedMapSizes(t *testing.T) {
 	requirePrivileged(t)
 	pinDir := filepath.Join(privateBPFFS(t), "node1")
@@ -105,6 +106,8 @@ func TestPrivilegedMapSizes(t *testing.T) {
 			ClusterCIDR: netip.MustParsePrefix("198.19.0.0/16"), MaxEntries: MaxEntries(sizes)}, pinDir)
 		must(t, err)
 		defer o.Close()
+		_, err = o.finish()
+		must(t, err)
 		got := map[string]uint32{}
 		for _, name := range []string{maps.NameServices, maps.NameBackends, maps.NameAffinity, maps.NameSvcSlots, maps.NameMaglev, maps.NameCT, maps.NameNAT, maps.NameEndpoints} {
 			info, err := o.Maps[name].Info()
@@ -120,10 +123,10 @@ func TestPrivilegedMapSizes(t *testing.T) {
 	}
 	// The same sizes again: the pinned maps are re-used, nothing replaced.
 	load(datapath.MapSizes{LB: 1000, CT: 2048, NAT: 4096})
-	if strings.Contains(logs.String(), "Replacing a pinned map") {
-		t.Fatalf("maps replaced although their size did not change:\n%s", logs.String())
+	if strings.Contains(logs.String(), "Migrated a pinned map") {
+		t.Fatalf("maps migrated although their size did not change:\n%s", logs.String())
 	}
-	// Another CT size: that map is replaced, and the log says why.
+	// Another CT size: that map is migrated, and the log says why.
 	want[maps.NameCT] = 8192
 	if diff := cmp.Diff(want, load(datapath.MapSizes{LB: 1000, CT: 8192, NAT: 4096})); diff != "" {
 		t.Fatalf("map sizes after the change (-want +got):\n%s", diff)
@@ -131,7 +134,7 @@ func TestPrivilegedMapSizes(t *testing.T) {
 	if !strings.Contains(logs.String(), "it has 2048 entries and the config asks for 8192") || !strings.Contains(logs.String(), "map="+maps.NameCT) {
 		t.Errorf("the replacement is not explained in the log:\n%s", logs.String())
 	}
-	if n := strings.Count(logs.String(), "Replacing a pinned map"); n != 1 {
-		t.Errorf("%d maps replaced, want only %s:\n%s", n, maps.NameCT, logs.String())
+	if n := strings.Count(logs.String(), "Migrated a pinned map"); n != 1 {
+		t.Errorf("%d maps migrated, want only %s:\n%s", n, maps.NameCT, logs.String())
 	}
 }

@@ -4,8 +4,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+
+	"glia.dev/glia/internal/datapath/linux"
 )
 
 // NAT source ports (NAT_PORT_MIN..NAT_PORT_MAX in bpf/lib/nat.h). The
@@ -50,8 +53,13 @@ func setPortRange(low, high int) error {
 	return nil
 }
 
-// reservePortRange keeps the node's ephemeral ports out of the NAT range.
-func reservePortRange(log *slog.Logger) error {
+// portRangeName is the dotted name of the port range sysctl.
+const portRangeName = "net.ipv4.ip_local_port_range"
+
+// reservePortRange keeps the node's ephemeral ports out of the NAT range,
+// recording in stateDir the range it found (linux.SetSysctlRecorded), so
+// that releasePortRange gives the operator's range back.
+func reservePortRange(log *slog.Logger, stateDir string) error {
 	low, high, err := PortRange()
 	if err != nil {
 		return err
@@ -65,13 +73,28 @@ func reservePortRange(log *slog.Logger) error {
 	}
 	log.Info("Keeping the node's ephemeral ports out of the BPF masquerade port range",
 		"ip_local_port_range", fmt.Sprintf("%d-%d", low, NATPortMin-1), "was", fmt.Sprintf("%d-%d", low, high),
-		"nat-ports", fmt.Sprintf("%d-%d", NATPortMin, NATPortMax))
-	return setPortRange(low, NATPortMin-1)
+		"nat-ports", fmt.Sprintf("%d-%d", NATPortMin, NATPortMax), "record", filepath.Join(stateDir, linux.SysctlRecordFile))
+	_, err = linux.SetSysctlRecorded(stateDir, portRangeName, fmt.Sprintf("%d %d", low, NATPortMin-1))
+	return err
 }
 
-// releasePortRange gives the node back the kernel's default top of the
-// ephemeral range, if it is the one reservePortRange set.
-func releasePortRange(log *slog.Logger) error {
+// releasePortRange gives the node back the ephemeral port range
+// reservePortRange found, if the range is still the one it set (a range
+// the operator set since stays). Without a record (an older glia reserved
+// it) the kernel's default top is the best guess.
+func releasePortRange(log *slog.Logger, stateDir string) error {
+	restored, recorded, err := linux.RestoreSysctl(stateDir, portRangeName)
+	if err != nil {
+		return err
+	}
+	switch {
+	case restored != "":
+		log.Info("Restored the node's ephemeral port range to the value it had before glia changed it", "ip_local_port_range", restored)
+		return nil
+	case recorded:
+		log.Info("Leaving the node's ephemeral port range as it is: it was changed since glia set it")
+		return nil
+	}
 	low, high, err := PortRange()
 	if err != nil {
 		return err
@@ -79,6 +102,7 @@ func releasePortRange(log *slog.Logger) error {
 	if high != NATPortMin-1 {
 		return nil
 	}
-	log.Info("Restoring the node's ephemeral port range", "ip_local_port_range", fmt.Sprintf("%d-%d", low, defaultPortRangeHigh))
+	log.Info("Restoring the node's ephemeral port range to the kernel's default top: no record of the range before glia changed it",
+		"ip_local_port_range", fmt.Sprintf("%d-%d", low, defaultPortRangeHigh))
 	return setPortRange(low, defaultPortRangeHigh)
 }

@@ -69,7 +69,7 @@ func loadBench(b *testing.B, flags uint32) *objects {
 			}
 		}
 	}
-	mm, err := openMaps(testLogger(), all["from_container"], "", nil)
+	mm, err := newMaps(all["from_container"], nil)
 	if err != nil {
 		b.Fatal(err)
 	}

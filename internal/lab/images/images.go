@@ -34,6 +34,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -101,12 +102,50 @@ type Plan struct {
 	Files map[string]string
 	// Build says how to build the files when they are missing.
 	Build string
+	// Tag is the image's tag, for a repository whose tags select a
+	// version of its files (glia): HostFiles takes relative files from
+	// VersionDir(binDir, Repository, Tag) when that directory exists.
+	Tag string
+}
+
+// tagPattern is the grammar of an image tag; nothing else names a
+// directory.
+var tagPattern = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+
+// Tag returns the tag of an image reference ("" for none, or a digest).
+func Tag(image string) string {
+	ref := strings.TrimSpace(image)
+	if i := strings.Index(ref, "@"); i >= 0 {
+		ref = ref[:i]
+	}
+	if i := strings.LastIndex(ref, ":"); i >= 0 && i > strings.LastIndex(ref, "/") {
+		return ref[i+1:]
+	}
+	return ""
+}
+
+// VersionDir is the directory holding the files of tag of a versioned
+// repository: <binDir>/images/<repository>-<tag>, e.g. bin/images/glia-0.1.0
+// for glia:0.1.0 (the upgrade test builds an earlier glia there). A tag
+// that is not a valid image tag has none.
+func VersionDir(binDir, repository, tag string) string {
+	if !tagPattern.MatchString(tag) || strings.Contains(repository, "/") {
+		return ""
+	}
+	return filepath.Join(binDir, "images", repository+"-"+tag)
 }
 
 // HostFiles returns p.Files with names resolved against binDir, or an
 // error (the container's ErrImagePull) naming a missing file and how to
 // build it.
 func (p Plan) HostFiles(binDir string) (map[string]string, error) {
+	if p.Tag != "" {
+		if dir := VersionDir(binDir, p.Repository, p.Tag); dir != "" {
+			if st, err := os.Stat(dir); err == nil && st.IsDir() {
+				binDir = dir
+			}
+		}
+	}
 	out := make(map[string]string, len(p.Files))
 	for target, src := range p.Files {
 		if !filepath.IsAbs(src) {
@@ -123,8 +162,10 @@ func (p Plan) HostFiles(binDir string) (map[string]string, error) {
 
 type entry struct {
 	repositories []string
-	describe     string
-	plan         func(c Container) (Plan, error)
+	// versioned: the image's tag selects its files (Plan.Tag).
+	versioned bool
+	describe  string
+	plan      func(c Container) (Plan, error)
 }
 
 func echoOn(defaultPort int, usePorts bool) func(Container) (Plan, error) {
@@ -239,7 +280,8 @@ var catalog = []entry{
 	},
 	{
 		repositories: []string{"glia"},
-		describe:     "glia's image: the lab's `glia`, `glia-agent` and `glia-cni` at `/usr/bin`; the command runs as written through PATH (default `/usr/bin/glia-agent`)",
+		versioned:    true,
+		describe:     "glia's image: the lab's `glia`, `glia-agent` and `glia-cni` at `/usr/bin` — for `glia:TAG`, those of `<bin>/images/glia-TAG/` when that directory exists (another version of glia, e.g. the upgrade test's), else the lab's own; the command runs as written through PATH (default `/usr/bin/glia-agent`)",
 		plan: fileImage(map[string]string{
 			"/usr/bin/glia":       "glia",
 			"/usr/bin/glia-agent": "glia-agent",
@@ -299,6 +341,9 @@ func Resolve(c Container) (Plan, error) {
 					return Plan{}, err
 				}
 				p.Repository = e.repositories[0]
+				if e.versioned {
+					p.Tag = Tag(c.Image)
+				}
 				return p, nil
 			}
 		}

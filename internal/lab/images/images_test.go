@@ -113,7 +113,7 @@ func TestResolve(t *testing.T) {
 		{
 			name: "glia image runs its default command",
 			c:    Container{Image: "localhost:5000/glia:0.1.0"},
-			want: Plan{Repository: "glia", Kind: KindHost, Args: []string{"/usr/bin/glia-agent"}, Files: map[string]string{"/usr/bin/glia": "glia", "/usr/bin/glia-agent": "glia-agent", "/usr/bin/glia-cni": "glia-cni"}, Build: "make build"},
+			want: Plan{Repository: "glia", Kind: KindHost, Args: []string{"/usr/bin/glia-agent"}, Files: map[string]string{"/usr/bin/glia": "glia", "/usr/bin/glia-agent": "glia-agent", "/usr/bin/glia-cni": "glia-cni"}, Build: "make build", Tag: "0.1.0"},
 		},
 		{
 			name: "glia image runs the command as written",
@@ -174,6 +174,68 @@ func TestHostFiles(t *testing.T) {
 	}
 	if _, err := p.HostFiles(bin); err == nil || !strings.Contains(err.Error(), "make agnhost") || !strings.Contains(err.Error(), filepath.Join(bin, "agnhost")) {
 		t.Errorf("missing agnhost: %v, want an error naming the file and `make agnhost`", err)
+	}
+}
+
+// An image tag of glia selects <bin>/images/glia-<tag>/ when that
+// directory exists, else the lab's own bin dir; a tag that is not a tag
+// names no directory; other repositories ignore tags.
+func TestHostFilesVersionDir(t *testing.T) {
+	bin := t.TempDir()
+	old := filepath.Join(bin, "images", "glia-v0.0.9")
+	for _, dir := range []string{bin, old} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range []string{"glia", "glia-agent", "glia-cni", "agnhost"} {
+			if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, tt := range []struct {
+		image, wantDir string
+	}{
+		{"glia:v0.0.9", old},
+		{"localhost:5000/glia:v0.0.9", old},
+		{"glia:v0.0.9@sha256:0123", old},
+		{"glia:0.1.0", bin}, // no such directory: the lab's own
+		{"glia", bin},
+		{"glia@sha256:0123", bin},
+		{"registry.k8s.io/e2e-test-images/agnhost:v0.0.9", bin},
+	} {
+		t.Run(tt.image, func(t *testing.T) {
+			p, err := Resolve(Container{Image: tt.image})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := p.HostFiles(bin)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for target, src := range got {
+				if filepath.Dir(src) != tt.wantDir {
+					t.Errorf("%s from %s, want from %s", target, src, tt.wantDir)
+				}
+			}
+		})
+	}
+	for _, tt := range []struct{ repo, tag, want string }{
+		{"glia", "v1", filepath.Join(bin, "images", "glia-v1")},
+		{"glia", "..", ""},
+		{"glia", ".hidden", ""},
+		{"glia", "a/b", ""},
+		{"glia", "", ""},
+		{"glia/client", "v1", ""},
+	} {
+		if got := VersionDir(bin, tt.repo, tt.tag); got != tt.want {
+			t.Errorf("VersionDir(%q, %q) = %q, want %q", tt.repo, tt.tag, got, tt.want)
+		}
+	}
+	for image, want := range map[string]string{"glia": "", "glia:1.2": "1.2", "localhost:5000/glia": "", "localhost:5000/glia:x@sha256:0": "x", "glia@sha256:0": ""} {
+		if got := Tag(image); got != want {
+			t.Errorf("Tag(%q) = %q, want %q", image, got, want)
+		}
 	}
 }
 

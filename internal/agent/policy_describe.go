@@ -1,4 +1,4 @@
-package policy
+package agent
 
 import (
 	"fmt"
@@ -7,26 +7,27 @@ import (
 	"strings"
 
 	"glia.dev/glia/internal/api"
+	"glia.dev/glia/internal/policy"
 	"glia.dev/glia/internal/state"
 )
 
-// Describe is the node's policy as `glia policy get` shows it: every
+// describePolicy is the node's policy as `glia policy get` shows it: every
 // NetworkPolicy as glia read it, and what each local endpoint enforces
 // (the compiled allows the maps are written from).
-func Describe(r *Result) api.PolicyDocument {
-	doc := api.PolicyDocument{Node: r.in.LocalNode, Identities: len(r.Identities),
+func describePolicy(r *policy.Result) api.PolicyDocument {
+	doc := api.PolicyDocument{Node: r.LocalNode(), Identities: len(r.Identities),
 		IPCacheEntries: len(r.IPCache), PolicyEntries: len(r.Entries)}
-	pols := slices.Clone(r.in.Policies)
+	pols := slices.Clone(r.Policies())
 	slices.SortFunc(pols, func(a, b *state.NetworkPolicy) int { return strings.Compare(a.Name.String(), b.Name.String()) })
 	for _, p := range pols {
 		s := api.PolicySummary{Name: p.Name.String(), PodSelector: p.Pods.String()}
 		if p.Isolates.Ingress {
 			s.Types = append(s.Types, "Ingress")
-			s.Ingress = ruleLines(p.Ingress, "from")
+			s.Ingress = policyRuleLines(p.Ingress, "from")
 		}
 		if p.Isolates.Egress {
 			s.Types = append(s.Types, "Egress")
-			s.Egress = ruleLines(p.Egress, "to")
+			s.Egress = policyRuleLines(p.Egress, "to")
 		}
 		doc.Policies = append(doc.Policies, s)
 	}
@@ -42,8 +43,8 @@ func Describe(r *Result) api.PolicyDocument {
 				out.Policies = append(out.Policies, p.Name.String())
 			}
 			for _, a := range pp.Allows {
-				out.Allows = append(out.Allows, api.PolicyAllow{Direction: dirName(a.Dir), Peer: r.peerName(a.Peer),
-					Port: portName(a), Rule: a.Rule})
+				out.Allows = append(out.Allows, api.PolicyAllow{Direction: policyDirName(a.Dir), Peer: policyPeerName(r, a.Peer),
+					Port: policyPortName(a), Rule: a.Rule})
 			}
 		}
 		doc.Endpoints = append(doc.Endpoints, out)
@@ -51,7 +52,7 @@ func Describe(r *Result) api.PolicyDocument {
 	return doc
 }
 
-func ruleLines(rules []state.PolicyRule, word string) []string {
+func policyRuleLines(rules []state.PolicyRule, word string) []string {
 	out := make([]string, 0, len(rules))
 	for _, r := range rules {
 		peers := "any peer"
@@ -78,27 +79,27 @@ func ruleLines(rules []state.PolicyRule, word string) []string {
 	return out
 }
 
-func dirName(d uint8) string {
+func policyDirName(d uint8) string {
 	if d == state.DirEgress {
 		return "egress"
 	}
 	return "ingress"
 }
 
-func portName(a Allow) string {
+func policyPortName(a policy.Allow) string {
 	switch {
 	case a.Proto == 0:
 		return "any"
 	case a.PortLo == 0 && a.PortHi == 0:
-		return ProtoName(a.Proto) + "/*"
+		return policy.ProtoName(a.Proto) + "/*"
 	case a.PortLo == a.PortHi:
-		return ProtoName(a.Proto) + "/" + strconv.Itoa(int(a.PortLo))
+		return policy.ProtoName(a.Proto) + "/" + strconv.Itoa(int(a.PortLo))
 	}
-	return fmt.Sprintf("%s/%d-%d", ProtoName(a.Proto), a.PortLo, a.PortHi)
+	return fmt.Sprintf("%s/%d-%d", policy.ProtoName(a.Proto), a.PortLo, a.PortHi)
 }
 
-func (r *Result) peerName(id uint32) string {
-	if id == IdentityAny {
+func policyPeerName(r *policy.Result, id uint32) string {
+	if id == policy.IdentityAny {
 		return "any"
 	}
 	if i, ok := r.Identities[id]; ok {
@@ -107,17 +108,17 @@ func (r *Result) peerName(id uint32) string {
 	return strconv.FormatUint(uint64(id), 10)
 }
 
-// Selectors lists every selector of every policy and the identities it
+// policySelectors lists every selector of every policy and the identities it
 // matches (`glia policy selectors`).
-func Selectors(r *Result) []api.PolicySelector {
+func policySelectors(r *policy.Result) []api.PolicySelector {
 	var out []api.PolicySelector
-	ids := r.sortedIdentities()
-	pols := slices.Clone(r.in.Policies)
+	ids := r.SortedIdentities()
+	pols := slices.Clone(r.Policies())
 	slices.SortFunc(pols, func(a, b *state.NetworkPolicy) int { return strings.Compare(a.Name.String(), b.Name.String()) })
 	for _, p := range pols {
 		sel := api.PolicySelector{Policy: p.Name.String(), Where: "podSelector", Selector: p.Pods.String() + " in namespace " + p.Name.Namespace}
 		for _, id := range ids {
-			if id.Kind == KindPod && id.Namespace == p.Name.Namespace && p.Pods.Matches(id.Labels) {
+			if id.Kind == policy.KindPod && id.Namespace == p.Name.Namespace && p.Pods.Matches(id.Labels) {
 				sel.Identities = append(sel.Identities, id.String())
 			}
 		}
@@ -130,7 +131,7 @@ func Selectors(r *Result) []api.PolicySelector {
 				for j, peer := range rule.Peers {
 					s := api.PolicySelector{Policy: p.Name.String(), Where: fmt.Sprintf("%s[%d].%s[%d]", part.name, i, part.word, j), Selector: peer.String()}
 					for _, id := range ids {
-						if r.peerMatches(p, peer, id) {
+						if r.PeerMatches(p, peer, id) {
 							s.Identities = append(s.Identities, id.String())
 						}
 					}
@@ -142,9 +143,9 @@ func Selectors(r *Result) []api.PolicySelector {
 	return out
 }
 
-// TraceAPI is Trace in the API's form.
-func TraceAPI(v Verdict) api.PolicyTrace {
-	step := func(s Step) api.PolicyStep {
+// policyTraceAPI is Trace in the API's form.
+func policyTraceAPI(v policy.Verdict) api.PolicyTrace {
+	step := func(s policy.Step) api.PolicyStep {
 		return api.PolicyStep{Direction: s.Dir, Pod: s.Pod, Allowed: s.Allowed, Reason: s.Reason}
 	}
 	return api.PolicyTrace{From: v.From, To: v.To, FromIdentity: v.FromID, ToIdentity: v.ToID,
