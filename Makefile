@@ -14,6 +14,14 @@ K8S_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go/
 	-X $(p).gitVersion=$(K8S_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=37 \
 	-X $(p).gitTreeState=clean -X $(p).buildDate=2026-11-01T00:00:00Z)
 
+# glia's build information (package internal/version), stamped into every
+# binary `make build` and `make image` make: the release is the chart's
+# appVersion (its default image tag), the commit is git's (with -dirty when
+# the tree has changes). A plain `go build` says version "dev".
+GLIA_VERSION ?= $(or $(shell sed -n 's/^appVersion: *//p' deploy/chart/glia/Chart.yaml 2>/dev/null | tr -d "\"' "),dev)
+GLIA_COMMIT := $(shell git rev-parse HEAD 2>/dev/null)$(shell git rev-parse HEAD >/dev/null 2>&1 && ! git diff --quiet HEAD 2>/dev/null && echo -dirty)
+GLIA_LDFLAGS = -X glia.dev/glia/internal/version.version=$(GLIA_VERSION) -X glia.dev/glia/internal/version.commit=$(GLIA_COMMIT)
+
 # deploy/ whole: the binaries embed the Helm chart (templates, schema, NOTES).
 GO_SOURCES := $(shell find cmd internal bpf -type f \( -name '*.go' -o -name '*.o' -o -name '*.yaml' \) 2>/dev/null) $(shell find deploy -type f) go.mod go.sum
 
@@ -29,7 +37,7 @@ build: $(BIN)/glia $(BIN)/glia-agent $(BIN)/glia-cni $(BIN)/glia-k8s $(BIN)/core
 $(BIN)/glia $(BIN)/glia-agent $(BIN)/glia-cni: $(GO_SOURCES)
 	@mkdir -p $(BIN)
 	@echo "==> building glia, glia-agent, glia-cni"
-	@$(GO) build -o $(BIN)/ ./cmd/glia ./cmd/glia-agent ./cmd/glia-cni
+	@$(GO) build -ldflags '$(GLIA_LDFLAGS)' -o $(BIN)/ ./cmd/glia ./cmd/glia-agent ./cmd/glia-cni
 
 # glia at an earlier commit, for the upgrade test: its glia, glia-agent and
 # glia-cni in bin/images/glia-<commit12>/ (the lab runs image
@@ -75,15 +83,13 @@ $(BIN)/e2e.test: k8s/go.mod k8s/go.sum k8s/tools.go
 # layout (bin/image/oci) and a docker-save tarball (bin/image/glia.tar) tagged
 # glia:$(GLIA_VERSION). Same sources and packages, same digest.
 IMAGE_DIR := $(BIN)/image
-# The chart's appVersion (its default image tag), when the chart is there.
-GLIA_VERSION ?= $(or $(shell sed -n 's/^appVersion: *//p' deploy/chart/glia/Chart.yaml 2>/dev/null | tr -d "\"' "),dev)
 IMAGE_EPOCH = $(or $(SOURCE_DATE_EPOCH),$(shell git log -1 --format=%ct 2>/dev/null),0)
 IMAGE_REVISION = $(shell git rev-parse HEAD 2>/dev/null)
 
 image: deps
 	@mkdir -p $(IMAGE_DIR)/bin
 	@echo "==> building glia, glia-agent, glia-cni for the image (static, reproducible)"
-	@CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -buildvcs=false -ldflags '-s -w -buildid=' \
+	@CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -buildvcs=false -ldflags '-s -w -buildid= $(GLIA_LDFLAGS)' \
 	  -o $(IMAGE_DIR)/bin/ ./cmd/glia ./cmd/glia-agent ./cmd/glia-cni
 	@$(GO) build -o $(IMAGE_DIR)/glia-image ./cmd/glia-image
 	@echo "==> assembling image glia:$(GLIA_VERSION)"
@@ -145,7 +151,7 @@ fuzz:
 # Regenerate the BPF objects (needs clang-19); the results are committed.
 generate:
 	@scripts/deps.sh generate
-	@$(GO) generate ./internal/datapath/bpf/
+	@$(GO) generate ./internal/datapath/bpf/ ./internal/datapath/policydp/
 
 clean:
 	rm -rf $(BIN)

@@ -58,8 +58,13 @@ int to_netdev(struct __sk_buff *ctx)
 	if (r < 0)
 		return drop(ctx, METRIC_DROP_INVALID);
 
-	if (!cfg_has(CFG_MASQUERADE))
+	if (!cfg_has(CFG_MASQUERADE)) {
+		/* iptables masquerades (or nothing does): only flows glia
+		 * translated before a switch continue here */
+		if (p.has_l4 && needs_masquerade(p.saddr, p.daddr) && snat_continue(ctx, &p, node_ip()) < 0)
+			return drop(ctx, METRIC_DROP_INVALID);
 		return TC_ACT_OK;
+	}
 	if (p.icmp_err && in_pod_cidr(p.saddr) && !in_cluster_cidr(p.daddr)) {
 		if (snat_icmp_err(ctx, &p) < 0)
 			return drop(ctx, METRIC_DROP_INVALID);

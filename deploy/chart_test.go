@@ -133,6 +133,7 @@ func TestBadValues(t *testing.T) {
 		{"not a CIDR", []string{"--set", "ipam.operator.clusterPoolIPv4PodCIDRList={10.0.0.300/8}"}, []string{"at '/ipam/operator/clusterPoolIPv4PodCIDRList/0'", "does not match pattern"}},
 		{"value removed", []string{"--set", "bpf=null"}, []string{"missing property 'bpf'"}},
 		{"maxUnavailable 0", []string{"--set", "updateStrategy.rollingUpdate.maxUnavailable=0"}, []string{"at '/updateStrategy/rollingUpdate/maxUnavailable'"}},
+		{"unknown log format", []string{"--set", "logFormat=logfmt"}, []string{"at '/logFormat'", "'text', 'json'"}},
 		{"two devices", []string{"--set", "devices={eth0,eth1}"}, []string{"at '/devices'"}},
 		{"host without port", []string{"--set", "k8sServiceHost=198.18.0.1"}, []string{"at '/k8sServicePort'"}},
 		{"port without host", []string{"--set", "k8sServicePort=6443"}, []string{"at '/k8sServiceHost'"}},

@@ -114,7 +114,7 @@ func TestDaemonSetContract(t *testing.T) {
 	}
 	wantAgent := containerWant{"glia-agent", []string{"glia-agent"}, []string{
 		"--node-name=$(NODE_NAME)", "--namespace=$(POD_NAMESPACE)", "--state-dir=/var/lib/glia",
-		"--socket=/var/run/glia/glia.sock", "--bpffs-dir=/sys/fs/bpf/glia", "--device=eth0",
+		"--socket=/var/run/glia/glia.sock", "--bpffs-dir=/sys/fs/bpf/glia", "--device=eth0", "--log-format=text",
 		"--socket-lb-cgroup=/run/glia/cgroupv2", "--cni-conf-dir=/host/etc/cni/net.d",
 		"--cni-bin-dir=/host/opt/cni/bin", "--daemonset-name=glia", "--health-probe-bind-address=127.0.0.1:9879",
 	}, []mountWant{

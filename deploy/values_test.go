@@ -173,6 +173,12 @@ var valueConsumers = map[string]struct {
 		}
 		return nil
 	}},
+	"logFormat": {[]string{"--set", "logFormat=json"}, func(m *manifests) error {
+		if a := m.DaemonSets["glia"].Spec.Template.Spec.Containers[0].Args; !slices.Contains(a, "--log-format=json") {
+			return fmt.Errorf("agent args %q", a)
+		}
+		return nil
+	}},
 	"k8sServiceHost": {[]string{"--set", "k8sServiceHost=198.18.0.1", "--set", "k8sServicePort=6443"}, envHas("KUBERNETES_SERVICE_HOST", "198.18.0.1")},
 	"k8sServicePort": {[]string{"--set", "k8sServiceHost=198.18.0.1", "--set", "k8sServicePort=6443"}, envHas("KUBERNETES_SERVICE_PORT", "6443")},
 	"extraConfig":    {[]string{"--set", "extraConfig.service-cidr=10.96.0.0/12"}, configIs(config.KeyServiceCIDR, "10.96.0.0/12")},

@@ -66,6 +66,28 @@ static __always_inline int nat_reclaim(struct tuple *rk, __u64 now)
 	return 1;
 }
 
+/* node_port_taken says whether a TCP socket of the node holds port on the
+ * node's address `node` towards p's destination: a connection the node
+ * itself opened (or accepted) from that port. A listener does not count:
+ * the replies of a translated flow are translated before they reach it. */
+static __always_inline int node_port_taken(struct __sk_buff *ctx, struct pkt *p, __be32 node, __be16 port)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	int taken;
+
+	t.ipv4.saddr = p->daddr;
+	t.ipv4.daddr = node;
+	t.ipv4.sport = p->dport;
+	t.ipv4.dport = port;
+	sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	taken = sk->state != BPF_TCP_LISTEN;
+	bpf_sk_release(sk);
+	return taken;
+}
+
 /* snat allocates (or finds) a translation of p's source to `to` and
  * rewrites the packet. A flow keeps its translation while its entry
  * lives; an expired one, or a SYN on a closing one, gets a new
@@ -121,10 +143,17 @@ static __always_inline int snat(struct __sk_buff *ctx, struct pkt *p, __be32 to)
 				bpf_map_delete_elem(&glia_nat, &ok);
 		}
 		/* A flow keeps its own port when it is in the NAT range (and
-		 * free); ICMP identifiers are not ports, any is kept. */
+		 * free); ICMP identifiers are not ports, any is kept. So does a
+		 * TCP flow met mid-way — no entry, and no SYN: a connection the
+		 * kernel's MASQUERADE carried until a switch (which keeps a
+		 * pod's port where it can), or one whose entry was evicted —
+		 * whatever its port, unless a connection of the node's own
+		 * holds that port towards the same peer: a new port would
+		 * reset it. */
 		__be16 orig = p->sport;
 		__u16 horig = bpf_ntohs(orig);
-		int keep = p->proto == IPPROTO_ICMP || (horig >= NAT_PORT_MIN && horig <= NAT_PORT_MAX);
+		int keep = p->proto == IPPROTO_ICMP || (horig >= NAT_PORT_MIN && horig <= NAT_PORT_MAX) ||
+			   (p->proto == IPPROTO_TCP && !(p->tcp_flags & TCP_FLAG_SYN) && !node_port_taken(ctx, p, to, orig));
 
 		fwd.to_addr = to;
 		nat_touch(&fwd, p, 0, now);
@@ -159,6 +188,31 @@ static __always_inline int snat(struct __sk_buff *ctx, struct pkt *p, __be32 to)
 	if (set_addr(ctx, p, 1, to) < 0 || set_port(ctx, p, 1, port) < 0)
 		return -1;
 	return 0;
+}
+
+/* snat_continue translates p by the live egress entry of its flow, if
+ * there is one, and creates none: where iptables masquerades, a flow glia
+ * translated before the switch keeps glia's translation (which the agent
+ * handed to the kernel's conntrack too) when one of its packets reaches
+ * the device without the stack's NAT — from a pod whose program still
+ * redirects past the stack. Returns 1 when translated, 0 when not, <0 on
+ * error. */
+static __always_inline int snat_continue(struct __sk_buff *ctx, struct pkt *p, __be32 to)
+{
+	struct tuple ek = {
+		.saddr = p->saddr, .daddr = p->daddr,
+		.sport = p->sport, .dport = p->dport,
+		.proto = p->proto, .dir = NAT_EGRESS,
+	};
+	struct nat_entry *ne = bpf_map_lookup_elem(&glia_nat, &ek);
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!ne || ne->to_addr != to || !ct_continues(ne->last_seen, ne->flags, p, now))
+		return 0;
+	nat_touch(ne, p, 0, now);
+	if (set_addr(ctx, p, 1, to) < 0 || set_port(ctx, p, 1, ne->to_port) < 0)
+		return -1;
+	return 1;
 }
 
 /* rev_snat translates a packet arriving for the node's address back to the

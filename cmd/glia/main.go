@@ -1,7 +1,10 @@
 // Command glia is the CLI a person uses: status, health, config, lab, bench.
+// It exits 0 on success, 1 when what was asked failed and 2 when the
+// command line is wrong (cli.ExitCode).
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -9,8 +12,13 @@ import (
 )
 
 func main() {
-	if err := cli.Run(os.Args[1:]); err != nil {
+	err := cli.Run(os.Args[1:])
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "Error:", err)
-		os.Exit(1)
+		var u *cli.UsageError
+		if errors.As(err, &u) {
+			fmt.Fprintln(os.Stderr, u.Hint())
+		}
 	}
+	os.Exit(cli.ExitCode(err))
 }

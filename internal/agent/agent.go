@@ -82,13 +82,15 @@ type Agent struct {
 	modes    config.Modes
 	node     datapath.LocalNode
 	svcCIDR  netip.Prefix
-	dp       datapath.Datapath
-	tables   *state.Tables
-	recs     atomic.Pointer[reconcile.Set] // set once; the probes read it from the start
-	alloc    *ipam.Allocator
-	eps      *endpoint.Manager
-	watcher  *k8s.Watcher
-	ctrl     *controllers
+	// dpStateDir is the datapath's state dir (its handover record).
+	dpStateDir string
+	dp         datapath.Datapath
+	tables     *state.Tables
+	recs       atomic.Pointer[reconcile.Set] // set once; the probes read it from the start
+	alloc      *ipam.Allocator
+	eps        *endpoint.Manager
+	watcher    *k8s.Watcher
+	ctrl       *controllers
 
 	// Network policy (policy.go).
 	policyDP  *policydp.Unit
@@ -218,6 +220,7 @@ func (a *Agent) start(ctx context.Context) error {
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return err
 	}
+	a.dpStateDir = opts.StateDir
 	// Network policy's maps before the datapath: its programs share them.
 	if err := a.startPolicyDatapath(r); err != nil {
 		return err
@@ -253,7 +256,7 @@ func (a *Agent) start(ctx context.Context) error {
 	a.watcher = k8s.NewWatcher(a.log, a.clients, a.tables, k8s.WatcherConfig{LocalNode: node.Name,
 		Services: a.modes.KubeProxyReplacement, ServiceCIDR: r.ServiceCIDR, Policy: true}, a.apiHealth)
 
-	host, err := a.dp.Init(ctx)
+	host, err := a.initDatapath(ctx)
 	if err != nil {
 		return fmt.Errorf("initialise %s datapath: %w", a.dp.Name(), err)
 	}
@@ -359,7 +362,7 @@ func (a *Agent) logModes() {
 		"hostRouting", m.HostRouting.Mode, "masquerading", m.Masquerading,
 		"kubeProxyReplacement", m.KubeProxyReplacement, "routingMode", m.RoutingMode, "kernel", a.probe.KernelVersion)
 	if m.HostRouting.Mode == config.HostRoutingLegacy {
-		a.log.Info(m.HostRouting.Message(), "subsys", "daemon", "blockingKey", m.HostRouting.BlockingKey)
+		a.log.Info(m.HostRouting.Message(), "subsys", "daemon", "blockingKey", m.HostRouting.BlockingKey, "fix", m.HostRouting.Fix)
 	}
 }
 
@@ -411,11 +414,7 @@ func (a *Agent) run(ctx context.Context) error {
 	a.programmed.Store(true)
 	a.log.Info("glia-agent ready: the cluster's state is programmed")
 	if a.dp.Name() == config.DatapathLegacy {
-		// A node switched back from the eBPF datapath: now that the kernel
-		// routes every pod and node, detach what the eBPF datapath left.
-		if err := bpfdp.Cleanup(a.log, a.cfg.BPFFSDir, filepath.Join(a.cfg.StateDir, "datapath"), a.cfg.Device); err != nil {
-			a.log.Warn("Removing eBPF datapath leftovers failed", "error", err)
-		}
+		a.leaveBPF(ctx)
 	}
 	go a.removeNotReadyTaint(ctx, func() bool {
 		n, ok := a.watcher.Node(a.node.Name)

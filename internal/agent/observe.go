@@ -27,6 +27,7 @@ import (
 	"glia.dev/glia/internal/metrics"
 	"glia.dev/glia/internal/state"
 	"glia.dev/glia/internal/status"
+	"glia.dev/glia/internal/version"
 )
 
 // healthTargets are every node's address and health endpoint, from the
@@ -152,7 +153,8 @@ func (a *Agent) apiHandler() http.Handler {
 // status is the agent's answer to `glia status`: observations of the
 // desired state, the reconcilers, the API connection and the datapath.
 func (a *Agent) status() *api.Status {
-	s := &api.Status{NodeName: a.node.Name, Time: time.Now(), Datapath: a.dp.Name(), AgentUptime: time.Since(a.started)}
+	v := version.Get()
+	s := &api.Status{NodeName: a.node.Name, Time: time.Now(), Datapath: a.dp.Name(), AgentUptime: time.Since(a.started), Version: v.Version, Commit: v.Commit}
 	s.Readiness = a.readiness()
 	s.Ready = ready(s.Readiness)
 	s.Kubernetes = a.kubernetesStatus()

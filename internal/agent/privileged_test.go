@@ -195,11 +195,12 @@ type lab struct {
 	node, pod1, pod2, outside ns.NetNS
 	local                     datapath.LocalNode
 	eps                       []*state.Endpoint
+	stateDir                  string // the datapath's state dir
 }
 
 func newLab(t *testing.T) *lab {
 	t.Helper()
-	l := &lab{node: newNS(t), pod1: newNS(t), pod2: newNS(t), outside: newNS(t)}
+	l := &lab{node: newNS(t), pod1: newNS(t), pod2: newNS(t), outside: newNS(t), stateDir: t.TempDir()}
 	var gl1, gl2 netlink.Link
 	must(t, l.node.Do(func(ns.NetNS) error {
 		gl1 = vethInto(t, "gl1", l.pod1, "eth0")
@@ -291,8 +292,9 @@ func runAgent(t *testing.T, l *lab, m config.Modes, k config.KernelProbe, pinDir
 // runAgentWith is runAgent with other nodes in the nodes table.
 func runAgentWith(t *testing.T, l *lab, m config.Modes, k config.KernelProbe, pinDir string, periods map[string]reconcile.Periods, others []*state.Node, svcs ...*state.Service) *Agent {
 	t.Helper()
-	a := &Agent{log: discard(), metrics: metrics.New(), repairs: map[string]uint64{}, periods: periods, node: l.local, modes: m}
-	opts := datapath.Options{Modes: m, LBAlgorithm: "random", Kernel: k, BPFFSDir: pinDir, MTU: 1500, Drift: a.drift}
+	a := &Agent{log: discard(), metrics: metrics.New(), repairs: map[string]uint64{}, periods: periods, node: l.local, modes: m,
+		cfg: Config{BPFFSDir: pinDir, Device: l.local.Device}, dpStateDir: l.stateDir}
+	opts := datapath.Options{Modes: m, LBAlgorithm: "random", Kernel: k, BPFFSDir: pinDir, StateDir: l.stateDir, MTU: 1500, Drift: a.drift}
 	var err error
 	if a.dp, err = newDatapath(a.log, l.local, opts); err != nil {
 		t.Fatal(err)
@@ -300,7 +302,7 @@ func runAgentWith(t *testing.T, l *lab, m config.Modes, k config.KernelProbe, pi
 	var host datapath.Host
 	must(t, l.node.Do(func(ns.NetNS) error {
 		var err error
-		host, err = a.dp.Init(t.Context())
+		host, err = a.initDatapath(t.Context())
 		return err
 	}))
 	t.Cleanup(func() { a.dp.Close() })

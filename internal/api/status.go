@@ -44,6 +44,10 @@ type Status struct {
 	Datapath string `json:"datapath"`
 	// AgentUptime is how long the agent has been running (JSON: nanoseconds).
 	AgentUptime time.Duration `json:"agentUptime"`
+	// Version and Commit are the agent binary's build (its
+	// internal/version).
+	Version string `json:"version,omitempty"`
+	Commit  string `json:"commit,omitempty"`
 	// MapMigrations are what the eBPF datapath did at start with pinned
 	// maps of another layout version or size: entries it carried over and
 	// entries it could not (counted, never dropped silently).

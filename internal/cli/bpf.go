@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -29,7 +28,7 @@ const defaultBPFFSDir = "/sys/fs/bpf/glia"
 type bpfOpts struct {
 	g        *globals
 	bpffsDir string
-	output   string
+	out      outputFlag
 }
 
 // newBPFCmd is `glia bpf`: dumps of a node's eBPF datapath maps, read from
@@ -45,7 +44,7 @@ func newBPFCmd(g *globals) *cobra.Command {
 	}
 	cmd.PersistentFlags().StringVar(&g.node, "node", "", "lab node whose maps to read (lab-node-N)")
 	cmd.PersistentFlags().StringVar(&o.bpffsDir, "bpffs-dir", "", "directory of the node's pinned maps (default "+defaultBPFFSDir+")")
-	cmd.PersistentFlags().StringVarP(&o.output, "output", "o", "text", "output format: text or json")
+	addOutputFlag(cmd, &o.out, true)
 
 	list := func(use, short string, run func(cmd *cobra.Command, dir string) error) *cobra.Command {
 		group := &cobra.Command{Use: use, Short: short}
@@ -54,9 +53,6 @@ func newBPFCmd(g *globals) *cobra.Command {
 			Short: short,
 			Args:  cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
-				if o.output != "text" && o.output != "json" {
-					return fmt.Errorf("-o %q: use text or json", o.output)
-				}
 				dir, err := o.dir()
 				if err != nil {
 					return err
@@ -80,10 +76,10 @@ func (o *bpfOpts) dir() (string, error) {
 	dir, who := o.bpffsDir, ""
 	switch {
 	case o.g.node != "" && dir != "":
-		return "", errors.New("--node and --bpffs-dir: give one")
+		return "", usageErrorf("--node and --bpffs-dir: give one")
 	case o.g.node != "":
 		if _, err := lab.NodeIndex(o.g.node); err != nil {
-			return "", fmt.Errorf("--node %q: %w", o.g.node, err)
+			return "", usageErrorf("--node %q: %w", o.g.node, err)
 		}
 		bin, err := binDir()
 		if err != nil {
@@ -135,13 +131,16 @@ func withMaps(dir string, names []string, fn func(ms map[string]*ebpf.Map) error
 	return fn(ms)
 }
 
-func (o *bpfOpts) emit(w io.Writer, rows any, text func(io.Writer) error) error {
-	if o.output == "json" {
-		e := json.NewEncoder(w)
-		e.SetIndent("", "  ")
-		return e.Encode(rows)
-	}
-	return text(w)
+// Kinds of the lists `glia bpf ... list` prints.
+const (
+	kindBPFLBList       = "BPFLBEntryList"
+	kindBPFCTList       = "BPFCTEntryList"
+	kindBPFNATList      = "BPFNATEntryList"
+	kindBPFEndpointList = "BPFEndpointList"
+)
+
+func (o *bpfOpts) emit(w io.Writer, kind string, rows any, text func(io.Writer) error) error {
+	return o.out.print(w, kind, rows, text)
 }
 
 // ---- lb ----
@@ -271,7 +270,7 @@ func (o *bpfOpts) lbList(cmd *cobra.Command, dir string) error {
 			return err
 		}
 		rows := lbRows(svcs, backends, slots, maglev)
-		return o.emit(cmd.OutOrStdout(), rows, func(w io.Writer) error { return renderLB(w, rows) })
+		return o.emit(cmd.OutOrStdout(), kindBPFLBList, rows, func(w io.Writer) error { return renderLB(w, rows) })
 	})
 }
 
@@ -412,7 +411,7 @@ func (o *bpfOpts) ctList(cmd *cobra.Command, dir string) error {
 			return err
 		}
 		rows := ctRows(entries, monotonicNow())
-		return o.emit(cmd.OutOrStdout(), rows, func(w io.Writer) error { return renderCT(w, rows) })
+		return o.emit(cmd.OutOrStdout(), kindBPFCTList, rows, func(w io.Writer) error { return renderCT(w, rows) })
 	})
 }
 
@@ -483,7 +482,7 @@ func (o *bpfOpts) natList(cmd *cobra.Command, dir string) error {
 			return err
 		}
 		rows := natRows(entries, monotonicNow())
-		return o.emit(cmd.OutOrStdout(), rows, func(w io.Writer) error { return renderNAT(w, rows) })
+		return o.emit(cmd.OutOrStdout(), kindBPFNATList, rows, func(w io.Writer) error { return renderNAT(w, rows) })
 	})
 }
 
@@ -522,6 +521,6 @@ func (o *bpfOpts) endpointList(cmd *cobra.Command, dir string) error {
 			return err
 		}
 		rows := endpointRows(entries)
-		return o.emit(cmd.OutOrStdout(), rows, func(w io.Writer) error { return renderEndpoints(w, rows) })
+		return o.emit(cmd.OutOrStdout(), kindBPFEndpointList, rows, func(w io.Writer) error { return renderEndpoints(w, rows) })
 	})
 }

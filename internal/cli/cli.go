@@ -16,13 +16,20 @@ import (
 	"glia.dev/glia/internal/lab"
 )
 
-// Run runs the glia CLI with args.
+// Run runs the glia CLI with args. ExitCode turns its error into the exit
+// code: ExitUsage for a command line glia cannot run, ExitFailure for a
+// failure of what was asked.
 func Run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	root := newRoot()
 	root.SetArgs(args)
-	return root.ExecuteContext(ctx)
+	cmd, err := root.ExecuteContextC(ctx)
+	var u *UsageError
+	if errors.As(err, &u) && u.Command == "" && cmd != nil {
+		u.Command = cmd.CommandPath()
+	}
+	return err
 }
 
 // globals are the options every command shares.
@@ -34,13 +41,19 @@ type globals struct {
 func newRoot() *cobra.Command {
 	g := &globals{}
 	root := &cobra.Command{
-		Use:           "glia",
-		Short:         "glia: eBPF networking for Kubernetes",
+		Use:   "glia",
+		Short: "glia: eBPF networking for Kubernetes",
+		Long: `glia: eBPF networking for Kubernetes.
+
+Commands that print objects take -o text|json|yaml|jsonpath=TEMPLATE. Exit
+codes: 0 success, 1 what was asked failed, 2 the command line is wrong.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&g.socket, "socket", "", "glia-agent API socket (default: the lab node's socket with --node, else /var/run/glia/glia.sock)")
-	root.AddCommand(newStatusCmd(g), newLabCmd(), newEndpointCmd(g), newHealthCmd(g), newBPFCmd(g), newConfigCmd(g), newConnectivityCmd(g), newServiceCmd(g), newPolicyCmd(g), newBenchCmd())
+	root.AddCommand(newStatusCmd(g), newLabCmd(), newEndpointCmd(g), newHealthCmd(g), newBPFCmd(g), newConfigCmd(g),
+		newConnectivityCmd(g), newServiceCmd(g), newPolicyCmd(g), newBenchCmd(), newVersionCmd())
+	markUsageErrors(root)
 	return root
 }
 
@@ -87,7 +100,7 @@ func (g *globals) socketFor() (string, error) {
 			return "", err
 		}
 		if _, err := lab.NodeIndex(g.node); err != nil {
-			return "", fmt.Errorf("--node %q: %w", g.node, err)
+			return "", usageErrorf("--node %q: %w", g.node, err)
 		}
 		p := l.Layout().AgentSocket(g.node)
 		if _, err := os.Stat(p); err != nil {
@@ -98,5 +111,8 @@ func (g *globals) socketFor() (string, error) {
 		}
 		return p, nil
 	}
-	return "/var/run/glia/glia.sock", nil
+	return defaultSocket, nil
 }
+
+// defaultSocket is the agent's socket on a real node (and in its pod).
+const defaultSocket = "/var/run/glia/glia.sock"

@@ -29,18 +29,19 @@ func newConnectivityCmd(g *globals) *cobra.Command {
 }
 
 type connectivityFlags struct {
-	kubeconfig     string
-	tests          []string
-	output         string
-	verbose        bool
-	keep           bool
-	include        bool
-	setup, check   bool
-	agentNamespace string
-	agentSelector  string
-	agentSocket    string
-	actionTimeout  time.Duration
-	p              connectivity.Params
+	kubeconfig      string
+	tests           []string
+	out             outputFlag
+	verbose         bool
+	keep            bool
+	include         bool
+	externalTargets []string
+	setup, check    bool
+	agentNamespace  string
+	agentSelector   string
+	agentSocket     string
+	actionTimeout   time.Duration
+	p               connectivity.Params
 }
 
 func newConnectivityTestCmd() *cobra.Command {
@@ -71,7 +72,7 @@ names the world.`,
 	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig (default: $KUBECONFIG, else the lab's while a lab is up, else ~/.kube/config)")
 	fl.StringVarP(&f.p.Namespace, "test-namespace", "n", f.p.Namespace, "namespace the test deploys into (created and deleted by the test)")
 	fl.StringArrayVar(&f.tests, "test", nil, "run only tests whose name matches this regular expression; a leading ! excludes (repeatable)")
-	fl.StringVarP(&f.output, "output", "o", "text", "output format: text or json")
+	addOutputFlag(cmd, &f.out, false)
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "print every action")
 	fl.BoolVar(&f.keep, "keep-workloads", false, "leave the test's namespace and workloads in place at the end")
 	fl.StringVar(&f.p.ExternalTarget, "external-target", "", "URL that pod-to-world fetches (default in the lab: http://198.18.64.10/, the outside namespace's server; elsewhere the test is skipped)")
@@ -94,22 +95,30 @@ names the world.`,
 	fl.StringVar(&f.p.ConnDisrupt.Image, "conn-disrupt-image", f.p.ConnDisrupt.Image, "image of the conn-disrupt pods (real clusters: must contain the glia binary)")
 	fl.DurationVar(&f.p.ConnDisrupt.StallAfter, "conn-disrupt-stall", f.p.ConnDisrupt.StallAfter, "a long-lived connection silent for longer than this is stalled")
 	fl.DurationVar(&f.p.ConnDisrupt.RequestInterval, "conn-disrupt-interval", f.p.ConnDisrupt.RequestInterval, "interval between new requests to each target")
+	fl.StringArrayVar(&f.externalTargets, "conn-disrupt-external-target", nil, "with --conn-disrupt-setup: a conn-disrupt server outside the cluster (NAME=IP:PORT, repeatable) every client also holds connections to (the lab's: world=198.18.64.10:8000)")
 	return cmd
 }
 
 func runConnectivityTest(cmd *cobra.Command, f *connectivityFlags) error {
-	if f.output != "text" && f.output != "json" {
-		return fmt.Errorf("-o %q: use text or json", f.output)
-	}
 	if (f.setup || f.check) && !f.include {
-		return errors.New("--conn-disrupt-setup and --conn-disrupt-check go with --include-conn-disrupt-test")
+		return usageErrorf("--conn-disrupt-setup and --conn-disrupt-check go with --include-conn-disrupt-test")
 	}
 	if f.setup && f.check {
-		return errors.New("--conn-disrupt-setup and --conn-disrupt-check are two runs: set up before the change, check after it")
+		return usageErrorf("--conn-disrupt-setup and --conn-disrupt-check are two runs: set up before the change, check after it")
+	}
+	if len(f.externalTargets) > 0 && (!f.include || f.check) {
+		return usageErrorf("--conn-disrupt-external-target goes with --include-conn-disrupt-test (and --conn-disrupt-setup): the setup records the targets")
+	}
+	for _, x := range f.externalTargets {
+		tgt, err := connectivity.ParseConnTarget(x)
+		if err != nil {
+			return asUsage(cmd, fmt.Errorf("--conn-disrupt-external-target: %w", err))
+		}
+		f.p.ConnDisrupt.ExternalTargets = append(f.p.ConnDisrupt.ExternalTargets, tgt)
 	}
 	filter, err := connectivity.ParseFilter(f.tests)
 	if err != nil {
-		return err
+		return asUsage(cmd, err)
 	}
 	glia, err := os.Executable()
 	if err != nil {
@@ -162,21 +171,19 @@ func runConnectivityTest(cmd *cobra.Command, f *connectivityFlags) error {
 	case f.include:
 		o.ConnDisrupt = connectivity.ConnDisruptInclude
 	}
-	var stdout io.Writer = os.Stdout
+	stdout := cmd.OutOrStdout()
 	o.Progress = stdout
-	if f.output == "json" {
-		o.Progress = os.Stderr
+	if !f.out.text() {
+		o.Progress = cmd.ErrOrStderr()
 	}
 	fmt.Fprintf(o.Progress, "ℹ️  [%s] cluster %s (kubeconfig %s%s)\n", p.Namespace, cfg.Host, kc, map[bool]string{true: ", the lab"}[isLab])
 	rep, err := connectivity.Run(cmd.Context(), c, o)
 	if rep != nil {
-		if f.output == "json" {
-			if jerr := connectivity.RenderJSON(stdout, rep); jerr != nil {
-				err = errors.Join(err, jerr)
-			}
-		} else {
-			connectivity.RenderText(stdout, rep)
-		}
+		perr := f.out.print(stdout, kindConnectivityReport, rep, func(w io.Writer) error {
+			connectivity.RenderText(w, rep)
+			return nil
+		})
+		err = errors.Join(err, perr)
 	}
 	if err != nil {
 		return err
@@ -186,6 +193,8 @@ func runConnectivityTest(cmd *cobra.Command, f *connectivityFlags) error {
 	}
 	return nil
 }
+
+const kindConnectivityReport = "ConnectivityReport"
 
 // resolveKubeconfig picks the kubeconfig: the flag, else $KUBECONFIG, else
 // the lab's when it exists, else ~/.kube/config; it says whether that is the

@@ -1,9 +1,8 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
-	"os"
+	"io"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -11,13 +10,17 @@ import (
 	"glia.dev/glia/internal/api"
 )
 
+const kindEndpointList = "EndpointList"
+
 func newEndpointCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "endpoint", Short: "Inspect the endpoints (pod interfaces) of a node"}
-	var output string
+	var out outputFlag
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List a node's endpoints",
-		Args:  cobra.NoArgs,
+		Example: `  glia endpoint list --node lab-node-2
+  glia endpoint list --node lab-node-2 -o jsonpath='{.items[*].ip}'`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			sock, err := g.socketFor()
 			if err != nil {
@@ -27,29 +30,28 @@ func newEndpointCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("glia-agent at %s: %w", sock, err)
 			}
-			if output == "json" {
-				e := json.NewEncoder(os.Stdout)
-				e.SetIndent("", "  ")
-				return e.Encode(eps)
-			}
-			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "POD\tIPv4\tHOST IF\tCONTAINER\tIF")
-			for _, ep := range eps {
-				pod := ep.PodNamespace + "/" + ep.PodName
-				if ep.PodName == "" {
-					pod = "-"
-				}
-				cid := ep.ContainerID
-				if len(cid) > 12 {
-					cid = cid[:12]
-				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", pod, ep.IP, ep.HostIfName, cid, ep.IfName)
-			}
-			return w.Flush()
+			return out.print(cmd.OutOrStdout(), kindEndpointList, eps, func(w io.Writer) error { return renderEndpointList(w, eps) })
 		},
 	}
 	list.Flags().StringVar(&g.node, "node", "", "lab node to ask (lab-node-N)")
-	list.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	addOutputFlag(list, &out, false)
 	cmd.AddCommand(list)
 	return cmd
+}
+
+func renderEndpointList(out io.Writer, eps []api.Endpoint) error {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "POD\tIPv4\tHOST IF\tCONTAINER\tIF")
+	for _, ep := range eps {
+		pod := ep.PodNamespace + "/" + ep.PodName
+		if ep.PodName == "" {
+			pod = "-"
+		}
+		cid := ep.ContainerID
+		if len(cid) > 12 {
+			cid = cid[:12]
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", pod, ep.IP, ep.HostIfName, cid, ep.IfName)
+	}
+	return w.Flush()
 }

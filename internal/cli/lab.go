@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"glia.dev/glia/internal/connectivity"
 	"glia.dev/glia/internal/lab"
 	"glia.dev/glia/internal/lab/noderunner"
 )
@@ -236,15 +239,32 @@ func newLabExecCmd() *cobra.Command {
 }
 
 func newLabOutsideCmd() *cobra.Command {
-	var listen string
+	var listen, connListen string
 	cmd := &cobra.Command{
 		Use:    "_outside-server",
 		Hidden: true,
-		Short:  "The outside world's web server (run by the lab in its outside namespace)",
+		Short:  "The outside world's web server and conn-disrupt server (run by the lab in its outside namespace)",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return lab.ServeOutside(cmd.Context(), listen)
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			errs := make(chan error, 2)
+			go func() { errs <- lab.ServeOutside(ctx, listen) }()
+			n := 1
+			if connListen != "" {
+				n++
+				log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+				go func() { errs <- connectivity.RunConnServer(ctx, log, connListen, "outside") }()
+			}
+			// Either server ending ends both.
+			err := <-errs
+			cancel()
+			for ; n > 1; n-- {
+				err = errors.Join(err, <-errs)
+			}
+			return err
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "198.18.64.10:80", "address to serve on")
+	cmd.Flags().StringVar(&connListen, "conn-disrupt-listen", "", "address of the conn-disrupt server for long-lived connections from pods (none when empty)")
 	return cmd
 }

@@ -1,9 +1,8 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
-	"os"
+	"io"
 	"strings"
 	"text/tabwriter"
 
@@ -17,24 +16,13 @@ import (
 // written from.
 func newPolicyCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "policy", Short: "Inspect the NetworkPolicy a node's agent enforces, and explain verdicts"}
-	var output string
-	asJSON := func(v any) error {
-		e := json.NewEncoder(os.Stdout)
-		e.SetIndent("", "  ")
-		return e.Encode(v)
-	}
+	var out outputFlag
 	client := func() (*api.Client, string, error) {
 		sock, err := g.socketFor()
 		if err != nil {
 			return nil, "", err
 		}
 		return api.NewClient(sock), sock, nil
-	}
-	checkOutput := func() error {
-		if output != "text" && output != "json" && output != "" {
-			return fmt.Errorf("-o %q: use text or json", output)
-		}
-		return nil
 	}
 
 	get := &cobra.Command{
@@ -43,9 +31,6 @@ func newPolicyCmd(g *globals) *cobra.Command {
 		Example: "  glia policy get --node lab-node-2",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkOutput(); err != nil {
-				return err
-			}
 			c, sock, err := client()
 			if err != nil {
 				return err
@@ -54,40 +39,7 @@ func newPolicyCmd(g *globals) *cobra.Command {
 			if err := c.Get(cmd.Context(), api.PathPolicy, &doc); err != nil {
 				return fmt.Errorf("glia-agent at %s: %w", sock, err)
 			}
-			if output == "json" {
-				return asJSON(doc)
-			}
-			fmt.Printf("Node %s: %d NetworkPolicies, %d identities; maps: %d ipcache, %d policy entries\n",
-				doc.Node, len(doc.Policies), doc.Identities, doc.IPCacheEntries, doc.PolicyEntries)
-			for _, p := range doc.Policies {
-				fmt.Printf("\nNetworkPolicy %s  podSelector %s  types %s\n", p.Name, p.PodSelector, strings.Join(p.Types, ","))
-				for _, l := range p.Ingress {
-					fmt.Printf("  ingress: %s\n", l)
-				}
-				for _, l := range p.Egress {
-					fmt.Printf("  egress:  %s\n", l)
-				}
-			}
-			fmt.Println()
-			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "ENDPOINT\tPOD\tIDENTITY\tINGRESS\tEGRESS\tPOLICIES")
-			iso := func(b bool) string {
-				if b {
-					return "isolated"
-				}
-				return "open"
-			}
-			for _, e := range doc.Endpoints {
-				pols := strings.Join(e.Policies, ",")
-				if e.Waiting != "" {
-					pols += " (waiting: " + e.Waiting + ")"
-				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", e.IP, e.Pod, e.Identity, iso(e.Ingress), iso(e.Egress), pols)
-				for _, a := range e.Allows {
-					fmt.Fprintf(w, "\t  allow %s\t%s\t%s\t\t%s\n", a.Direction, a.Peer, a.Port, a.Rule)
-				}
-			}
-			return w.Flush()
+			return out.print(cmd.OutOrStdout(), "PolicyDocument", doc, func(o io.Writer) error { return renderPolicyDoc(o, doc) })
 		},
 	}
 
@@ -97,9 +49,6 @@ func newPolicyCmd(g *globals) *cobra.Command {
 		Example: "  glia policy selectors --node lab-node-2",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkOutput(); err != nil {
-				return err
-			}
 			c, sock, err := client()
 			if err != nil {
 				return err
@@ -108,19 +57,7 @@ func newPolicyCmd(g *globals) *cobra.Command {
 			if err := c.Get(cmd.Context(), api.PathPolicySelectors, &sels); err != nil {
 				return fmt.Errorf("glia-agent at %s: %w", sock, err)
 			}
-			if output == "json" {
-				return asJSON(sels)
-			}
-			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "POLICY\tWHERE\tSELECTOR\tIDENTITIES")
-			for _, s := range sels {
-				ids := strings.Join(s.Identities, ", ")
-				if ids == "" {
-					ids = "(none)"
-				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", s.Policy, s.Where, s.Selector, ids)
-			}
-			return w.Flush()
+			return out.print(cmd.OutOrStdout(), "PolicySelectorList", sels, func(o io.Writer) error { return renderPolicySelectors(o, sels) })
 		},
 	}
 
@@ -137,11 +74,8 @@ is 0 when the connection is allowed and 1 when it is denied.`,
   glia policy trace --node lab-node-1 --from 198.19.1.5 --to 198.19.2.7 --port 53/UDP`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkOutput(); err != nil {
-				return err
-			}
 			if from == "" || to == "" || port == "" {
-				return fmt.Errorf("give --from, --to and --port (e.g. --from curler --to 198.19.2.7 --port 8081/TCP)")
+				return usageErrorf("give --from, --to and --port (e.g. --from curler --to 198.19.2.7 --port 8081/TCP)")
 			}
 			c, sock, err := client()
 			if err != nil {
@@ -151,14 +85,13 @@ is 0 when the connection is allowed and 1 when it is denied.`,
 			if err != nil {
 				return fmt.Errorf("glia-agent at %s: %w", sock, err)
 			}
-			if output == "json" {
-				if err := asJSON(v); err != nil {
-					return err
-				}
-			} else {
+			if err := out.print(cmd.OutOrStdout(), "PolicyTrace", v, func(o io.Writer) error {
 				for _, l := range v.Lines {
-					fmt.Println(l)
+					fmt.Fprintln(o, l)
 				}
+				return nil
+			}); err != nil {
+				return err
 			}
 			if !v.Allowed {
 				cmd.SilenceErrors, cmd.SilenceUsage = true, true
@@ -173,7 +106,7 @@ is 0 when the connection is allowed and 1 when it is denied.`,
 
 	for _, c := range []*cobra.Command{get, selectors, trace} {
 		c.Flags().StringVar(&g.node, "node", "", "lab node to ask (lab-node-N)")
-		c.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+		addOutputFlag(c, &out, false)
 		cmd.AddCommand(c)
 	}
 	return cmd
@@ -182,3 +115,50 @@ is 0 when the connection is allowed and 1 when it is denied.`,
 // errDenied is `glia policy trace`'s verdict DENIED: exit status 1, the
 // explanation already printed.
 var errDenied = fmt.Errorf("the connection is DENIED by network policy")
+
+func renderPolicyDoc(out io.Writer, doc api.PolicyDocument) error {
+	fmt.Fprintf(out, "Node %s: %d NetworkPolicies, %d identities; maps: %d ipcache, %d policy entries\n",
+		doc.Node, len(doc.Policies), doc.Identities, doc.IPCacheEntries, doc.PolicyEntries)
+	for _, p := range doc.Policies {
+		fmt.Fprintf(out, "\nNetworkPolicy %s  podSelector %s  types %s\n", p.Name, p.PodSelector, strings.Join(p.Types, ","))
+		for _, l := range p.Ingress {
+			fmt.Fprintf(out, "  ingress: %s\n", l)
+		}
+		for _, l := range p.Egress {
+			fmt.Fprintf(out, "  egress:  %s\n", l)
+		}
+	}
+	fmt.Fprintln(out)
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "ENDPOINT\tPOD\tIDENTITY\tINGRESS\tEGRESS\tPOLICIES")
+	iso := func(b bool) string {
+		if b {
+			return "isolated"
+		}
+		return "open"
+	}
+	for _, e := range doc.Endpoints {
+		pols := strings.Join(e.Policies, ",")
+		if e.Waiting != "" {
+			pols += " (waiting: " + e.Waiting + ")"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", e.IP, e.Pod, e.Identity, iso(e.Ingress), iso(e.Egress), pols)
+		for _, a := range e.Allows {
+			fmt.Fprintf(w, "\t  allow %s\t%s\t%s\t\t%s\n", a.Direction, a.Peer, a.Port, a.Rule)
+		}
+	}
+	return w.Flush()
+}
+
+func renderPolicySelectors(out io.Writer, sels []api.PolicySelector) error {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "POLICY\tWHERE\tSELECTOR\tIDENTITIES")
+	for _, s := range sels {
+		ids := strings.Join(s.Identities, ", ")
+		if ids == "" {
+			ids = "(none)"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", s.Policy, s.Where, s.Selector, ids)
+	}
+	return w.Flush()
+}

@@ -1,9 +1,8 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
-	"os"
+	"io"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -11,14 +10,17 @@ import (
 	"glia.dev/glia/internal/api"
 )
 
+const kindServiceList = "ServiceList"
+
 func newServiceCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "service", Short: "Inspect the Services a node's agent load-balances"}
-	var output string
+	var out outputFlag
 	list := &cobra.Command{
-		Use:     "list",
-		Short:   "List every Service frontend and its backends, as the node's agent programs them",
-		Example: "  glia service list --node lab-node-2",
-		Args:    cobra.NoArgs,
+		Use:   "list",
+		Short: "List every Service frontend and its backends, as the node's agent programs them",
+		Example: `  glia service list --node lab-node-2
+  glia service list --node lab-node-2 -o yaml`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			sock, err := g.socketFor()
 			if err != nil {
@@ -28,46 +30,45 @@ func newServiceCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("glia-agent at %s: %w", sock, err)
 			}
-			if output == "json" {
-				e := json.NewEncoder(os.Stdout)
-				e.SetIndent("", "  ")
-				return e.Encode(svcs)
-			}
-			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "NAME\tTYPE\tFRONTEND\tNODEPORT\tBACKENDS")
-			for _, s := range svcs {
-				np := "-"
-				if s.NodePort != 0 {
-					np = fmt.Sprint(s.NodePort)
-				}
-				first := true
-				line := func(b string) {
-					if first {
-						fmt.Fprintf(w, "%s\t%s\t%s/%s\t%s\t%s\n", s.Name, s.Type, s.Frontend, s.Protocol, np, b)
-						first = false
-						return
-					}
-					fmt.Fprintf(w, "\t\t\t\t%s\n", b)
-				}
-				if len(s.Backends) == 0 {
-					line("(none: connections are rejected)")
-				}
-				for _, b := range s.Backends {
-					state := "active"
-					switch {
-					case b.Terminating:
-						state = "terminating"
-					case !b.Ready:
-						state = "not ready"
-					}
-					line(fmt.Sprintf("%s (%s, %s)", b.Address, state, b.Node))
-				}
-			}
-			return w.Flush()
+			return out.print(cmd.OutOrStdout(), kindServiceList, svcs, func(w io.Writer) error { return renderServiceList(w, svcs) })
 		},
 	}
 	list.Flags().StringVar(&g.node, "node", "", "lab node to ask (lab-node-N)")
-	list.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	addOutputFlag(list, &out, false)
 	cmd.AddCommand(list)
 	return cmd
+}
+
+func renderServiceList(out io.Writer, svcs []api.Service) error {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "NAME\tTYPE\tFRONTEND\tNODEPORT\tBACKENDS")
+	for _, s := range svcs {
+		np := "-"
+		if s.NodePort != 0 {
+			np = fmt.Sprint(s.NodePort)
+		}
+		first := true
+		line := func(b string) {
+			if first {
+				fmt.Fprintf(w, "%s\t%s\t%s/%s\t%s\t%s\n", s.Name, s.Type, s.Frontend, s.Protocol, np, b)
+				first = false
+				return
+			}
+			fmt.Fprintf(w, "\t\t\t\t%s\n", b)
+		}
+		if len(s.Backends) == 0 {
+			line("(none: connections are rejected)")
+		}
+		for _, b := range s.Backends {
+			state := "active"
+			switch {
+			case b.Terminating:
+				state = "terminating"
+			case !b.Ready:
+				state = "not ready"
+			}
+			line(fmt.Sprintf("%s (%s, %s)", b.Address, state, b.Node))
+		}
+	}
+	return w.Flush()
 }

@@ -186,8 +186,10 @@ func Defaults() *Config {
 
 // Resolve layers the inputs (defaults < flags < ConfigMap < matching node
 // configs by name) and validates every value. All problems are returned at
-// once, joined; the Config is nil when there is any. Warnings report keys
-// set by more than one matching node config.
+// once, joined; the Config is nil when there is any. Warnings report the
+// Cilium keys a source sets that glia ignores (a Cilium key whose value asks
+// for what glia cannot do is an error saying why) and keys set by more
+// than one matching node config.
 func Resolve(in Inputs) (*Config, []Warning, error) {
 	var errs []error
 	c := &Config{values: make(map[string]Value, len(keys))}
@@ -195,13 +197,26 @@ func Resolve(in Inputs) (*Config, []Warning, error) {
 		c.values[k.Name] = Value{Raw: k.Default, Source: Source{Kind: SourceDefault}}
 	}
 
+	// Cilium keys glia does not implement and ignores, by source, in the
+	// order the sources apply.
+	ignored := map[Source][]string{}
+	var sources []Source
 	apply := func(src Source, data map[string]string) map[string]bool {
+		sources = append(sources, src)
 		set := map[string]bool{}
 		for _, name := range sortedKeys(data) {
 			raw := data[name]
 			k, ok := LookupKey(name)
 			if !ok {
-				errs = append(errs, unknownKeyError(name, src))
+				cilium, refusal := lookupCilium(name, raw)
+				switch {
+				case !cilium:
+					errs = append(errs, unknownKeyError(name, src))
+				case refusal != "":
+					errs = append(errs, fmt.Errorf("%s: %q (from %s), a Cilium key glia does not implement: %s", name, raw, src, refusal))
+				default:
+					ignored[src] = append(ignored[src], name)
+				}
 				continue
 			}
 			canon, err := k.check(raw)
@@ -247,6 +262,16 @@ func Resolve(in Inputs) (*Config, []Warning, error) {
 		}
 	}
 	var warnings []Warning
+	for _, src := range sources {
+		if names := ignored[src]; len(names) > 0 {
+			warnings = append(warnings, Warning{
+				Key: strings.Join(names, ","),
+				Message: fmt.Sprintf("%s sets Cilium keys glia does not implement, ignored: %s",
+					src, strings.Join(names, ", ")),
+			})
+			delete(ignored, src) // a source applied twice warns once
+		}
+	}
 	for _, name := range sortedKeys(setBy) {
 		ncs := setBy[name]
 		if len(ncs) < 2 {

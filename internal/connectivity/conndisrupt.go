@@ -42,6 +42,10 @@ type ConnDisruptParams struct {
 	RequestInterval time.Duration
 	StallAfter      time.Duration
 	RequestTimeout  time.Duration
+	// ExternalTargets are conn-disrupt servers outside the cluster that
+	// every client holds connections to as well: the masqueraded flows
+	// of pods to the world.
+	ExternalTargets []ConnTarget
 	// StateDir holds each client's state file, in a directory of its own
 	// (<StateDir>/glia-conn-disrupt-<pod>/state.json).
 	StateDir string
@@ -208,6 +212,9 @@ func ConnDisruptSetup(ctx context.Context, cs kubernetes.Interface, ex Executor,
 			Name: fmt.Sprintf("service %s/%s", ns, NameConnService),
 			Addr: netipJoin(svc.Spec.ClusterIP, cd.Port),
 		})
+		for _, x := range cd.ExternalTargets {
+			cfg.Targets = append(cfg.Targets, ConnTarget{Name: "outside " + x.Name, Addr: x.Addr})
+		}
 		fmt.Fprintf(out, "✨ [%s] Deploying %s on %s (%d targets)...\n", ns, name, n.Name, len(cfg.Targets))
 		pod, err := cs.CoreV1().Pods(ns).Create(ctx, p.connClientPod(n.Name, cfg), metav1.CreateOptions{})
 		if err != nil {

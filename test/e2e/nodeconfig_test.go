@@ -17,7 +17,9 @@ import (
 // and `kubectl logs` say so and why; the switch is previewed, a
 // GliaNodeConfig is applied, one node is labelled and its agent pod
 // deleted; the DaemonSet's new pod runs BPF on that node — only that node —
-// while curl loops, one from a pod on that very node, lose nothing. Then
+// while curl loops, one from a pod on that very node, lose nothing, and
+// the conn-disrupt check finds no interrupted connection. Then the label
+// goes and the node switches back, again interrupting nothing. Then
 // health probing and bad config.
 func TestNodeConfigSwitch(t *testing.T) {
 	l := upLab(t, 3, "--set", "kube-proxy-replacement=true")
@@ -31,7 +33,7 @@ func TestNodeConfigSwitch(t *testing.T) {
 	// kubectl -n glia-system exec -it <agent pod> -- glia status, as in the story.
 	old := l.agentPod(t, "lab-node-2")
 	st := l.Kubectl("-n", "glia-system", "exec", old.Name, "--", "glia", "status")
-	for _, want := range []string{"Host Routing:            Legacy", "Masquerading:            IPTables"} {
+	for _, want := range []string{"Host Routing: Legacy", "Masquerading: IPTables"} {
 		if !strings.Contains(st, want) {
 			t.Errorf("kubectl exec %s -- glia status lacks %q:\n%s", old.Name, want, st)
 		}
@@ -47,7 +49,7 @@ func TestNodeConfigSwitch(t *testing.T) {
 	// The switch is previewed before anyone labels the node.
 	prev := l.Glia("config", "preview", "--node", "lab-node-2", "-f", "../../examples/switch/glia-fix.yaml", "--label", "io.glia.enable-ebpf=true")
 	for _, want := range []string{
-		"Node configs:       glia-system/glia-switch-from-iptables-ebpf",
+		"Node configs: glia-system/glia-switch-from-iptables-ebpf",
 		"Host Routing: Legacy -> BPF",
 		"Masquerading: IPTables -> BPF",
 		// The chart renders every key into glia-config, so the old value's
@@ -60,7 +62,7 @@ func TestNodeConfigSwitch(t *testing.T) {
 		}
 	}
 	// Previewing lab-node-1 (not to be labelled) predicts no change.
-	if p := l.Glia("config", "preview", "--node", "lab-node-1", "-f", "../../examples/switch/glia-fix.yaml"); !strings.Contains(p, "Changes:            none") {
+	if p := l.Glia("config", "preview", "--node", "lab-node-1", "-f", "../../examples/switch/glia-fix.yaml"); !strings.Contains(p, "Changes: none") {
 		t.Errorf("preview of an unlabelled node predicts a change:\n%s", p)
 	}
 
@@ -68,7 +70,7 @@ func TestNodeConfigSwitch(t *testing.T) {
 	// pod — with curl loops (from curler and from a pod on lab-node-2) and
 	// the conn-disrupt check across it.
 	var res, resN2 loopResult
-	line, _ := l.connDisrupt(t, func() {
+	line, ok := l.connDisrupt(t, func() {
 		loop := l.startCurlLoop(t, "curler", 30*time.Second)
 		loopN2 := l.startCurlLoop(t, "curler-n2", 30*time.Second)
 		l.Kubectl("apply", "-f", "../../examples/switch/glia-fix.yaml")
@@ -77,8 +79,12 @@ func TestNodeConfigSwitch(t *testing.T) {
 		l.waitAgentPod(t, "lab-node-2", string(old.UID))
 		res, resN2 = loop(), loopN2()
 	})
-	// What a switch interrupts is reported, to be driven to zero.
-	t.Logf("conn-disrupt across lab-node-2's switch from legacy to BPF: %s", line)
+	// The switch interrupts nothing.
+	if !ok {
+		t.Errorf("conn-disrupt across lab-node-2's switch from legacy to BPF: %s", line)
+	} else {
+		t.Logf("conn-disrupt across lab-node-2's switch from legacy to BPF: %s", line)
+	}
 	for _, r := range []loopResult{res, resN2} {
 		t.Logf("curl loop from %s across lab-node-2's switch to BPF: %s", r.from, r.summary)
 		if r.failed != 0 {
@@ -89,7 +95,7 @@ func TestNodeConfigSwitch(t *testing.T) {
 	// kubectl exec glia status on the new pod: BPF, BPF.
 	cur := l.agentPod(t, "lab-node-2")
 	st = l.Kubectl("-n", "glia-system", "exec", cur.Name, "--", "glia", "status")
-	for _, want := range []string{"Host Routing:            BPF", "Masquerading:            BPF"} {
+	for _, want := range []string{"Host Routing: BPF", "Masquerading: BPF"} {
 		if !strings.Contains(st, want) {
 			t.Errorf("kubectl exec %s -- glia status (the new pod) lacks %q:\n%s", cur.Name, want, st)
 		}
@@ -103,6 +109,21 @@ func TestNodeConfigSwitch(t *testing.T) {
 	if view := l.Glia("config", "view", "--node", "lab-node-2"); !strings.Contains(view, "GliaNodeConfig glia-system/glia-switch-from-iptables-ebpf") {
 		t.Errorf("config view of lab-node-2 does not name the node config:\n%s", view)
 	}
+
+	// And back: the label goes, the node's agent pod is deleted, the new
+	// one runs the legacy datapath again — interrupting nothing either.
+	old = cur
+	line, ok = l.connDisrupt(t, func() {
+		l.Kubectl("label", "node", "lab-node-2", "io.glia.enable-ebpf-")
+		l.Kubectl("-n", "glia-system", "delete", "pod", old.Name)
+		l.waitAgentPod(t, "lab-node-2", string(old.UID))
+	})
+	if !ok {
+		t.Errorf("conn-disrupt across lab-node-2's switch from BPF back to legacy: %s", line)
+	} else {
+		t.Logf("conn-disrupt across lab-node-2's switch from BPF back to legacy: %s", line)
+	}
+	l.checkLegacyNode(t, "lab-node-2")
 	l.CheckConnectivity()
 
 	t.Run("Health", l.checkHealth)
@@ -157,15 +178,15 @@ func (l *Lab) checkHealth(t *testing.T) {
 	var out string
 	eventually(t, 30*time.Second, "3/3 reachable with RTTs", func() error {
 		out = l.Glia("health", "status", "--node", "lab-node-1", "-v")
-		if !strings.Contains(out, "Cluster health:   3/3 reachable") {
+		if !strings.Contains(out, "Cluster health: 3/3 reachable") {
 			return fmt.Errorf("not 3/3:\n%s", out)
 		}
 		return nil
 	})
-	if n := strings.Count(out, "ICMP to stack:   OK, RTT="); n != 6 {
+	if n := strings.Count(out, "ICMP to stack: OK, RTT="); n != 6 {
 		t.Errorf("want 6 ICMP RTTs (3 nodes × host and endpoint), got %d:\n%s", n, out)
 	}
-	if n := strings.Count(out, "HTTP to agent:   OK, RTT="); n != 6 {
+	if n := strings.Count(out, "HTTP to agent: OK, RTT="); n != 6 {
 		t.Errorf("want 6 HTTP RTTs, got %d:\n%s", n, out)
 	}
 	var rep healthReport
@@ -178,7 +199,7 @@ func (l *Lab) checkHealth(t *testing.T) {
 	defer l.Glia("lab", "agent", "start", "lab-node-3")
 	eventually(t, 2*rep.Interval+5*time.Second, "lab-node-3 unreachable over HTTP", func() error {
 		out = l.Glia("health", "status", "--node", "lab-node-1")
-		if !strings.Contains(out, "Cluster health:   2/3 reachable") || !strings.Contains(out, "lab-node-3") || !strings.Contains(out, "HTTP to agent") {
+		if !strings.Contains(out, "Cluster health: 2/3 reachable") || !strings.Contains(out, "lab-node-3") || !strings.Contains(out, "HTTP to agent") {
 			return fmt.Errorf("not reported yet:\n%s", out)
 		}
 		return nil

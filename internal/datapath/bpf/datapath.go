@@ -60,6 +60,11 @@ type Datapath struct {
 	// migrations are what Init did with pinned maps of another layout
 	// or size.
 	migrations []maps.Migration
+
+	// The handover of established flows (handover.go).
+	owners     Owners
+	svcSeeds   map[maps.SvcKey][]svcSeed
+	secondPass bool
 }
 
 var _ datapath.Datapath = (*Datapath)(nil)
@@ -197,6 +202,9 @@ func (d *Datapath) Init(ctx context.Context) (datapath.Host, error) {
 		d.log.Info("Restored services from the pinned maps", "frontends", st.Frontends, "backends", st.Backends,
 			"to-rewrite", st.Rewrite, "stale-slots-removed", st.StaleSlots)
 	}
+	// The handover before anything of this run is attached, and before
+	// a kube-proxy-replacement run's services go.
+	d.handoverBeforeAttach(maps.NewBackends(objs.Maps[maps.NameBackends]))
 	if !d.opts.Modes.KubeProxyReplacement && (st.Frontends > 0 || st.Backends > 0) {
 		// kube-proxy balances Services here: what a kube-proxy-replacement
 		// run wrote goes.
@@ -258,6 +266,7 @@ func (d *Datapath) Init(ctx context.Context) (datapath.Host, error) {
 	if err != nil {
 		return host, fmt.Errorf("finish migrating the pinned maps: %w", err)
 	}
+	d.handoverAfterAttach()
 	d.log.Info("eBPF datapath ready", "device", d.node.Device, "routing-mode", d.opts.Modes.RoutingMode,
 		"host-routing-bpf", d.opts.HostRoutingBPF(), "bpf-masquerade", d.opts.BPFMasquerade(),
 		"kube-proxy-replacement", d.opts.Modes.KubeProxyReplacement, "tcx", d.tcx, "socket-lb-cgroup", map[bool]string{true: d.opts.SocketLBCgroup}[socketLB])

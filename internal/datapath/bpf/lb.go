@@ -43,6 +43,9 @@ func (o serviceOps) Prune(_ context.Context, _ statedb.ReadTxn, svcs iter.Seq2[*
 				}
 			}
 		})
+		if syncErr == nil {
+			d.servicesSynced()
+		}
 		st, err := d.lb.verify()
 		if st.total() > 0 {
 			d.log.Info("Repaired service maps that drifted from the written state",

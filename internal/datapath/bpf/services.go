@@ -64,6 +64,11 @@ type lbWriter struct {
 	held    []backendKey             // references restore holds until the first full sync
 	heldIDs []uint32                 // duplicate backend entries restore found
 
+	// newFrontend, when set, is called just before a frontend's entry is
+	// written for the first time, its backends' entries in place: the
+	// handover seeds the flows kube-proxy balanced to it (handover.go).
+	newFrontend func(k maps.SvcKey, val maps.SvcValue)
+
 	ops lbOps
 }
 
@@ -582,6 +587,9 @@ func (w *lbWriter) writeFrontend(k maps.SvcKey, f frontend, fe *feState) (val ma
 				return fail(err)
 			}
 		}
+	}
+	if fe == nil && w.newFrontend != nil {
+		w.newFrontend(k, val)
 	}
 	w.ops.Writes++
 	if err := w.services.Update(k, val); err != nil {

@@ -127,6 +127,11 @@ func (k *kubeProxy) reconcile(ctx context.Context) {
 	}
 	replaced := s.KubeProxyReplacement.Enabled
 	running := k.st.Running()
+	if replaced && running && !s.Ready {
+		// kube-proxy goes only once the agent replacing it programmed
+		// the Services: until then new connections need its rules.
+		return
+	}
 	switch {
 	case !replaced && !running:
 		if err := k.start(ctx); err != nil {
