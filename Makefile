@@ -25,7 +25,7 @@ GLIA_LDFLAGS = -X glia.dev/glia/internal/version.version=$(GLIA_VERSION) -X glia
 # deploy/ whole: the binaries embed the Helm chart (templates, schema, NOTES).
 GO_SOURCES := $(shell find cmd internal bpf -type f \( -name '*.go' -o -name '*.o' -o -name '*.yaml' \) 2>/dev/null) $(shell find deploy -type f) go.mod go.sum
 
-.PHONY: all deps build old-glia image lab lab-down test test-unit test-e2e fuzz generate clean
+.PHONY: all deps build old-glia image lab lab-down test test-unit test-e2e fuzz generate clean e2e-bin
 
 all: build
 
@@ -58,6 +58,24 @@ $(BIN)/coredns:
 	@mkdir -p $(BIN)
 	@echo "==> building coredns $(COREDNS_VERSION); ~2 min cold"
 	@GOBIN=$(BIN) $(GO) install github.com/coredns/coredns@$(COREDNS_VERSION)
+
+# The upstream Kubernetes e2e suite's own programs, from the same module (not
+# part of build): agnhost, the suite's test image program (the lab's image
+# catalog runs bin/agnhost for registry.k8s.io/e2e-test-images/agnhost), and
+# the suite itself, bin/e2e.test (run it against the lab with
+# --provider=skeleton --kubeconfig /run/glia-lab/kubeconfig). Cold on 2 idle
+# cores: agnhost about 4 minutes, e2e.test about 8.5; warm, under a minute.
+e2e-bin: $(BIN)/agnhost $(BIN)/e2e.test
+
+$(BIN)/agnhost: k8s/go.mod k8s/go.sum
+	@mkdir -p $(BIN)
+	@echo "==> building agnhost $(K8S_VERSION); ~4 min cold"
+	@cd k8s && $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/agnhost k8s.io/kubernetes/test/images/agnhost
+
+$(BIN)/e2e.test: k8s/go.mod k8s/go.sum k8s/tools.go
+	@mkdir -p $(BIN)
+	@echo "==> building the upstream e2e suite $(K8S_VERSION) (bin/e2e.test); ~8.5 min cold"
+	@cd k8s && $(GO) test -c -trimpath -ldflags '$(K8S_LDFLAGS)' -o $(BIN)/e2e.test k8s.io/kubernetes/test/e2e
 
 # The OCI image glia (not part of build): glia, glia-agent and glia-cni built
 # static and reproducibly, with this host's iptables/nftables userspace and
@@ -132,7 +150,8 @@ fuzz:
 
 # Regenerate the BPF objects (needs clang-19); the results are committed.
 generate:
-	@$(GO) generate ./internal/datapath/bpf/
+	@scripts/deps.sh generate
+	@$(GO) generate ./internal/datapath/bpf/ ./internal/datapath/policydp/
 
 clean:
 	rm -rf $(BIN)

@@ -6,13 +6,16 @@
  * routes; a connection straight to a pod's address forgets the closing
  * Service flow whose tuple it reuses. Replies it translated are forwarded
  * by the programs whatever the host routing mode (their source can be the
- * node's own address, a martian to the stack). */
+ * node's own address, a martian to the stack). Network policy: the pod's
+ * egress, on the backend a Service flow got (lib/policy.h), and with BPF
+ * host routing the ingress of a local pod it redirects to. */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/pkt.h"
 #include "lib/nat.h"
 #include "lib/lb.h"
 #include "lib/route.h"
+#include "lib/policy.h"
 
 SEC("tc")
 int from_container(struct __sk_buff *ctx)
@@ -56,6 +59,10 @@ int from_container(struct __sk_buff *ctx)
 				return route_direct(ctx, &p);
 		}
 	}
+	if (policy_check(ctx, &p, POL_EGRESS, policy_defer(&p, cfg_has(CFG_KPR))) < 0)
+		return policy_drop(ctx, POL_EGRESS);
+	if (cfg_has(CFG_HOST_ROUTING) && is_local_endpoint(p.daddr) && policy_check(ctx, &p, POL_INGRESS, 0) < 0)
+		return policy_drop(ctx, POL_INGRESS);
 	return route(ctx, &p);
 }
 

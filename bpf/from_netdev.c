@@ -5,13 +5,16 @@
  * DNAT of replies from remote backends, and delivers to local pods (with
  * BPF host routing; else the stack does). Translated packets are always
  * forwarded by the programs: after NodePort SNAT their source is the
- * node's own address, which the stack would drop as a martian. */
+ * node's own address, which the stack would drop as a martian. Network
+ * policy: the ingress of a local pod it delivers to (replies it
+ * translated are replies, allowed). */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/pkt.h"
 #include "lib/nat.h"
 #include "lib/lb.h"
 #include "lib/route.h"
+#include "lib/policy.h"
 
 SEC("tc")
 int from_netdev(struct __sk_buff *ctx)
@@ -40,6 +43,8 @@ int from_netdev(struct __sk_buff *ctx)
 				r = lb_forward(ctx, &p, svc, LB_NODEPORT);
 				if (r != LB_CONTINUE)
 					return r;
+				if (is_local_endpoint(p.daddr) && policy_check(ctx, &p, POL_INGRESS, 0) < 0)
+					return policy_drop(ctx, POL_INGRESS);
 				return route_direct(ctx, &p);
 			}
 		}
@@ -57,8 +62,11 @@ int from_netdev(struct __sk_buff *ctx)
 	if (cfg_has(CFG_HOST_ROUTING)) {
 		ek.addr = p.daddr;
 		ep = bpf_map_lookup_elem(&glia_endpoints, &ek);
-		if (ep)
+		if (ep) {
+			if (policy_check(ctx, &p, POL_INGRESS, 0) < 0)
+				return policy_drop(ctx, POL_INGRESS);
 			return redirect_endpoint(ctx, ep);
+		}
 	}
 	count(ctx, METRIC_FORWARD);
 	return TC_ACT_OK;

@@ -1,12 +1,15 @@
 //go:build ignore
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* to_netdev: egress of the node's device (BPF masquerade) and of the VXLAN
- * device (tunnel key for packets the stack routed there). */
+ * device (tunnel key for packets the stack routed there). Network policy:
+ * the egress of a pod's Service flow kube-proxy translated to a backend
+ * on another node (lib/policy.h). */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/pkt.h"
 #include "lib/nat.h"
 #include "lib/route.h"
+#include "lib/policy.h"
 
 static __always_inline int needs_masquerade(__be32 saddr, __be32 daddr)
 {
@@ -46,6 +49,8 @@ int to_netdev(struct __sk_buff *ctx)
 	int r;
 
 	r = parse(ctx, &p);
+	if (r == PARSE_OK && policy_deferred(ctx, &p) < 0)
+		return policy_drop(ctx, POL_EGRESS);
 	if (cfg_has(CFG_TUNNEL) && cfg_vxlan_ifindex && ctx->ifindex == cfg_vxlan_ifindex)
 		return to_tunnel(ctx, &p, r);
 	if (r == PARSE_NOT_IPV4)

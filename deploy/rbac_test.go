@@ -19,6 +19,8 @@ var (
 		{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch"}},
 		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"list", "watch"}},
 		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
+		{APIGroups: []string{""}, Resources: []string{"pods", "namespaces"}, Verbs: []string{"list", "watch"}},
+		{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"networkpolicies"}, Verbs: []string{"list", "watch"}},
 	}
 	wantNamespaceRules = []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{"glia-config"}, Verbs: []string{"get"}},
@@ -87,6 +89,11 @@ func TestRBAC(t *testing.T) {
 		{"update", "apps", "daemonsets", "glia"},
 		{"create", "glia.dev", "glianodeconfigs", ""},
 		{"create", "", "serviceaccounts/token", "glia"},
+		{"get", "", "pods", "any"}, // list and watch only: the informer's
+		{"create", "networking.k8s.io", "networkpolicies", ""},
+		{"update", "networking.k8s.io", "networkpolicies", "any"},
+		{"delete", "networking.k8s.io", "networkpolicies", "any"},
+		{"update", "", "namespaces", "any"},
 	} {
 		if allows(all, tc.verb, tc.group, tc.resource, tc.name) {
 			t.Errorf("the agent may %s %s %q (group %q): it must not", tc.verb, tc.resource, tc.name, tc.group)

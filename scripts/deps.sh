@@ -3,6 +3,10 @@
 # missing (so a warm machine spends no time here). Needs root.
 set -euo pipefail
 pkgs=(etcd-server iptables nftables iproute2 util-linux curl ca-certificates bpftool iperf3 wrk)
+# `scripts/deps.sh generate` (make generate): the BPF compiler too.
+if [ "${1:-}" = generate ]; then
+  pkgs+=(clang-19 llvm-19)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -31,6 +31,7 @@ import (
 	"glia.dev/glia/internal/datapath"
 	bpfdp "glia.dev/glia/internal/datapath/bpf"
 	"glia.dev/glia/internal/datapath/legacy"
+	"glia.dev/glia/internal/datapath/policydp"
 	"glia.dev/glia/internal/datapath/probe"
 	"glia.dev/glia/internal/endpoint"
 	"glia.dev/glia/internal/health"
@@ -38,6 +39,7 @@ import (
 	"glia.dev/glia/internal/k8s"
 	"glia.dev/glia/internal/maps"
 	"glia.dev/glia/internal/metrics"
+	"glia.dev/glia/internal/policy"
 	"glia.dev/glia/internal/reconcile"
 	"glia.dev/glia/internal/state"
 )
@@ -89,6 +91,11 @@ type Agent struct {
 	eps        *endpoint.Manager
 	watcher    *k8s.Watcher
 	ctrl       *controllers
+
+	// Network policy (policy.go).
+	policyDP  *policydp.Unit
+	policyCtl *policy.Controller
+	policyOn  atomic.Bool // enforcement on
 
 	repairsMu sync.Mutex
 	repairs   map[string]uint64
@@ -214,6 +221,11 @@ func (a *Agent) start(ctx context.Context) error {
 		return err
 	}
 	a.dpStateDir = opts.StateDir
+	// Network policy's maps before the datapath: its programs share them.
+	if err := a.startPolicyDatapath(r); err != nil {
+		return err
+	}
+	opts.PolicyMaps = a.policyDP.Maps()
 	if a.dp, err = newDatapath(a.log, a.node, opts); err != nil {
 		return err
 	}
@@ -235,11 +247,14 @@ func (a *Agent) start(ctx context.Context) error {
 		return err
 	}
 	epWriter := reconcile.NewEndpoints(a.tables)
+	a.policyCtl = policy.NewController(a.log, a.tables, node.Name,
+		policy.Limits{IPCache: a.policyDP.MaxEntries(), Policies: a.policyDP.MaxEntries()})
+	epWriter.Policy = a.waitEndpointPolicy
 	if a.eps, err = endpoint.NewManager(a.log, endpoint.Config{StateDir: a.cfg.StateDir, PodCIDR: local.PodCIDR, MTU: mtu}, a.alloc, epWriter); err != nil {
 		return err
 	}
 	a.watcher = k8s.NewWatcher(a.log, a.clients, a.tables, k8s.WatcherConfig{LocalNode: node.Name,
-		Services: a.modes.KubeProxyReplacement, ServiceCIDR: r.ServiceCIDR}, a.apiHealth)
+		Services: a.modes.KubeProxyReplacement, ServiceCIDR: r.ServiceCIDR, Policy: true}, a.apiHealth)
 
 	host, err := a.initDatapath(ctx)
 	if err != nil {
@@ -313,6 +328,9 @@ func (a *Agent) specs(ops kernelOps) []reconcile.Spec {
 	if ops.programs != nil {
 		specs = append(specs, reconcile.For(datapath.ReconcilerPrograms, t.Programs, ops.programs, a.periods[datapath.ReconcilerPrograms]))
 	}
+	if a.policyDP != nil {
+		specs = append(specs, a.policySpecs()...)
+	}
 	return specs
 }
 
@@ -374,6 +392,7 @@ func (a *Agent) run(ctx context.Context) error {
 		return err
 	}
 	defer a.watcher.Stop()
+	a.runPolicy(ctx)
 	go k8s.Heartbeat(ctx, a.log, a.clients.Kube.Discovery(), a.apiHealth, apiHeartbeat)
 	if err := a.startObservability(ctx, a.conf.Typed()); err != nil {
 		return err
@@ -414,7 +433,7 @@ func (a *Agent) run(ctx context.Context) error {
 		case <-ctx.Done():
 			a.log.Info("glia-agent stopping; the datapath keeps carrying traffic")
 			a.uninstallIfRemoved()
-			return errors.Join(a.dp.Close())
+			return errors.Join(a.dp.Close(), a.policyDP.Close())
 		case err := <-errc:
 			if errors.Is(err, http.ErrServerClosed) {
 				return nil

@@ -110,6 +110,7 @@ func (a *Agent) updateMetrics() {
 	for _, s := range a.recs.Load().Summaries() {
 		m.SetReconcileObjects(s.Name, s.Done, s.Pending, s.Errors)
 	}
+	a.updatePolicyMetrics()
 	if a.bpfMetrics == nil {
 		return
 	}
@@ -142,6 +143,9 @@ func (a *Agent) apiHandler() http.Handler {
 	mux.HandleFunc(api.PathHealth, a.serveHealth)
 	mux.HandleFunc(api.PathConfig, a.serveConfig)
 	mux.HandleFunc(api.PathServices, a.serveServices)
+	mux.HandleFunc(api.PathPolicy, a.servePolicy)
+	mux.HandleFunc(api.PathPolicySelectors, a.servePolicySelectors)
+	mux.HandleFunc(api.PathPolicyTrace, a.servePolicyTrace)
 	mux.Handle("/", api.NewHandler(a.log, a.eps, func(ctx context.Context) (any, error) { return a.status(), nil }))
 	return mux
 }
@@ -175,6 +179,7 @@ func (a *Agent) status() *api.Status {
 	if a.watcher != nil {
 		s.ServicesOutsideCIDR = a.watcher.OutsideServiceCIDR()
 	}
+	s.Policy = a.policyStatus()
 	s.Controllers = a.ctrl.list()
 	s.Reconcilers = a.reconcilerStatus()
 	if a.prober != nil {

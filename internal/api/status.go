@@ -19,6 +19,7 @@ type Status struct {
 	HostRouting          HostRoutingStatus          `json:"hostRouting"`
 	Masquerading         MasqueradingStatus         `json:"masquerading"`
 	Routing              RoutingStatus              `json:"routing"`
+	Policy               PolicyStatus               `json:"policy"`
 	IPAM                 IPAMStatus                 `json:"ipam"`
 	// ConfigSources lists every effective config key with the source that
 	// set it, sorted by key.
@@ -180,4 +181,21 @@ type ClusterHealthStatus struct {
 	Total       int       `json:"total"`
 	ProbeTime   time.Time `json:"probeTime"`
 	Unreachable []string  `json:"unreachable,omitempty"` // node names
+}
+
+// PolicyStatus is network policy on the node.
+type PolicyStatus struct {
+	// State is "Enabled" once the node's policy is computed and in the
+	// maps, "Starting" before, or "Error: " and why (the maps cannot hold
+	// it: isolated endpoints then deny everything).
+	State string `json:"state"`
+	// Isolated counts the local endpoints some NetworkPolicy isolates, of
+	// Endpoints.
+	Isolated   int `json:"isolated"`
+	Endpoints  int `json:"endpoints"`
+	Policies   int `json:"policies"`   // NetworkPolicies in the cluster
+	Identities int `json:"identities"` // security identities
+	// DeniedIngress, DeniedEgress count the packets denied on this node.
+	DeniedIngress uint64 `json:"deniedIngress"`
+	DeniedEgress  uint64 `json:"deniedEgress"`
 }

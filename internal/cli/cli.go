@@ -52,7 +52,7 @@ codes: 0 success, 1 what was asked failed, 2 the command line is wrong.`,
 	}
 	root.PersistentFlags().StringVar(&g.socket, "socket", "", "glia-agent API socket (default: the lab node's socket with --node, else /var/run/glia/glia.sock)")
 	root.AddCommand(newStatusCmd(g), newLabCmd(), newEndpointCmd(g), newHealthCmd(g), newBPFCmd(g), newConfigCmd(g),
-		newConnectivityCmd(g), newServiceCmd(g), newBenchCmd(), newVersionCmd())
+		newConnectivityCmd(g), newServiceCmd(g), newPolicyCmd(g), newBenchCmd(), newVersionCmd())
 	markUsageErrors(root)
 	return root
 }

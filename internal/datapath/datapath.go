@@ -20,6 +20,7 @@ import (
 	"context"
 	"net/netip"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/statedb/reconciler"
 
 	"glia.dev/glia/internal/config"
@@ -60,6 +61,9 @@ type Options struct {
 	// replacement. Only sockets of the node's network namespace are
 	// touched. "" = off.
 	SocketLBCgroup string
+	// PolicyMaps are network policy's maps (package policydp), which the
+	// eBPF datapath's programs share; nil: none (tests).
+	PolicyMaps map[string]*ebpf.Map
 	// Drift is told of every kernel object a refresh or a prune found
 	// different from the desired state (and repaired): the reconciler's
 	// name, the object, and what was wrong. nil: not recorded.

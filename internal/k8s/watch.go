@@ -50,6 +50,7 @@ type Watcher struct {
 	poke    chan struct{}
 
 	initNodes, initServices func(statedb.WriteTxn)
+	initPolicy              func(statedb.WriteTxn) // network policy's tables (policy.go)
 	handlers                []cache.ResourceEventHandlerRegistration
 }
 
@@ -58,6 +59,9 @@ type WatcherConfig struct {
 	LocalNode string
 	// Services watches Services and EndpointSlices (kube-proxy replacement).
 	Services bool
+	// Policy watches Pods, Namespaces and NetworkPolicies, cluster-wide,
+	// for network policy (policy.go).
+	Policy bool
 	// ServiceCIDR is the cluster's Service range (config key
 	// service-cidr): a ClusterIP outside it is programmed all the same,
 	// and named in a warning and in `glia status`.
@@ -111,6 +115,9 @@ func NewWatcher(log *slog.Logger, c *Clients, tables *state.Tables, cfg WatcherC
 			},
 			DeleteFunc: func(o any) { w.markService(sliceServiceName(o)) },
 		})
+	}
+	if cfg.Policy {
+		w.watchPolicy()
 	}
 	return w
 }
@@ -217,8 +224,11 @@ func (w *Watcher) Start(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("informer handlers did not sync: %w", ctx.Err())
 	}
-	txn := w.tables.DB.WriteTxn(w.tables.Nodes)
+	txn := w.tables.DB.WriteTxn(w.tables.Nodes, w.tables.Pods, w.tables.Namespaces, w.tables.NetworkPolicies)
 	w.initNodes(txn)
+	if w.initPolicy != nil {
+		w.initPolicy(txn)
+	}
 	txn.Commit()
 	if w.services != nil {
 		w.syncServices()

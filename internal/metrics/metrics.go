@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -216,7 +217,19 @@ func (m *Metrics) SetServices(n int) {
 // reset, which is what happens when the map was recreated.
 func (m *Metrics) SetDrops(reason string, total uint64) {
 	if m != nil {
-		m.counters.set(&m.counters.drops, reason, total)
+		m.counters.set(&m.counters.drops, reason+"\x00", total)
+	}
+}
+
+// ReasonPolicyDenied is the drop reason of network policy.
+const ReasonPolicyDenied = "policy-denied"
+
+// SetPolicyDrops sets glia_drops_total{reason="policy-denied",direction}
+// (direction "ingress" or "egress", relative to the pod whose policy
+// denied) to an absolute count.
+func (m *Metrics) SetPolicyDrops(direction string, total uint64) {
+	if m != nil {
+		m.counters.set(&m.counters.drops, ReasonPolicyDenied+"\x00"+direction, total)
 	}
 }
 
@@ -359,7 +372,7 @@ type datapathCounters struct {
 
 func newDatapathCounters() *datapathCounters {
 	return &datapathCounters{
-		dropsDesc:   prometheus.NewDesc(NameDropsTotal, "Packets dropped by the datapath, by reason.", []string{"reason"}, nil),
+		dropsDesc:   prometheus.NewDesc(NameDropsTotal, "Packets dropped by the datapath, by reason (and direction, for policy-denied).", []string{"reason", "direction"}, nil),
 		packetsDesc: prometheus.NewDesc(NameForwardedPackets, "Packets forwarded by the datapath, by direction.", []string{"direction"}, nil),
 		bytesDesc:   prometheus.NewDesc(NameForwardedBytes, "Bytes forwarded by the datapath, by direction.", []string{"direction"}, nil),
 		drops:       map[string]uint64{},
@@ -393,6 +406,12 @@ func (d *datapathCounters) Collect(ch chan<- prometheus.Metric) {
 		}
 		sort.Strings(labels)
 		for _, l := range labels {
+			if s.desc == d.dropsDesc {
+				// "reason\x00direction"
+				reason, dir, _ := strings.Cut(l, "\x00")
+				ch <- prometheus.MustNewConstMetric(s.desc, prometheus.CounterValue, float64(s.vals[l]), reason, dir)
+				continue
+			}
 			ch <- prometheus.MustNewConstMetric(s.desc, prometheus.CounterValue, float64(s.vals[l]), l)
 		}
 	}

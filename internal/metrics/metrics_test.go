@@ -20,9 +20,9 @@ func TestScrape(t *testing.T) {
 	m := New()
 	m.SetEndpoints(7)
 	m.SetServices(3)
-	m.SetDrops("policy-denied", 12)
+	m.SetPolicyDrops("ingress", 12)
 	m.SetDrops("no-route", 1)
-	m.SetDrops("policy-denied", 15) // absolute: replaces 12
+	m.SetPolicyDrops("ingress", 15) // absolute: replaces 12
 	m.SetForwarded(DirectionIngress, 100, 64000)
 	m.SetForwarded(DirectionEgress, 90, 5000)
 	m.ObserveRTT("lab-node-1", "host", "icmp", 250*time.Microsecond, true)
@@ -53,10 +53,10 @@ glia_endpoints 7
 # HELP glia_services Number of services programmed into the datapath.
 # TYPE glia_services gauge
 glia_services 3
-# HELP glia_drops_total Packets dropped by the datapath, by reason.
+# HELP glia_drops_total Packets dropped by the datapath, by reason (and direction, for policy-denied).
 # TYPE glia_drops_total counter
-glia_drops_total{reason="no-route"} 1
-glia_drops_total{reason="policy-denied"} 15
+glia_drops_total{direction="",reason="no-route"} 1
+glia_drops_total{direction="ingress",reason="policy-denied"} 15
 # HELP glia_forwarded_packets_total Packets forwarded by the datapath, by direction.
 # TYPE glia_forwarded_packets_total counter
 glia_forwarded_packets_total{direction="egress"} 90

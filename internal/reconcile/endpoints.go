@@ -19,6 +19,9 @@ type Endpoints struct {
 	tables  *state.Tables
 	set     *Set
 	restore func(statedb.WriteTxn)
+	// Policy, when set, is waited for after an endpoint is programmed:
+	// its network policy in place (the agent's).
+	Policy func(context.Context, *state.Endpoint) error
 }
 
 // NewEndpoints registers the restore as what initialises the endpoints
@@ -45,7 +48,13 @@ func (e *Endpoints) Program(ctx context.Context, ep *state.Endpoint) error {
 		return fmt.Errorf("endpoint %s: %w", ep.Attachment, err)
 	}
 	txn.Commit()
-	return WaitDone(ctx, e.tables.DB, e.tables.Endpoints, state.EndpointByAttachment.Query(ep.Attachment), ep.Status.ID)
+	if err := WaitDone(ctx, e.tables.DB, e.tables.Endpoints, state.EndpointByAttachment.Query(ep.Attachment), ep.Status.ID); err != nil {
+		return err
+	}
+	if e.Policy != nil {
+		return e.Policy(ctx, ep)
+	}
+	return nil
 }
 
 // Remove implements endpoint.Datapath.

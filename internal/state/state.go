@@ -34,6 +34,13 @@ const (
 	TableMasquerade = "masquerade"
 	TablePrograms   = "programs"
 	TableDecision   = "decision"
+
+	TablePods             = "pods"
+	TableNamespaces       = "namespaces"
+	TableNetworkPolicies  = "network-policies"
+	TableIPIdentities     = "ip-identities"
+	TablePolicyEntries    = "policy-entries"
+	TableEndpointPolicies = "endpoint-policies"
 )
 
 // Tables is the desired-state database and its tables.
@@ -46,6 +53,15 @@ type Tables struct {
 	Masquerade statedb.RWTable[*MasqueradeRule]
 	Programs   statedb.RWTable[*Program]
 	Decision   statedb.RWTable[*Decision]
+
+	// Network policy: the inputs (from Kubernetes, cluster-wide) and what
+	// package policy computes from them for this node (reconciled).
+	Pods             statedb.RWTable[*Pod]
+	Namespaces       statedb.RWTable[*Namespace]
+	NetworkPolicies  statedb.RWTable[*NetworkPolicy]
+	IPIdentities     statedb.RWTable[*IPIdentity]
+	PolicyEntries    statedb.RWTable[*PolicyEntry]
+	EndpointPolicies statedb.RWTable[*EndpointPolicy]
 }
 
 // New creates the database with every table. Start it with
@@ -74,6 +90,24 @@ func New() (*Tables, error) {
 	}
 	if t.Decision, err = statedb.NewTable(db, TableDecision, DecisionByNode); err != nil {
 		return nil, fmt.Errorf("table %s: %w", TableDecision, err)
+	}
+	if t.Pods, err = statedb.NewTable(db, TablePods, PodByName); err != nil {
+		return nil, fmt.Errorf("table %s: %w", TablePods, err)
+	}
+	if t.Namespaces, err = statedb.NewTable(db, TableNamespaces, NamespaceByName); err != nil {
+		return nil, fmt.Errorf("table %s: %w", TableNamespaces, err)
+	}
+	if t.NetworkPolicies, err = statedb.NewTable(db, TableNetworkPolicies, PolicyByName); err != nil {
+		return nil, fmt.Errorf("table %s: %w", TableNetworkPolicies, err)
+	}
+	if t.IPIdentities, err = statedb.NewTable(db, TableIPIdentities, IPIdentityByPrefix); err != nil {
+		return nil, fmt.Errorf("table %s: %w", TableIPIdentities, err)
+	}
+	if t.PolicyEntries, err = statedb.NewTable(db, TablePolicyEntries, PolicyEntryByKey); err != nil {
+		return nil, fmt.Errorf("table %s: %w", TablePolicyEntries, err)
+	}
+	if t.EndpointPolicies, err = statedb.NewTable(db, TableEndpointPolicies, EndpointPolicyByIP); err != nil {
+		return nil, fmt.Errorf("table %s: %w", TableEndpointPolicies, err)
 	}
 	return t, nil
 }

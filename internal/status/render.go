@@ -39,6 +39,7 @@ func Render(w io.Writer, s *api.Status, verbose bool) error {
 	r.routing()
 	r.hostRouting()
 	r.masquerading()
+	r.policy()
 	r.mapMigrations()
 	r.reconcilers()
 	r.controllers()
@@ -205,6 +206,17 @@ func (r *renderer) masquerading() {
 	default:
 		r.line("Masquerading:", orUnknown(m.Mode))
 	}
+}
+
+// policy is the network policy line: whether the node enforces, and how
+// many of its endpoints some NetworkPolicy isolates.
+func (r *renderer) policy() {
+	p := r.s.Policy
+	if p.State == "" {
+		return
+	}
+	r.line("Policy enforcement:", p.State, fmt.Sprintf("[eBPF; %d/%d endpoints isolated, %d NetworkPolicies, %d identities; denied %d ingress, %d egress]",
+		p.Isolated, p.Endpoints, p.Policies, p.Identities, p.DeniedIngress, p.DeniedEgress))
 }
 
 // mapMigrations writes what the agent did at start with pinned maps of

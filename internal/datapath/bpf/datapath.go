@@ -149,7 +149,7 @@ func (d *Datapath) Init(ctx context.Context) (datapath.Host, error) {
 	cfg := Config{
 		NodeIP: d.node.IP, PodCIDR: d.node.PodCIDR, ClusterCIDR: d.node.ClusterCIDR,
 		NodeMAC: dev.Attrs().HardwareAddr, NodeIfIndex: uint32(d.devIndex), Flags: d.flags(),
-		MaxEntries: MaxEntries(d.opts.MapSizes),
+		MaxEntries: MaxEntries(d.opts.MapSizes), SharedMaps: d.opts.PolicyMaps,
 	}
 	socketLB := d.opts.SocketLBCgroup != "" && d.opts.Modes.KubeProxyReplacement
 	if d.opts.SocketLBCgroup != "" && !socketLB {

@@ -61,6 +61,30 @@ type FromContainerEndpointKey struct {
 	Addr uint32
 }
 
+type FromContainerEpPolicy struct {
+	_      structs.HostLayout
+	Policy uint16
+	Flags  uint16
+	Pad    uint32
+}
+
+type FromContainerEpPolicyKey struct {
+	_    structs.HostLayout
+	Addr uint32
+}
+
+type FromContainerIpcacheKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      [4]uint8
+}
+
+type FromContainerIpcacheValue struct {
+	_        structs.HostLayout
+	Identity uint32
+	Flags    uint32
+}
+
 type FromContainerMetricValue struct {
 	_       structs.HostLayout
 	Packets uint64
@@ -83,6 +107,51 @@ type FromContainerNodeKey struct {
 type FromContainerNodeValue struct {
 	_     structs.HostLayout
 	Flags uint32
+}
+
+type FromContainerPolCt struct {
+	_        structs.HostLayout
+	LastSeen uint64
+	Revision uint32
+	Flags    uint16
+	Pad      uint16
+}
+
+type FromContainerPolTuple struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Dir   uint8
+	Pad   uint16
+}
+
+type FromContainerPolicyCount struct {
+	_       structs.HostLayout
+	Packets uint64
+	Bytes   uint64
+}
+
+type FromContainerPolicyKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Data      [10]uint8
+	Pad       uint16
+}
+
+type FromContainerPolicyState struct {
+	_        structs.HostLayout
+	Revision uint32
+	Flags    uint32
+	SvcNet   uint32
+	SvcMask  uint32
+}
+
+type FromContainerPolicyValue struct {
+	_    structs.HostLayout
+	Rule uint32
 }
 
 type FromContainerSlotKey struct {
@@ -153,10 +222,16 @@ const (
 	FromContainerMapGliaBackends    = "glia_backends"
 	FromContainerMapGliaCt          = "glia_ct"
 	FromContainerMapGliaEndpoints   = "glia_endpoints"
+	FromContainerMapGliaEpPolicy    = "glia_ep_policy"
+	FromContainerMapGliaIpcache     = "glia_ipcache"
 	FromContainerMapGliaMaglev      = "glia_maglev"
 	FromContainerMapGliaMetrics     = "glia_metrics"
 	FromContainerMapGliaNat         = "glia_nat"
 	FromContainerMapGliaNodeIps     = "glia_node_ips"
+	FromContainerMapGliaPolicy      = "glia_policy"
+	FromContainerMapGliaPolicyCt    = "glia_policy_ct"
+	FromContainerMapGliaPolicyDrops = "glia_policy_drops"
+	FromContainerMapGliaPolicyState = "glia_policy_state"
 	FromContainerMapGliaServices    = "glia_services"
 	FromContainerMapGliaSockRevnat  = "glia_sock_revnat"
 	FromContainerMapGliaSvcSlots    = "glia_svc_slots"
@@ -222,18 +297,24 @@ type FromContainerProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type FromContainerMapSpecs struct {
-	GliaAffinity   *ebpf.MapSpec `ebpf:"glia_affinity"`
-	GliaBackends   *ebpf.MapSpec `ebpf:"glia_backends"`
-	GliaCt         *ebpf.MapSpec `ebpf:"glia_ct"`
-	GliaEndpoints  *ebpf.MapSpec `ebpf:"glia_endpoints"`
-	GliaMaglev     *ebpf.MapSpec `ebpf:"glia_maglev"`
-	GliaMetrics    *ebpf.MapSpec `ebpf:"glia_metrics"`
-	GliaNat        *ebpf.MapSpec `ebpf:"glia_nat"`
-	GliaNodeIps    *ebpf.MapSpec `ebpf:"glia_node_ips"`
-	GliaServices   *ebpf.MapSpec `ebpf:"glia_services"`
-	GliaSockRevnat *ebpf.MapSpec `ebpf:"glia_sock_revnat"`
-	GliaSvcSlots   *ebpf.MapSpec `ebpf:"glia_svc_slots"`
-	GliaTunnel     *ebpf.MapSpec `ebpf:"glia_tunnel"`
+	GliaAffinity    *ebpf.MapSpec `ebpf:"glia_affinity"`
+	GliaBackends    *ebpf.MapSpec `ebpf:"glia_backends"`
+	GliaCt          *ebpf.MapSpec `ebpf:"glia_ct"`
+	GliaEndpoints   *ebpf.MapSpec `ebpf:"glia_endpoints"`
+	GliaEpPolicy    *ebpf.MapSpec `ebpf:"glia_ep_policy"`
+	GliaIpcache     *ebpf.MapSpec `ebpf:"glia_ipcache"`
+	GliaMaglev      *ebpf.MapSpec `ebpf:"glia_maglev"`
+	GliaMetrics     *ebpf.MapSpec `ebpf:"glia_metrics"`
+	GliaNat         *ebpf.MapSpec `ebpf:"glia_nat"`
+	GliaNodeIps     *ebpf.MapSpec `ebpf:"glia_node_ips"`
+	GliaPolicy      *ebpf.MapSpec `ebpf:"glia_policy"`
+	GliaPolicyCt    *ebpf.MapSpec `ebpf:"glia_policy_ct"`
+	GliaPolicyDrops *ebpf.MapSpec `ebpf:"glia_policy_drops"`
+	GliaPolicyState *ebpf.MapSpec `ebpf:"glia_policy_state"`
+	GliaServices    *ebpf.MapSpec `ebpf:"glia_services"`
+	GliaSockRevnat  *ebpf.MapSpec `ebpf:"glia_sock_revnat"`
+	GliaSvcSlots    *ebpf.MapSpec `ebpf:"glia_svc_slots"`
+	GliaTunnel      *ebpf.MapSpec `ebpf:"glia_tunnel"`
 }
 
 // FromContainerVariableSpecs contains global variables before they are loaded into the kernel.
@@ -271,18 +352,24 @@ func (o *FromContainerObjects) Close() error {
 //
 // It can be passed to LoadFromContainerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type FromContainerMaps struct {
-	GliaAffinity   *ebpf.Map `ebpf:"glia_affinity"`
-	GliaBackends   *ebpf.Map `ebpf:"glia_backends"`
-	GliaCt         *ebpf.Map `ebpf:"glia_ct"`
-	GliaEndpoints  *ebpf.Map `ebpf:"glia_endpoints"`
-	GliaMaglev     *ebpf.Map `ebpf:"glia_maglev"`
-	GliaMetrics    *ebpf.Map `ebpf:"glia_metrics"`
-	GliaNat        *ebpf.Map `ebpf:"glia_nat"`
-	GliaNodeIps    *ebpf.Map `ebpf:"glia_node_ips"`
-	GliaServices   *ebpf.Map `ebpf:"glia_services"`
-	GliaSockRevnat *ebpf.Map `ebpf:"glia_sock_revnat"`
-	GliaSvcSlots   *ebpf.Map `ebpf:"glia_svc_slots"`
-	GliaTunnel     *ebpf.Map `ebpf:"glia_tunnel"`
+	GliaAffinity    *ebpf.Map `ebpf:"glia_affinity"`
+	GliaBackends    *ebpf.Map `ebpf:"glia_backends"`
+	GliaCt          *ebpf.Map `ebpf:"glia_ct"`
+	GliaEndpoints   *ebpf.Map `ebpf:"glia_endpoints"`
+	GliaEpPolicy    *ebpf.Map `ebpf:"glia_ep_policy"`
+	GliaIpcache     *ebpf.Map `ebpf:"glia_ipcache"`
+	GliaMaglev      *ebpf.Map `ebpf:"glia_maglev"`
+	GliaMetrics     *ebpf.Map `ebpf:"glia_metrics"`
+	GliaNat         *ebpf.Map `ebpf:"glia_nat"`
+	GliaNodeIps     *ebpf.Map `ebpf:"glia_node_ips"`
+	GliaPolicy      *ebpf.Map `ebpf:"glia_policy"`
+	GliaPolicyCt    *ebpf.Map `ebpf:"glia_policy_ct"`
+	GliaPolicyDrops *ebpf.Map `ebpf:"glia_policy_drops"`
+	GliaPolicyState *ebpf.Map `ebpf:"glia_policy_state"`
+	GliaServices    *ebpf.Map `ebpf:"glia_services"`
+	GliaSockRevnat  *ebpf.Map `ebpf:"glia_sock_revnat"`
+	GliaSvcSlots    *ebpf.Map `ebpf:"glia_svc_slots"`
+	GliaTunnel      *ebpf.Map `ebpf:"glia_tunnel"`
 }
 
 func (m *FromContainerMaps) Close() error {
@@ -291,10 +378,16 @@ func (m *FromContainerMaps) Close() error {
 		m.GliaBackends,
 		m.GliaCt,
 		m.GliaEndpoints,
+		m.GliaEpPolicy,
+		m.GliaIpcache,
 		m.GliaMaglev,
 		m.GliaMetrics,
 		m.GliaNat,
 		m.GliaNodeIps,
+		m.GliaPolicy,
+		m.GliaPolicyCt,
+		m.GliaPolicyDrops,
+		m.GliaPolicyState,
 		m.GliaServices,
 		m.GliaSockRevnat,
 		m.GliaSvcSlots,

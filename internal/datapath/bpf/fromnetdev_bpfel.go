@@ -61,6 +61,30 @@ type FromNetdevEndpointKey struct {
 	Addr uint32
 }
 
+type FromNetdevEpPolicy struct {
+	_      structs.HostLayout
+	Policy uint16
+	Flags  uint16
+	Pad    uint32
+}
+
+type FromNetdevEpPolicyKey struct {
+	_    structs.HostLayout
+	Addr uint32
+}
+
+type FromNetdevIpcacheKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      [4]uint8
+}
+
+type FromNetdevIpcacheValue struct {
+	_        structs.HostLayout
+	Identity uint32
+	Flags    uint32
+}
+
 type FromNetdevMetricValue struct {
 	_       structs.HostLayout
 	Packets uint64
@@ -83,6 +107,51 @@ type FromNetdevNodeKey struct {
 type FromNetdevNodeValue struct {
 	_     structs.HostLayout
 	Flags uint32
+}
+
+type FromNetdevPolCt struct {
+	_        structs.HostLayout
+	LastSeen uint64
+	Revision uint32
+	Flags    uint16
+	Pad      uint16
+}
+
+type FromNetdevPolTuple struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Dir   uint8
+	Pad   uint16
+}
+
+type FromNetdevPolicyCount struct {
+	_       structs.HostLayout
+	Packets uint64
+	Bytes   uint64
+}
+
+type FromNetdevPolicyKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Data      [10]uint8
+	Pad       uint16
+}
+
+type FromNetdevPolicyState struct {
+	_        structs.HostLayout
+	Revision uint32
+	Flags    uint32
+	SvcNet   uint32
+	SvcMask  uint32
+}
+
+type FromNetdevPolicyValue struct {
+	_    structs.HostLayout
+	Rule uint32
 }
 
 type FromNetdevSlotKey struct {
@@ -153,10 +222,16 @@ const (
 	FromNetdevMapGliaBackends    = "glia_backends"
 	FromNetdevMapGliaCt          = "glia_ct"
 	FromNetdevMapGliaEndpoints   = "glia_endpoints"
+	FromNetdevMapGliaEpPolicy    = "glia_ep_policy"
+	FromNetdevMapGliaIpcache     = "glia_ipcache"
 	FromNetdevMapGliaMaglev      = "glia_maglev"
 	FromNetdevMapGliaMetrics     = "glia_metrics"
 	FromNetdevMapGliaNat         = "glia_nat"
 	FromNetdevMapGliaNodeIps     = "glia_node_ips"
+	FromNetdevMapGliaPolicy      = "glia_policy"
+	FromNetdevMapGliaPolicyCt    = "glia_policy_ct"
+	FromNetdevMapGliaPolicyDrops = "glia_policy_drops"
+	FromNetdevMapGliaPolicyState = "glia_policy_state"
 	FromNetdevMapGliaServices    = "glia_services"
 	FromNetdevMapGliaSockRevnat  = "glia_sock_revnat"
 	FromNetdevMapGliaSvcSlots    = "glia_svc_slots"
@@ -222,18 +297,24 @@ type FromNetdevProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type FromNetdevMapSpecs struct {
-	GliaAffinity   *ebpf.MapSpec `ebpf:"glia_affinity"`
-	GliaBackends   *ebpf.MapSpec `ebpf:"glia_backends"`
-	GliaCt         *ebpf.MapSpec `ebpf:"glia_ct"`
-	GliaEndpoints  *ebpf.MapSpec `ebpf:"glia_endpoints"`
-	GliaMaglev     *ebpf.MapSpec `ebpf:"glia_maglev"`
-	GliaMetrics    *ebpf.MapSpec `ebpf:"glia_metrics"`
-	GliaNat        *ebpf.MapSpec `ebpf:"glia_nat"`
-	GliaNodeIps    *ebpf.MapSpec `ebpf:"glia_node_ips"`
-	GliaServices   *ebpf.MapSpec `ebpf:"glia_services"`
-	GliaSockRevnat *ebpf.MapSpec `ebpf:"glia_sock_revnat"`
-	GliaSvcSlots   *ebpf.MapSpec `ebpf:"glia_svc_slots"`
-	GliaTunnel     *ebpf.MapSpec `ebpf:"glia_tunnel"`
+	GliaAffinity    *ebpf.MapSpec `ebpf:"glia_affinity"`
+	GliaBackends    *ebpf.MapSpec `ebpf:"glia_backends"`
+	GliaCt          *ebpf.MapSpec `ebpf:"glia_ct"`
+	GliaEndpoints   *ebpf.MapSpec `ebpf:"glia_endpoints"`
+	GliaEpPolicy    *ebpf.MapSpec `ebpf:"glia_ep_policy"`
+	GliaIpcache     *ebpf.MapSpec `ebpf:"glia_ipcache"`
+	GliaMaglev      *ebpf.MapSpec `ebpf:"glia_maglev"`
+	GliaMetrics     *ebpf.MapSpec `ebpf:"glia_metrics"`
+	GliaNat         *ebpf.MapSpec `ebpf:"glia_nat"`
+	GliaNodeIps     *ebpf.MapSpec `ebpf:"glia_node_ips"`
+	GliaPolicy      *ebpf.MapSpec `ebpf:"glia_policy"`
+	GliaPolicyCt    *ebpf.MapSpec `ebpf:"glia_policy_ct"`
+	GliaPolicyDrops *ebpf.MapSpec `ebpf:"glia_policy_drops"`
+	GliaPolicyState *ebpf.MapSpec `ebpf:"glia_policy_state"`
+	GliaServices    *ebpf.MapSpec `ebpf:"glia_services"`
+	GliaSockRevnat  *ebpf.MapSpec `ebpf:"glia_sock_revnat"`
+	GliaSvcSlots    *ebpf.MapSpec `ebpf:"glia_svc_slots"`
+	GliaTunnel      *ebpf.MapSpec `ebpf:"glia_tunnel"`
 }
 
 // FromNetdevVariableSpecs contains global variables before they are loaded into the kernel.
@@ -271,18 +352,24 @@ func (o *FromNetdevObjects) Close() error {
 //
 // It can be passed to LoadFromNetdevObjects or ebpf.CollectionSpec.LoadAndAssign.
 type FromNetdevMaps struct {
-	GliaAffinity   *ebpf.Map `ebpf:"glia_affinity"`
-	GliaBackends   *ebpf.Map `ebpf:"glia_backends"`
-	GliaCt         *ebpf.Map `ebpf:"glia_ct"`
-	GliaEndpoints  *ebpf.Map `ebpf:"glia_endpoints"`
-	GliaMaglev     *ebpf.Map `ebpf:"glia_maglev"`
-	GliaMetrics    *ebpf.Map `ebpf:"glia_metrics"`
-	GliaNat        *ebpf.Map `ebpf:"glia_nat"`
-	GliaNodeIps    *ebpf.Map `ebpf:"glia_node_ips"`
-	GliaServices   *ebpf.Map `ebpf:"glia_services"`
-	GliaSockRevnat *ebpf.Map `ebpf:"glia_sock_revnat"`
-	GliaSvcSlots   *ebpf.Map `ebpf:"glia_svc_slots"`
-	GliaTunnel     *ebpf.Map `ebpf:"glia_tunnel"`
+	GliaAffinity    *ebpf.Map `ebpf:"glia_affinity"`
+	GliaBackends    *ebpf.Map `ebpf:"glia_backends"`
+	GliaCt          *ebpf.Map `ebpf:"glia_ct"`
+	GliaEndpoints   *ebpf.Map `ebpf:"glia_endpoints"`
+	GliaEpPolicy    *ebpf.Map `ebpf:"glia_ep_policy"`
+	GliaIpcache     *ebpf.Map `ebpf:"glia_ipcache"`
+	GliaMaglev      *ebpf.Map `ebpf:"glia_maglev"`
+	GliaMetrics     *ebpf.Map `ebpf:"glia_metrics"`
+	GliaNat         *ebpf.Map `ebpf:"glia_nat"`
+	GliaNodeIps     *ebpf.Map `ebpf:"glia_node_ips"`
+	GliaPolicy      *ebpf.Map `ebpf:"glia_policy"`
+	GliaPolicyCt    *ebpf.Map `ebpf:"glia_policy_ct"`
+	GliaPolicyDrops *ebpf.Map `ebpf:"glia_policy_drops"`
+	GliaPolicyState *ebpf.Map `ebpf:"glia_policy_state"`
+	GliaServices    *ebpf.Map `ebpf:"glia_services"`
+	GliaSockRevnat  *ebpf.Map `ebpf:"glia_sock_revnat"`
+	GliaSvcSlots    *ebpf.Map `ebpf:"glia_svc_slots"`
+	GliaTunnel      *ebpf.Map `ebpf:"glia_tunnel"`
 }
 
 func (m *FromNetdevMaps) Close() error {
@@ -291,10 +378,16 @@ func (m *FromNetdevMaps) Close() error {
 		m.GliaBackends,
 		m.GliaCt,
 		m.GliaEndpoints,
+		m.GliaEpPolicy,
+		m.GliaIpcache,
 		m.GliaMaglev,
 		m.GliaMetrics,
 		m.GliaNat,
 		m.GliaNodeIps,
+		m.GliaPolicy,
+		m.GliaPolicyCt,
+		m.GliaPolicyDrops,
+		m.GliaPolicyState,
 		m.GliaServices,
 		m.GliaSockRevnat,
 		m.GliaSvcSlots,

@@ -42,6 +42,16 @@ type Config struct {
 	// Layouts is the history of the maps' layouts (nil: maps.Layouts());
 	// tests give synthetic older layouts.
 	Layouts maps.Registry
+	// SharedMaps are maps another unit owns and pins (network policy's,
+	// package policydp), given to the programs as they are, by name:
+	// never created, pinned, migrated, replaced or closed here.
+	SharedMaps map[string]*ebpf.Map
+}
+
+// policyMaps are the maps of bpf/lib/policy.h, package policydp's.
+var policyMaps = map[string]bool{
+	"glia_ipcache": true, "glia_policy": true, "glia_ep_policy": true,
+	"glia_policy_ct": true, "glia_policy_state": true, "glia_policy_drops": true,
 }
 
 // MaxEntries turns the configured map sizes into per-map sizes: the
@@ -114,6 +124,10 @@ type objects struct {
 	// when Config.SocketLB asked for them.
 	Sock map[string]*ebpf.Program
 	Maps map[string]*ebpf.Map
+	// unshared are network policy's maps the caller did not share
+	// (Config.SharedMaps): fresh and unpinned, so the programs load (their
+	// policy code is not ready, so it enforces nothing).
+	unshared map[string]*ebpf.Map
 	// pins migrates the pinned maps; finish it once the programs are
 	// attached (nil without a pin directory).
 	pins *pinnedMaps
@@ -141,6 +155,9 @@ func (o *objects) Close() error {
 		errs = append(errs, p.Close())
 	}
 	for _, m := range o.Maps {
+		errs = append(errs, m.Close())
+	}
+	for _, m := range o.unshared {
 		errs = append(errs, m.Close())
 	}
 	if o.pins != nil && o.pins.recMap != nil {
@@ -215,17 +232,34 @@ func loadObjects(log *slog.Logger, cfg Config, pinDir string) (*objects, error) 
 			}
 		}
 	}
+	// Network policy's maps are package policydp's (pinned in its own
+	// directory, with its own lifecycle): never pinned or migrated here.
+	own := all["from_container"].Copy()
+	policy := &ebpf.CollectionSpec{Maps: map[string]*ebpf.MapSpec{}}
+	for name, ms := range own.Maps {
+		if policyMaps[name] {
+			if _, shared := cfg.SharedMaps[name]; !shared {
+				policy.Maps[name] = ms
+			}
+			delete(own.Maps, name)
+		}
+	}
 	o := &objects{}
+	if o.unshared, err = newMaps(policy, nil); err != nil {
+		return nil, err
+	}
 	if pinDir != "" {
 		reg := cfg.Layouts
 		if reg == nil {
 			reg = maps.Layouts()
 		}
-		if o.pins, err = openPinned(log, all["from_container"], pinDir, cfg.MaxEntries, reg); err != nil {
+		if o.pins, err = openPinned(log, own, pinDir, cfg.MaxEntries, reg); err != nil {
+			o.Close() // the unshared maps
 			return nil, err
 		}
 		o.Maps = o.pins.maps
-	} else if o.Maps, err = newMaps(all["from_container"], cfg.MaxEntries); err != nil {
+	} else if o.Maps, err = newMaps(own, cfg.MaxEntries); err != nil {
+		o.Close()
 		return nil, err
 	}
 	fail := func(err error) (*objects, error) {
@@ -250,6 +284,12 @@ func loadObjects(log *slog.Logger, cfg Config, pinDir string) (*objects, error) 
 		repl := map[string]*ebpf.Map{}
 		for mn := range spec.Maps {
 			if m, ok := o.Maps[mn]; ok {
+				repl[mn] = m
+			}
+			if m, ok := cfg.SharedMaps[mn]; ok {
+				repl[mn] = m
+			}
+			if m, ok := o.unshared[mn]; ok {
 				repl[mn] = m
 			}
 		}

@@ -61,6 +61,30 @@ type ToNetdevEndpointKey struct {
 	Addr uint32
 }
 
+type ToNetdevEpPolicy struct {
+	_      structs.HostLayout
+	Policy uint16
+	Flags  uint16
+	Pad    uint32
+}
+
+type ToNetdevEpPolicyKey struct {
+	_    structs.HostLayout
+	Addr uint32
+}
+
+type ToNetdevIpcacheKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      [4]uint8
+}
+
+type ToNetdevIpcacheValue struct {
+	_        structs.HostLayout
+	Identity uint32
+	Flags    uint32
+}
+
 type ToNetdevMetricValue struct {
 	_       structs.HostLayout
 	Packets uint64
@@ -83,6 +107,51 @@ type ToNetdevNodeKey struct {
 type ToNetdevNodeValue struct {
 	_     structs.HostLayout
 	Flags uint32
+}
+
+type ToNetdevPolCt struct {
+	_        structs.HostLayout
+	LastSeen uint64
+	Revision uint32
+	Flags    uint16
+	Pad      uint16
+}
+
+type ToNetdevPolTuple struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Dir   uint8
+	Pad   uint16
+}
+
+type ToNetdevPolicyCount struct {
+	_       structs.HostLayout
+	Packets uint64
+	Bytes   uint64
+}
+
+type ToNetdevPolicyKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Data      [10]uint8
+	Pad       uint16
+}
+
+type ToNetdevPolicyState struct {
+	_        structs.HostLayout
+	Revision uint32
+	Flags    uint32
+	SvcNet   uint32
+	SvcMask  uint32
+}
+
+type ToNetdevPolicyValue struct {
+	_    structs.HostLayout
+	Rule uint32
 }
 
 type ToNetdevSlotKey struct {
@@ -153,10 +222,16 @@ const (
 	ToNetdevMapGliaBackends    = "glia_backends"
 	ToNetdevMapGliaCt          = "glia_ct"
 	ToNetdevMapGliaEndpoints   = "glia_endpoints"
+	ToNetdevMapGliaEpPolicy    = "glia_ep_policy"
+	ToNetdevMapGliaIpcache     = "glia_ipcache"
 	ToNetdevMapGliaMaglev      = "glia_maglev"
 	ToNetdevMapGliaMetrics     = "glia_metrics"
 	ToNetdevMapGliaNat         = "glia_nat"
 	ToNetdevMapGliaNodeIps     = "glia_node_ips"
+	ToNetdevMapGliaPolicy      = "glia_policy"
+	ToNetdevMapGliaPolicyCt    = "glia_policy_ct"
+	ToNetdevMapGliaPolicyDrops = "glia_policy_drops"
+	ToNetdevMapGliaPolicyState = "glia_policy_state"
 	ToNetdevMapGliaServices    = "glia_services"
 	ToNetdevMapGliaSockRevnat  = "glia_sock_revnat"
 	ToNetdevMapGliaSvcSlots    = "glia_svc_slots"
@@ -222,18 +297,24 @@ type ToNetdevProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ToNetdevMapSpecs struct {
-	GliaAffinity   *ebpf.MapSpec `ebpf:"glia_affinity"`
-	GliaBackends   *ebpf.MapSpec `ebpf:"glia_backends"`
-	GliaCt         *ebpf.MapSpec `ebpf:"glia_ct"`
-	GliaEndpoints  *ebpf.MapSpec `ebpf:"glia_endpoints"`
-	GliaMaglev     *ebpf.MapSpec `ebpf:"glia_maglev"`
-	GliaMetrics    *ebpf.MapSpec `ebpf:"glia_metrics"`
-	GliaNat        *ebpf.MapSpec `ebpf:"glia_nat"`
-	GliaNodeIps    *ebpf.MapSpec `ebpf:"glia_node_ips"`
-	GliaServices   *ebpf.MapSpec `ebpf:"glia_services"`
-	GliaSockRevnat *ebpf.MapSpec `ebpf:"glia_sock_revnat"`
-	GliaSvcSlots   *ebpf.MapSpec `ebpf:"glia_svc_slots"`
-	GliaTunnel     *ebpf.MapSpec `ebpf:"glia_tunnel"`
+	GliaAffinity    *ebpf.MapSpec `ebpf:"glia_affinity"`
+	GliaBackends    *ebpf.MapSpec `ebpf:"glia_backends"`
+	GliaCt          *ebpf.MapSpec `ebpf:"glia_ct"`
+	GliaEndpoints   *ebpf.MapSpec `ebpf:"glia_endpoints"`
+	GliaEpPolicy    *ebpf.MapSpec `ebpf:"glia_ep_policy"`
+	GliaIpcache     *ebpf.MapSpec `ebpf:"glia_ipcache"`
+	GliaMaglev      *ebpf.MapSpec `ebpf:"glia_maglev"`
+	GliaMetrics     *ebpf.MapSpec `ebpf:"glia_metrics"`
+	GliaNat         *ebpf.MapSpec `ebpf:"glia_nat"`
+	GliaNodeIps     *ebpf.MapSpec `ebpf:"glia_node_ips"`
+	GliaPolicy      *ebpf.MapSpec `ebpf:"glia_policy"`
+	GliaPolicyCt    *ebpf.MapSpec `ebpf:"glia_policy_ct"`
+	GliaPolicyDrops *ebpf.MapSpec `ebpf:"glia_policy_drops"`
+	GliaPolicyState *ebpf.MapSpec `ebpf:"glia_policy_state"`
+	GliaServices    *ebpf.MapSpec `ebpf:"glia_services"`
+	GliaSockRevnat  *ebpf.MapSpec `ebpf:"glia_sock_revnat"`
+	GliaSvcSlots    *ebpf.MapSpec `ebpf:"glia_svc_slots"`
+	GliaTunnel      *ebpf.MapSpec `ebpf:"glia_tunnel"`
 }
 
 // ToNetdevVariableSpecs contains global variables before they are loaded into the kernel.
@@ -271,18 +352,24 @@ func (o *ToNetdevObjects) Close() error {
 //
 // It can be passed to LoadToNetdevObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ToNetdevMaps struct {
-	GliaAffinity   *ebpf.Map `ebpf:"glia_affinity"`
-	GliaBackends   *ebpf.Map `ebpf:"glia_backends"`
-	GliaCt         *ebpf.Map `ebpf:"glia_ct"`
-	GliaEndpoints  *ebpf.Map `ebpf:"glia_endpoints"`
-	GliaMaglev     *ebpf.Map `ebpf:"glia_maglev"`
-	GliaMetrics    *ebpf.Map `ebpf:"glia_metrics"`
-	GliaNat        *ebpf.Map `ebpf:"glia_nat"`
-	GliaNodeIps    *ebpf.Map `ebpf:"glia_node_ips"`
-	GliaServices   *ebpf.Map `ebpf:"glia_services"`
-	GliaSockRevnat *ebpf.Map `ebpf:"glia_sock_revnat"`
-	GliaSvcSlots   *ebpf.Map `ebpf:"glia_svc_slots"`
-	GliaTunnel     *ebpf.Map `ebpf:"glia_tunnel"`
+	GliaAffinity    *ebpf.Map `ebpf:"glia_affinity"`
+	GliaBackends    *ebpf.Map `ebpf:"glia_backends"`
+	GliaCt          *ebpf.Map `ebpf:"glia_ct"`
+	GliaEndpoints   *ebpf.Map `ebpf:"glia_endpoints"`
+	GliaEpPolicy    *ebpf.Map `ebpf:"glia_ep_policy"`
+	GliaIpcache     *ebpf.Map `ebpf:"glia_ipcache"`
+	GliaMaglev      *ebpf.Map `ebpf:"glia_maglev"`
+	GliaMetrics     *ebpf.Map `ebpf:"glia_metrics"`
+	GliaNat         *ebpf.Map `ebpf:"glia_nat"`
+	GliaNodeIps     *ebpf.Map `ebpf:"glia_node_ips"`
+	GliaPolicy      *ebpf.Map `ebpf:"glia_policy"`
+	GliaPolicyCt    *ebpf.Map `ebpf:"glia_policy_ct"`
+	GliaPolicyDrops *ebpf.Map `ebpf:"glia_policy_drops"`
+	GliaPolicyState *ebpf.Map `ebpf:"glia_policy_state"`
+	GliaServices    *ebpf.Map `ebpf:"glia_services"`
+	GliaSockRevnat  *ebpf.Map `ebpf:"glia_sock_revnat"`
+	GliaSvcSlots    *ebpf.Map `ebpf:"glia_svc_slots"`
+	GliaTunnel      *ebpf.Map `ebpf:"glia_tunnel"`
 }
 
 func (m *ToNetdevMaps) Close() error {
@@ -291,10 +378,16 @@ func (m *ToNetdevMaps) Close() error {
 		m.GliaBackends,
 		m.GliaCt,
 		m.GliaEndpoints,
+		m.GliaEpPolicy,
+		m.GliaIpcache,
 		m.GliaMaglev,
 		m.GliaMetrics,
 		m.GliaNat,
 		m.GliaNodeIps,
+		m.GliaPolicy,
+		m.GliaPolicyCt,
+		m.GliaPolicyDrops,
+		m.GliaPolicyState,
 		m.GliaServices,
 		m.GliaSockRevnat,
 		m.GliaSvcSlots,
