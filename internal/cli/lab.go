@@ -38,6 +38,7 @@ func newLabUpCmd() *cobra.Command {
 	var nodes int
 	var set []string
 	var labels, apply []string
+	var chart string
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Build the lab (removing leftovers of an earlier one first)",
@@ -46,7 +47,7 @@ func newLabUpCmd() *cobra.Command {
   glia lab up --nodes 3 --set kube-proxy-replacement=true --set enable-bpf-masquerade=true`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o := lab.UpOptions{Nodes: nodes, Set: map[string]string{}, NodeLabels: map[string]map[string]string{}}
+			o := lab.UpOptions{Nodes: nodes, Set: map[string]string{}, NodeLabels: map[string]map[string]string{}, Chart: chart}
 			for _, kv := range set {
 				k, v, ok := strings.Cut(kv, "=")
 				if !ok || k == "" {
@@ -83,6 +84,7 @@ func newLabUpCmd() *cobra.Command {
 	cmd.Flags().StringArrayVar(&set, "set", nil, "a value of the glia Helm chart (kubeProxyReplacement=true) or a glia config key (kube-proxy-replacement=true), passed to helm install (repeatable)")
 	cmd.Flags().StringArrayVar(&labels, "node-label", nil, "label a node at registration: NODE:key=value (repeatable)")
 	cmd.Flags().StringArrayVar(&apply, "apply", nil, "manifest to apply before the nodes start, e.g. a GliaNodeConfig (repeatable)")
+	cmd.Flags().StringVar(&chart, "chart", "", "install this chart directory instead of glia's own (an earlier release's, to try an upgrade)")
 	return cmd
 }
 

@@ -55,15 +55,20 @@ func labValues() []string {
 	}
 }
 
-// helmInstall writes the chart and runs the real Helm against the lab's
-// API server, as an operator installs glia.
-func (l *Lab) helmInstall(ctx context.Context, set map[string]string) error {
+// helmInstall writes this glia's chart to the lab's chart directory and
+// runs the real Helm against the lab's API server, as an operator installs
+// glia: with that chart, or with the chart directory chart when it is set
+// (an earlier release's, for upgrade tests).
+func (l *Lab) helmInstall(ctx context.Context, set map[string]string, chart string) error {
 	dir := l.layout.ChartDir()
 	if err := os.RemoveAll(dir); err != nil {
 		return err
 	}
 	if err := deploy.WriteChart(dir); err != nil {
 		return err
+	}
+	if chart != "" {
+		dir = chart
 	}
 	args := []string{"install", ReleaseName, dir, "--namespace", AgentNamespace, "--create-namespace",
 		"--kubeconfig", l.layout.Kubeconfig()}

@@ -67,6 +67,9 @@ type UpOptions struct {
 	NodeLabels map[string]map[string]string
 	// Apply are manifests (e.g. GliaNodeConfigs) applied before any node starts.
 	Apply [][]byte
+	// Chart is a chart directory to install instead of this glia's own
+	// chart (an earlier release's, to test upgrades); empty: glia's own.
+	Chart string
 }
 
 // Up builds the lab. Leftovers of an earlier lab (a crash, a killed
@@ -78,6 +81,11 @@ func (l *Lab) Up(ctx context.Context, o UpOptions) (err error) {
 	for _, b := range RequiredBinaries {
 		if _, err := os.Stat(l.layout.Bin(b)); err != nil {
 			return fmt.Errorf("%s is missing: run `make build` first", l.layout.Bin(b))
+		}
+	}
+	if o.Chart != "" {
+		if _, err := os.Stat(filepath.Join(o.Chart, "Chart.yaml")); err != nil {
+			return fmt.Errorf("--chart %s: not a Helm chart directory (no Chart.yaml): give one such as deploy/chart/glia", o.Chart)
 		}
 	}
 	unlock, err := l.lock()
@@ -159,7 +167,7 @@ func (l *Lab) Up(ctx context.Context, o UpOptions) (err error) {
 		return err
 	}
 	l.progress("installing glia: helm install glia %s -n %s", l.layout.ChartDir(), AgentNamespace)
-	if err := l.helmInstall(ctx, o.Set); err != nil {
+	if err := l.helmInstall(ctx, o.Set, o.Chart); err != nil {
 		return err
 	}
 	if err := l.applyRetry(ctx, cfg, o.Apply); err != nil {

@@ -737,3 +737,33 @@ func TestEmbeddedManifests(t *testing.T) {
 		}
 	}
 }
+
+// Up refuses bad options before it takes the lock or changes anything.
+func TestUpRefusesBadOptions(t *testing.T) {
+	bin := t.TempDir()
+	for _, b := range RequiredBinaries {
+		if err := os.WriteFile(filepath.Join(bin, b), nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := filepath.Join(t.TempDir(), "lab")
+	l := New(slog.New(slog.NewTextHandler(io.Discard, nil)), Layout{Base: base, BinDir: bin}, io.Discard)
+	for _, tc := range []struct {
+		name string
+		o    UpOptions
+		want string
+	}{
+		{"no nodes", UpOptions{Nodes: 0}, "--nodes 0"},
+		{"chart directory without Chart.yaml", UpOptions{Nodes: 1, Chart: t.TempDir()}, "not a Helm chart directory"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := l.Up(context.Background(), tc.o)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Up = %v, want an error containing %q", err, tc.want)
+			}
+			if _, err := os.Stat(base); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("Up refused but made %s (%v)", base, err)
+			}
+		})
+	}
+}

@@ -38,7 +38,9 @@ func TestUpgradeDowngrade(t *testing.T) {
 	}
 	oldChart := filepath.Join(bin, "images", "glia-"+upgradeFromCommit, "chart")
 
-	l := upLab(t, 2, append(bpfSet, "--set", "image.tag="+upgradeFromCommit)...)
+	// The earlier release: its chart, its binaries (a newer chart may pass
+	// the earlier agent flags it does not know).
+	l := upLab(t, 2, append(bpfSet, "--chart", oldChart, "--set", "image.tag="+upgradeFromCommit)...)
 	layout, err := lab.DefaultLayout(l.bin)
 	if err != nil {
 		t.Fatal(err)
@@ -86,8 +88,6 @@ func TestUpgradeDowngrade(t *testing.T) {
 		return err == nil
 	}
 
-	// The earlier release: its chart, its binaries.
-	helm("upgrade", lab.ReleaseName, oldChart, "--reuse-values", "--set", "image.tag="+upgradeFromCommit)
 	rolledOut("installed " + upgradeFromCommit)
 	agentsRun(true)
 	for _, n := range []string{"lab-node-1", "lab-node-2"} {
