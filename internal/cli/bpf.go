@@ -89,7 +89,7 @@ func (o *bpfOpts) dir() (string, error) {
 		if err != nil {
 			return "", err
 		}
-		dir, who = layout.NodeBPFDir(o.g.node), o.g.node
+		dir, who = layout.AgentBPFDir(o.g.node), o.g.node
 	case dir == "":
 		dir = defaultBPFFSDir
 	}
