@@ -23,8 +23,8 @@ var (
 		{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"networkpolicies"}, Verbs: []string{"list", "watch"}},
 	}
 	wantNamespaceRules = []rbacv1.PolicyRule{
-		{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{"glia-config"}, Verbs: []string{"get"}},
-		{APIGroups: []string{"glia.dev"}, Resources: []string{"glianodeconfigs"}, Verbs: []string{"list"}},
+		{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{"glia-config"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{"glia.dev"}, Resources: []string{"glianodeconfigs"}, Verbs: []string{"list", "watch"}},
 		{APIGroups: []string{"apps"}, Resources: []string{"daemonsets"}, ResourceNames: []string{"glia"}, Verbs: []string{"get"}},
 	}
 )
@@ -84,6 +84,8 @@ func TestRBAC(t *testing.T) {
 		{"create", "", "pods/eviction", ""},
 		{"update", "", "pods/status", "any"},
 		{"get", "", "configmaps", "kube-root-ca.crt"},
+		{"list", "", "configmaps", ""}, // by name only (the config watch's field selector)
+		{"watch", "", "configmaps", ""},
 		{"update", "", "configmaps", "glia-config"},
 		{"delete", "", "nodes", "any"},
 		{"update", "apps", "daemonsets", "glia"},

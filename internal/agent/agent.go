@@ -104,6 +104,9 @@ type Agent struct {
 	prober     *health.Prober
 	metrics    *metrics.Metrics
 	bpfMetrics *maps.Metrics
+
+	// pending is the config change waiting for a restart (pending.go).
+	pending pendingConfig
 }
 
 // Run runs the agent until ctx ends. It refuses to start on a config it
@@ -393,6 +396,7 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	defer a.watcher.Stop()
 	a.runPolicy(ctx)
+	a.watchConfig(ctx)
 	go k8s.Heartbeat(ctx, a.log, a.clients.Kube.Discovery(), a.apiHealth, apiHeartbeat)
 	if err := a.startObservability(ctx, a.conf.Typed()); err != nil {
 		return err

@@ -160,6 +160,7 @@ func (a *Agent) status() *api.Status {
 	s.Kubernetes = a.kubernetesStatus()
 	dec, _ := a.tables.Decided()
 	status.FromConfig(s, a.conf, a.warnings, dec.Modes)
+	s.ConfigPending = a.pending.get()
 	a.observeHostRouting(s)
 	if dec.Modes.KubeProxyReplacement {
 		s.KubeProxyReplacement.Devices = []string{a.node.Device + " " + a.node.IP.String()}

@@ -26,8 +26,12 @@ type Status struct {
 	ConfigSources []ConfigSource `json:"configSources"`
 	// ConfigWarnings are non-fatal findings of config resolution, e.g. a key
 	// set by two GliaNodeConfigs that both select this node.
-	ConfigWarnings []string           `json:"configWarnings,omitempty"`
-	Controllers    []ControllerStatus `json:"controllers"`
+	ConfigWarnings []string `json:"configWarnings,omitempty"`
+	// ConfigPending is what the config sources say now that differs from
+	// the config the agent runs (it applies config only at start); nil when
+	// nothing is pending or the agent has not read its sources yet.
+	ConfigPending *ConfigPending     `json:"configPending,omitempty"`
+	Controllers   []ControllerStatus `json:"controllers"`
 	// Reconcilers are the reconcilers of the desired state, one per kind of
 	// kernel object, with the status of their objects.
 	Reconcilers []ReconcilerStatus `json:"reconcilers"`
@@ -52,6 +56,30 @@ type Status struct {
 	// maps of another layout version or size: entries it carried over and
 	// entries it could not (counted, never dropped silently).
 	MapMigrations []MapMigration `json:"mapMigrations,omitempty"`
+}
+
+// ConfigPending is a config change the agent has seen in its sources
+// (ConfigMap glia-config, GliaNodeConfigs, its Node's labels) and applies
+// only when its pod restarts: the keys that would change, or the error that
+// the new sources would resolve to (the agent would refuse to start on it).
+type ConfigPending struct {
+	Changes []PendingChange `json:"changes,omitempty"`
+	// Error is the resolution error of the sources as they are now; when
+	// set, Changes is empty.
+	Error string `json:"error,omitempty"`
+	// Since is when the agent first saw this pending set.
+	Since time.Time `json:"since"`
+}
+
+// PendingChange is one key whose effective value would change at restart.
+type PendingChange struct {
+	Key  string `json:"key"`
+	From string `json:"from"`
+	To   string `json:"to"`
+	// Source is where the new value comes from, e.g. "GliaNodeConfig
+	// glia-system/x" or "default" (the source that set it went away).
+	Source     string `json:"source"`
+	Disruptive bool   `json:"disruptive,omitempty"`
 }
 
 // MapMigration is what the agent did at start with one pinned map of

@@ -148,13 +148,30 @@ const ConditionDatapath corev1.NodeConditionType = "GliaBPFHostRouting"
 // condition: True when BPF host routing runs, False with the reason and
 // the fix when the node fell back to legacy.
 func SetDatapathCondition(ctx context.Context, c kubernetes.Interface, node string, bpf bool, reason, message string) error {
+	return setCondition(ctx, c, node, ConditionDatapath, bpf, reason, message)
+}
+
+// ConditionConfigPending is the Node condition saying the node's config
+// sources would change its agent's config at the agent's next restart.
+const ConditionConfigPending corev1.NodeConditionType = "GliaConfigPending"
+
+// SetConfigPendingCondition publishes whether a config change waits for
+// the agent's restart: True with what would change (or why the sources do
+// not resolve), False when the agent runs what its sources say.
+func SetConfigPendingCondition(ctx context.Context, c kubernetes.Interface, node string, pending bool, reason, message string) error {
+	return setCondition(ctx, c, node, ConditionConfigPending, pending, reason, message)
+}
+
+// setCondition patches one condition of node's status (the strategic
+// merge keys conditions by type: the others stay).
+func setCondition(ctx context.Context, c kubernetes.Interface, node string, typ corev1.NodeConditionType, on bool, reason, message string) error {
 	status := corev1.ConditionFalse
-	if bpf {
+	if on {
 		status = corev1.ConditionTrue
 	}
 	now := metav1.Now()
 	patch := map[string]any{"status": map[string]any{"conditions": []any{map[string]any{
-		"type": string(ConditionDatapath), "status": string(status), "reason": reason, "message": message,
+		"type": string(typ), "status": string(status), "reason": reason, "message": message,
 		"lastHeartbeatTime": now, "lastTransitionTime": now,
 	}}}}
 	b, err := json.Marshal(patch)
@@ -163,7 +180,7 @@ func SetDatapathCondition(ctx context.Context, c kubernetes.Interface, node stri
 	}
 	_, err = c.CoreV1().Nodes().PatchStatus(ctx, node, b)
 	if err != nil {
-		return fmt.Errorf("set %s condition on node %s: %w", ConditionDatapath, node, err)
+		return fmt.Errorf("set %s condition on node %s: %w", typ, node, err)
 	}
 	return nil
 }

@@ -69,6 +69,13 @@ const (
 	// NameEndpointsSwept counts endpoints the agent deleted because their
 	// host veth was gone: a CNI DEL that did not reach the agent.
 	NameEndpointsSwept = "glia_endpoints_swept_total"
+	// NameConfigPendingChanges is the number of config keys whose value
+	// the config sources (ConfigMap glia-config, GliaNodeConfigs, the
+	// node's labels) would change at the agent's next restart.
+	NameConfigPendingChanges = "glia_config_pending_changes"
+	// NameConfigPendingError is 1 when the config sources as they are now
+	// do not resolve: the agent would refuse to start on them.
+	NameConfigPendingError = "glia_config_pending_error"
 )
 
 // Metrics is the agent's metric set. All methods are safe for concurrent
@@ -89,6 +96,8 @@ type Metrics struct {
 	migrationEntries   *prometheus.GaugeVec
 	migrationFlowsLost *prometheus.GaugeVec
 	endpointsSwept     prometheus.Counter
+	pendingChanges     prometheus.Gauge
+	pendingError       prometheus.Gauge
 
 	counters *datapathCounters
 }
@@ -151,12 +160,20 @@ func New() *Metrics {
 			Name: NameEndpointsSwept,
 			Help: "Endpoints deleted because their host veth was gone: a CNI DEL that reached the node while the agent was starting or down.",
 		}),
+		pendingChanges: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: NameConfigPendingChanges,
+			Help: "Config keys whose value the config sources (ConfigMap glia-config, GliaNodeConfigs, the node's labels) would change at the agent's next restart; 0 when the agent runs what they say.",
+		}),
+		pendingError: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: NameConfigPendingError,
+			Help: "1 when the config sources as they are now do not resolve (the agent would refuse to restart on them), else 0.",
+		}),
 		counters: newDatapathCounters(),
 	}
 	m.reg.MustRegister(
 		m.endpoints, m.services, m.healthRTT, m.healthReachable, m.mapPressure,
 		m.hostRoutingMode, m.datapathFallback, m.controllerFailures, m.reconcileRepairs, m.reconcileObjects,
-		m.migrationEntries, m.migrationFlowsLost, m.endpointsSwept, m.counters,
+		m.migrationEntries, m.migrationFlowsLost, m.endpointsSwept, m.pendingChanges, m.pendingError, m.counters,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "glia_agent"}),
 		collectors.NewGoCollector(),
 	)
@@ -431,4 +448,18 @@ func Serve(ctx context.Context, addr string, h http.Handler) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}, ln, 5*time.Second)
+}
+
+// SetConfigPending sets glia_config_pending_changes to changes and
+// glia_config_pending_error to 1 when failed.
+func (m *Metrics) SetConfigPending(changes int, failed bool) {
+	if m == nil {
+		return
+	}
+	m.pendingChanges.Set(float64(changes))
+	e := 0.0
+	if failed {
+		e = 1
+	}
+	m.pendingError.Set(e)
 }

@@ -42,6 +42,8 @@ func TestScrape(t *testing.T) {
 	m.SetMapMigration("glia_affinity", "reset", 0, 5, 5)
 	m.AddEndpointsSwept(2)
 	m.AddEndpointsSwept(1)
+	m.SetConfigPending(3, true)
+	m.SetConfigPending(1, false)
 
 	srv := httptest.NewServer(m.Handler())
 	defer srv.Close()
@@ -101,12 +103,18 @@ glia_map_migration_flows_lost{map="glia_ct"} 3
 # HELP glia_endpoints_swept_total Endpoints deleted because their host veth was gone: a CNI DEL that reached the node while the agent was starting or down.
 # TYPE glia_endpoints_swept_total counter
 glia_endpoints_swept_total 3
+# HELP glia_config_pending_changes Config keys whose value the config sources (ConfigMap glia-config, GliaNodeConfigs, the node's labels) would change at the agent's next restart; 0 when the agent runs what they say.
+# TYPE glia_config_pending_changes gauge
+glia_config_pending_changes 1
+# HELP glia_config_pending_error 1 when the config sources as they are now do not resolve (the agent would refuse to restart on them), else 0.
+# TYPE glia_config_pending_error gauge
+glia_config_pending_error 0
 `
 	names := []string{
 		NameEndpoints, NameServices, NameDropsTotal, NameForwardedPackets, NameForwardedBytes,
 		NameHealthRTT, NameHealthReachable, NameMapPressure, NameHostRoutingMode,
 		NameDatapathFallback, NameControllerFailures, NameMapMigrationEntries, NameMapMigrationFlowsLost,
-		NameEndpointsSwept,
+		NameEndpointsSwept, NameConfigPendingChanges, NameConfigPendingError,
 	}
 	if err := testutil.ScrapeAndCompare(srv.URL, strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)
@@ -214,6 +222,7 @@ func TestNilMetricsIgnoresCalls(t *testing.T) {
 	m.SetMapPressure("m", 1)
 	m.SetMapMigration("m", "reset", 0, 1, 1)
 	m.AddEndpointsSwept(1)
+	m.SetConfigPending(1, true)
 	if err := m.RegisterCollector(constCollector{}); err != nil {
 		t.Error(err)
 	}

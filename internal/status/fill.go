@@ -2,6 +2,8 @@ package status
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 
 	"glia.dev/glia/internal/api"
 	"glia.dev/glia/internal/config"
@@ -49,4 +51,65 @@ func FromConfig(s *api.Status, c *config.Config, warnings []config.Warning, m co
 	for _, w := range warnings {
 		s.ConfigWarnings = append(s.ConfigWarnings, w.Message)
 	}
+}
+
+// Pending compares the config the agent runs (current) with what its
+// sources resolve to now (in, as read by the agent's config watch; readErr
+// is the error reading them, e.g. a GliaNodeConfig that does not parse).
+// It returns nil when nothing would change at restart; otherwise the keys
+// that would change, or the reason the new sources would not resolve (the
+// agent would refuse to start on them). Since is left for the caller.
+func Pending(current *config.Config, in config.Inputs, readErr error) *api.ConfigPending {
+	if readErr != nil {
+		return &api.ConfigPending{Error: readErr.Error()}
+	}
+	proposed, _, err := config.Resolve(in)
+	if err != nil {
+		return &api.ConfigPending{Error: err.Error()}
+	}
+	changes := config.Diff(current, proposed)
+	if len(changes) == 0 {
+		return nil
+	}
+	p := &api.ConfigPending{}
+	for _, c := range changes {
+		p.Changes = append(p.Changes, api.PendingChange{Key: c.Key, From: c.From, To: c.To,
+			Source: c.ToSource.String(), Disruptive: c.Disruptive})
+	}
+	return p
+}
+
+// SamePending reports whether a and b name the same pending changes (or
+// the same error), Since aside.
+func SamePending(a, b *api.ConfigPending) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Error == b.Error && slices.Equal(a.Changes, b.Changes)
+}
+
+// PendingSummary is the one-line form of p used by `glia status`, the
+// agent's log and its Node condition, e.g. "enable-bpf-masquerade
+// false→true (GliaNodeConfig glia-system/x), restart the agent pod to
+// apply"; "none" for nil.
+func PendingSummary(p *api.ConfigPending) string {
+	if p == nil {
+		return "none"
+	}
+	if p.Error != "" {
+		return "error: the config sources no longer resolve, the agent would refuse to restart on them (it runs its current config meanwhile): " +
+			strings.ReplaceAll(p.Error, "\n", "; ")
+	}
+	parts := make([]string, len(p.Changes))
+	for i, c := range p.Changes {
+		from, to := c.From, c.To
+		if from == "" {
+			from = `""`
+		}
+		if to == "" {
+			to = `""`
+		}
+		parts[i] = fmt.Sprintf("%s %s→%s (%s)", c.Key, from, to, c.Source)
+	}
+	return strings.Join(parts, ", ") + ", restart the agent pod to apply"
 }

@@ -363,6 +363,9 @@ func (r *renderer) configSources() {
 	for _, w := range r.s.ConfigWarnings {
 		r.sub("Warning:", w)
 	}
+	if r.s.ConfigPending != nil {
+		r.line("Config pending:", PendingSummary(r.s.ConfigPending))
+	}
 	if r.verbose && len(r.s.ConfigSources) > 0 {
 		var rows [][]string
 		for _, cs := range r.s.ConfigSources {

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"glia.dev/glia/internal/api"
 )
 
 // TestNodeConfigSwitch is the users' story, walked with kubectl as they
@@ -75,6 +77,8 @@ func TestNodeConfigSwitch(t *testing.T) {
 		loopN2 := l.startCurlLoop(t, "curler-n2", 30*time.Second)
 		l.Kubectl("apply", "-f", "../../examples/switch/glia-fix.yaml")
 		l.Kubectl("label", "node", "lab-node-2", "--overwrite", "io.glia.enable-ebpf=true")
+		// Before the restart the running agent says what is pending.
+		l.checkConfigPending(t, old.Name)
 		l.Kubectl("-n", "glia-system", "delete", "pod", old.Name)
 		l.waitAgentPod(t, "lab-node-2", string(old.UID))
 		res, resN2 = loop(), loopN2()
@@ -99,6 +103,10 @@ func TestNodeConfigSwitch(t *testing.T) {
 		if !strings.Contains(st, want) {
 			t.Errorf("kubectl exec %s -- glia status (the new pod) lacks %q:\n%s", cur.Name, want, st)
 		}
+	}
+	// The restart applied it: nothing pending any more.
+	if strings.Contains(st, "Config pending:") {
+		t.Errorf("kubectl exec %s -- glia status (the new pod, config applied) still shows a pending config:\n%s", cur.Name, st)
 	}
 	l.checkBPFNode(t, "lab-node-2")
 	l.checkLegacyNode(t, "lab-node-1")
@@ -253,8 +261,18 @@ func (l *Lab) checkBadConfig(t *testing.T) {
 					t.Errorf("preview error lacks %q:\n%s", w, out)
 				}
 			}
-			// The running agent is untouched; a restarted one refuses to start and says why.
-			l.Glia("status", "--node", "lab-node-1")
+			// The running agent is untouched and says at once that its
+			// sources no longer resolve; a restarted one refuses to start and says why.
+			var st string
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+				st = l.Glia("status", "--node", "lab-node-1")
+				if strings.Contains(st, "Config pending: error") || time.Now().After(deadline) {
+					break
+				}
+			}
+			if !strings.Contains(st, "Config pending: error") || !strings.Contains(st, tc.want[0]) {
+				t.Errorf("glia status of the running agent does not show the pending error (%s) within 30s:\n%s", tc.want[0], st)
+			}
 			out = l.gliaErr(t, "lab", "agent", "restart", "lab-node-1")
 			if !strings.Contains(out, "refusing to start") || !strings.Contains(out, tc.want[0]) {
 				t.Errorf("glia lab agent restart does not say why the agent refused to start (%s):\n%s", tc.want[0], out)
@@ -300,4 +318,41 @@ spec:
 			t.Errorf("preview does not warn naming both node configs:\n%s", out)
 		}
 	})
+}
+
+// pendingLine is what the agent of lab-node-2 says once the story's node
+// config selects it and before its restart.
+const pendingLine = "Config pending: enable-bpf-masquerade false→true (GliaNodeConfig glia-system/glia-switch-from-iptables-ebpf), restart the agent pod to apply"
+
+// checkConfigPending checks that the agent pod pod (not restarted since the
+// node config and the label) tells at once that a config change waits for
+// its restart: `glia status` (text and JSON, by kubectl exec as in the
+// story) and its Node's condition GliaConfigPending.
+func (l *Lab) checkConfigPending(t *testing.T, pod string) {
+	t.Helper()
+	var st string
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st = l.Kubectl("-n", "glia-system", "exec", pod, "-c", "glia-agent", "--", "glia", "status")
+		if strings.Contains(st, pendingLine) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if !strings.Contains(st, pendingLine) {
+		t.Errorf("kubectl exec %s -- glia status does not show the pending config within 30s; want %q:\n%s", pod, pendingLine, st)
+		return
+	}
+	var s api.Status
+	if err := json.Unmarshal([]byte(l.Kubectl("-n", "glia-system", "exec", pod, "-c", "glia-agent", "--", "glia", "status", "-o", "json")), &s); err != nil {
+		t.Fatalf("glia status -o json: %v", err)
+	}
+	if p := s.ConfigPending; p == nil || p.Error != "" || len(p.Changes) != 1 || p.Changes[0].Key != "enable-bpf-masquerade" ||
+		p.Changes[0].From != "false" || p.Changes[0].To != "true" || p.Changes[0].Source != "GliaNodeConfig glia-system/glia-switch-from-iptables-ebpf" {
+		t.Errorf("glia status -o json: configPending = %+v, want enable-bpf-masquerade false→true from the node config", p)
+	}
+	cond := l.Kubectl("get", "node", "lab-node-2", "-o", `jsonpath={.status.conditions[?(@.type=="GliaConfigPending")].status} {.status.conditions[?(@.type=="GliaConfigPending")].reason}`)
+	if strings.TrimSpace(cond) != "True RestartToApply" {
+		t.Errorf("node lab-node-2 condition GliaConfigPending = %q, want \"True RestartToApply\"", cond)
+	}
 }
