@@ -184,10 +184,10 @@ func (c *Controller) apply(r *Result, first bool) {
 		err = fmt.Errorf("the policy needs %d policy entries and glia_policy holds %d: fewer or simpler NetworkPolicies must be in use for it to fit", len(r.Entries), c.limits.Policies)
 	}
 	eps := r.Endpoints
-	ipc, entries := r.IPCache, r.Entries
 	if err != nil {
 		// Fail closed: isolated endpoints deny everything; the maps keep
-		// what they hold (the entries of no endpoint's policy any more).
+		// what they hold (the entries of no endpoint's policy any more):
+		// the address and entry tables are left as last written.
 		eps = make([]*state.EndpointPolicy, len(r.Endpoints))
 		for i, e := range r.Endpoints {
 			e = e.Clone()
@@ -196,11 +196,6 @@ func (c *Controller) apply(r *Result, first bool) {
 				e.Waiting = "policy maps full: " + err.Error()
 			}
 			eps[i] = e
-		}
-		old := c.Current()
-		ipc, entries = nil, nil
-		if old != nil {
-			ipc, entries = old.IPCache, old.Entries
 		}
 	}
 	c.mu.Lock()
@@ -216,8 +211,10 @@ func (c *Controller) apply(r *Result, first bool) {
 
 	db := c.tables.DB
 	txn := db.WriteTxn(c.tables.IPIdentities, c.tables.PolicyEntries, c.tables.EndpointPolicies)
-	replace(txn, c.tables.IPIdentities, ipc, func(a, b *state.IPIdentity) bool { return a.Identity == b.Identity })
-	replace(txn, c.tables.PolicyEntries, entries, func(a, b *state.PolicyEntry) bool { return a.RuleRef == b.RuleRef && a.Rule == b.Rule })
+	if err == nil {
+		replace(txn, c.tables.IPIdentities, r.IPCache, func(a, b *state.IPIdentity) bool { return a.Identity == b.Identity })
+		replace(txn, c.tables.PolicyEntries, r.Entries, func(a, b *state.PolicyEntry) bool { return a.RuleRef == b.RuleRef && a.Rule == b.Rule })
+	}
 	replace(txn, c.tables.EndpointPolicies, eps, (*state.EndpointPolicy).Same)
 	if first {
 		c.init(txn)
