@@ -48,10 +48,6 @@ func run(args []string) int {
 		fmt.Println("glia-agent", version.Get())
 		return 0
 	}
-	if err := logging.CheckFormat(logFormat); err != nil {
-		fmt.Fprintln(os.Stderr, "glia-agent:", err)
-		return 2
-	}
 	// Info until the config is resolved; then the config key debug decides.
 	cfg.LogLevel = new(slog.LevelVar)
 	base, err := logging.New(os.Stderr, logFormat, cfg.LogLevel)

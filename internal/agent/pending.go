@@ -34,13 +34,6 @@ func (p *pendingConfig) get() *api.ConfigPending {
 	return &c
 }
 
-// published reports whether a first pending set (even none) was said.
-func (p *pendingConfig) published() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.said
-}
-
 // watchConfig follows the config sources (ConfigMap glia-config, the
 // GliaNodeConfigs, the node's labels) until ctx ends, and says at once —
 // in `glia status`, the log, metrics and a Node condition — when the

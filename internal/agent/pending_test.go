@@ -162,3 +162,10 @@ func TestConfigPending(t *testing.T) {
 		t.Errorf("no log line when the pending change went away:\n%s", logs.String())
 	}
 }
+
+// published reports whether a first pending set (even none) was said.
+func (p *pendingConfig) published() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.said
+}

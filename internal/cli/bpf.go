@@ -14,7 +14,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"glia.dev/glia/internal/lab"
 	"glia.dev/glia/internal/maps"
@@ -395,22 +394,13 @@ func renderCT(w io.Writer, rows []ctRow) error {
 	return nil
 }
 
-// monotonicNow is CLOCK_MONOTONIC, the clock of the maps' last_seen.
-func monotonicNow() uint64 {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		return 0
-	}
-	return uint64(ts.Nano())
-}
-
 func (o *bpfOpts) ctList(cmd *cobra.Command, dir string) error {
 	return withMaps(dir, []string{maps.NameCT}, func(ms map[string]*ebpf.Map) error {
 		entries, err := maps.NewCT(ms[maps.NameCT]).List()
 		if err != nil {
 			return err
 		}
-		rows := ctRows(entries, monotonicNow())
+		rows := ctRows(entries, maps.Monotonic())
 		return o.emit(cmd.OutOrStdout(), kindBPFCTList, rows, func(w io.Writer) error { return renderCT(w, rows) })
 	})
 }
@@ -481,7 +471,7 @@ func (o *bpfOpts) natList(cmd *cobra.Command, dir string) error {
 		if err != nil {
 			return err
 		}
-		rows := natRows(entries, monotonicNow())
+		rows := natRows(entries, maps.Monotonic())
 		return o.emit(cmd.OutOrStdout(), kindBPFNATList, rows, func(w io.Writer) error { return renderNAT(w, rows) })
 	})
 }

@@ -148,9 +148,6 @@ func Open(o Options) (*Cluster, error) {
 	return c, nil
 }
 
-// Options returns the options in force (defaults filled in).
-func (c *Cluster) Options() Options { return c.o }
-
 // Agent is one node and its agent pod ("" when it has none).
 type Agent struct {
 	Node string

@@ -2,7 +2,6 @@ package config
 
 import (
 	"fmt"
-	"sort"
 	"strings"
 )
 
@@ -167,17 +166,6 @@ var ciliumKeyIndex = func() map[string]int {
 	}
 	return m
 }()
-
-// CiliumKeys lists the Cilium keys glia knows and does not implement,
-// sorted.
-func CiliumKeys() []string {
-	out := make([]string, len(ciliumKeys))
-	for i, k := range ciliumKeys {
-		out[i] = k.name
-	}
-	sort.Strings(out)
-	return out
-}
 
 // lookupCilium says whether name is a Cilium key glia does not implement
 // and, when its value cannot be honoured, why.

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -306,23 +304,6 @@ func (l *Lab) preLabelNode(ctx context.Context, cs *kubernetes.Clientset, name s
 		return fmt.Errorf("create node %s: %w", name, err)
 	}
 	return nil
-}
-
-func unixTransport(sock string) *http.Transport {
-	return &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", sock)
-	}}
-}
-
-func runInNetns(netnsName string, cmd *exec.Cmd) ([]byte, error) {
-	var out []byte
-	err := inNetns(netnsName, func() error {
-		var err error
-		out, err = cmd.CombinedOutput()
-		return err
-	})
-	return out, err
 }
 
 func (l *Lab) waitReady(ctx context.Context, cs *kubernetes.Clientset, nodes int, timeout time.Duration) error {

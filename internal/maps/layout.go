@@ -252,9 +252,8 @@ type Migration struct {
 	Map string `json:"map"`
 	// Action: "migrated" (entries carried into a map of another layout or
 	// size), "reset" (a layout it cannot migrate: a new, empty map),
-	// "merged" (a previous map an interrupted start left, merged into the
-	// current one), "kept-newer" (a newer layout this agent may use as
-	// it is).
+	// or "merged" (a previous map an interrupted start left, merged into
+	// the current one).
 	Action      string `json:"action"`
 	FromVersion uint32 `json:"fromVersion"`
 	ToVersion   uint32 `json:"toVersion"`

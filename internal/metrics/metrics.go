@@ -150,7 +150,7 @@ func New() *Metrics {
 		}, []string{"reconciler", "status"}),
 		migrationEntries: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: NameMapMigrationEntries,
-			Help: "Entries of a pinned map of another layout version or size the agent migrated at start, by map, action (migrated, reset, merged, kept-newer) and result (carried, lost).",
+			Help: "Entries of a pinned map of another layout version or size the agent migrated at start, by map, action (migrated, reset, merged) and result (carried, lost).",
 		}, []string{"map", "action", "result"}),
 		migrationFlowsLost: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: NameMapMigrationFlowsLost,

@@ -90,7 +90,7 @@ glia_datapath_fallback{key="enable-bpf-masquerade"} 1
 # HELP glia_controller_failures Consecutive failures of a controller since its last success.
 # TYPE glia_controller_failures gauge
 glia_controller_failures{name="endpoint-sync"} 2
-# HELP glia_map_migration_entries Entries of a pinned map of another layout version or size the agent migrated at start, by map, action (migrated, reset, merged, kept-newer) and result (carried, lost).
+# HELP glia_map_migration_entries Entries of a pinned map of another layout version or size the agent migrated at start, by map, action (migrated, reset, merged) and result (carried, lost).
 # TYPE glia_map_migration_entries gauge
 glia_map_migration_entries{action="migrated",map="glia_ct",result="carried"} 40
 glia_map_migration_entries{action="migrated",map="glia_ct",result="lost"} 6

@@ -41,9 +41,7 @@ type Controller struct {
 	current atomic.Pointer[Result]
 	mu      sync.Mutex
 	err     error
-	// Computed counts computations (for tests and metrics).
-	computed atomic.Uint64
-	init     func(statedb.WriteTxn)
+	init    func(statedb.WriteTxn)
 }
 
 // NewController registers the controller as the initialiser of its output
@@ -68,9 +66,6 @@ func (c *Controller) Err() error {
 	defer c.mu.Unlock()
 	return c.err
 }
-
-// Computations counts the policies computed.
-func (c *Controller) Computations() uint64 { return c.computed.Load() }
 
 // Run recomputes on every change of the inputs until ctx ends. Changes
 // arriving together (a burst of Pod events) are computed once: after a
@@ -176,7 +171,6 @@ func anyOf(ctx context.Context, ws []<-chan struct{}) <-chan struct{} {
 
 // apply writes a result into the output tables, in one transaction.
 func (c *Controller) apply(r *Result, first bool) {
-	c.computed.Add(1)
 	var err error
 	if c.limits.IPCache > 0 && len(r.IPCache) > c.limits.IPCache {
 		err = fmt.Errorf("the policy needs %d address → identity entries and glia_ipcache holds %d: fewer pod label sets, pods or ipBlocks must be in use for it to fit", len(r.IPCache), c.limits.IPCache)

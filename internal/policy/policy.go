@@ -590,18 +590,6 @@ func Keys(id uint16, a Allow) []state.PolicyKey {
 	return out
 }
 
-// Pod returns a pod of the input by "namespace/name".
-func (r *Result) Pod(key string) (*state.Pod, bool) {
-	p, ok := r.pods[key]
-	return p, ok
-}
-
-// PodByIP returns the pod holding an address, if any.
-func (r *Result) PodByIP(a netip.Addr) (*state.Pod, bool) {
-	p, ok := r.podByIP[a]
-	return p, ok
-}
-
 // IdentityOf returns the identity of an address, as the datapath finds it.
 func (r *Result) IdentityOf(a netip.Addr) *Identity { return r.Identities[r.identityOf(a)] }
 

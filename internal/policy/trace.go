@@ -101,8 +101,8 @@ func (r *Result) Trace(from, to Peer, proto uint8, port uint16) (Verdict, error)
 	}
 	v := Verdict{From: describe(fa, fpod), To: describe(ta, tpod), Proto: ProtoName(proto), Port: port,
 		FromID: r.IdentityOf(fa).String(), ToID: r.IdentityOf(ta).String()}
-	v.Egress = r.step(state.DirEgress, fpod, ta, tpod, proto, port)
-	v.Ingress = r.step(state.DirIngress, tpod, fa, fpod, proto, port)
+	v.Egress = r.step(state.DirEgress, fpod, ta, proto, port)
+	v.Ingress = r.step(state.DirIngress, tpod, fa, proto, port)
 	v.Allowed = v.Egress.Allowed && v.Ingress.Allowed
 	return v, nil
 }
@@ -115,7 +115,7 @@ func describe(a netip.Addr, pod *state.Pod) string {
 }
 
 // step decides one side: pod's policy in dir, against peer.
-func (r *Result) step(dir uint8, pod *state.Pod, peer netip.Addr, peerPod *state.Pod, proto uint8, port uint16) Step {
+func (r *Result) step(dir uint8, pod *state.Pod, peer netip.Addr, proto uint8, port uint16) Step {
 	s := Step{Dir: "egress"}
 	if dir == state.DirIngress {
 		s.Dir = "ingress"
@@ -158,6 +158,5 @@ func (r *Result) step(dir uint8, pod *state.Pod, peer netip.Addr, peerPod *state
 		}
 	}
 	s.Reason = "isolated by " + strings.Join(names, ", ") + "; no rule allows this peer, protocol and port"
-	_ = peerPod
 	return s
 }

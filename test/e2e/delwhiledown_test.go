@@ -14,9 +14,10 @@ import (
 )
 
 // delFreedBound is how soon after its agent is back a pod deleted while
-// the agent was down has its address free again: the agent deletes
-// endpoints whose veth is gone once it is ready (then every 30 s); the
-// rest is the agent pod's start.
+// the agent was down has its address free again: the agent's restore
+// drops endpoints whose veth is gone; the rest is the agent pod's start.
+// (A DEL lost while the agent runs but cannot be reached is the endpoint
+// sweep's, every 30 s: TestSweepGone in internal/endpoint covers it.)
 const delFreedBound = 90 * time.Second
 
 // A pod deleted while its node's agent is stopped (the CNI DEL cannot

@@ -56,7 +56,6 @@ import (
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
 	"glia.dev/glia/internal/atomicfile"
 	"glia.dev/glia/internal/datapath"
@@ -129,16 +128,6 @@ func WriteOwners(stateDir string, o Owners) error {
 		return fmt.Errorf("write handover record: %w", err)
 	}
 	return nil
-}
-
-// monotonic is CLOCK_MONOTONIC in nanoseconds, the clock of
-// bpf_ktime_get_ns that CT and NAT entries are stamped with.
-func monotonic() uint64 {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		panic(fmt.Sprintf("clock_gettime(CLOCK_MONOTONIC): %v", err))
-	}
-	return uint64(ts.Nano())
 }
 
 // handoverNet is what decides which flows belong to the node.
@@ -324,15 +313,6 @@ type HandoverStats struct {
 
 func (s HandoverStats) total() int { return s.Masqueraded + s.Inbound + s.Services }
 
-func (s *HandoverStats) add(o HandoverStats) {
-	s.Masqueraded += o.Masqueraded
-	s.Inbound += o.Inbound
-	s.Services += o.Services
-	s.Existing += o.Existing
-	s.Conflicts += o.Conflicts
-	s.Skipped += o.Skipped
-}
-
 func (s HandoverStats) logArgs() []any {
 	return []any{"masqueraded", s.Masqueraded, "inbound", s.Inbound, "services", s.Services,
 		"already-there", s.Existing, "conflicts", s.Conflicts, "not-expressible", s.Skipped}
@@ -420,7 +400,7 @@ func seedCT(ct *maps.CT, rows []maps.CTRow, st *HandoverStats, count *int) error
 // masqueraded flows and the flows outside hosts opened to local pods.
 func takeOverMasquerade(flows []linux.CTFlow, n handoverNet, ct *maps.CT, nat *maps.NAT) (HandoverStats, error) {
 	var st HandoverStats
-	now := monotonic()
+	now := maps.Monotonic()
 	err := errors.Join(
 		seedNAT(nat, masqueradeSeeds(flows, n, now), &st, &st.Masqueraded),
 		seedCT(ct, inboundSeeds(flows, n, now), &st, &st.Inbound))
@@ -435,7 +415,7 @@ func takeOverServiceFlows(seeds []svcSeed, val maps.SvcValue, backendID func(net
 	ct *maps.CT, nat *maps.NAT, affinity *maps.Affinity) (HandoverStats, error) {
 	var st HandoverStats
 	var errs []error
-	now := monotonic()
+	now := maps.Monotonic()
 	for _, s := range seeds {
 		id, ok := backendID(s.backend, s.proto)
 		if !ok {
@@ -549,25 +529,17 @@ func writeKernel(flows []linux.CTFlow, st *HandoverStats) error {
 	if err != nil {
 		return err
 	}
-	have := make(map[linux.Tuple]linux.CTFlow, len(existing))
-	for _, f := range existing {
-		if f.Proto == unix.IPPROTO_TCP {
-			have[f.Orig] = f
-		}
+	type flowKey struct {
+		proto uint8
+		orig  linux.Tuple
 	}
-	haveUDP := map[linux.Tuple]linux.CTFlow{}
+	have := make(map[flowKey]linux.CTFlow, len(existing))
 	for _, f := range existing {
-		if f.Proto == unix.IPPROTO_UDP {
-			haveUDP[f.Orig] = f
-		}
+		have[flowKey{f.Proto, f.Orig}] = f
 	}
 	var errs []error
 	for _, f := range flows {
-		idx := have
-		if f.Proto == unix.IPPROTO_UDP {
-			idx = haveUDP
-		}
-		if k, ok := idx[f.Orig]; ok {
+		if k, ok := have[flowKey{f.Proto, f.Orig}]; ok {
 			_, ksnat := k.SNAT()
 			_, kdnat := k.DNAT()
 			switch {
@@ -613,7 +585,7 @@ func handBack(ct *maps.CT, nat *maps.NAT, backends *maps.Backends, n handoverNet
 			bes[b.ID] = b.Backend
 		}
 	}
-	flows := kernelFlows(ctRows, natRows, bes, n, monotonic(), what, &st)
+	flows := kernelFlows(ctRows, natRows, bes, n, maps.Monotonic(), what, &st)
 	return st, writeKernel(flows, &st)
 }
 

@@ -219,7 +219,7 @@ func TestPrivilegedMasqueradeMidFlowAvoidsNodeSockets(t *testing.T) {
 // before the switch and create no translation.
 func TestSNATContinue(t *testing.T) {
 	e := newEnv(t, FlagKPR, false)
-	p := newNATPair(maps.ProtoTCP, app(podA+":40000"), app(world+":80"), app(nodeIP+":51000"), monotonic())
+	p := newNATPair(maps.ProtoTCP, app(podA+":40000"), app(world+":80"), app(nodeIP+":51000"), maps.Monotonic())
 	for _, r := range []maps.NATRow{p.egress, p.ingress} {
 		must(t, e.nat.Update(r.Key, r.Entry))
 	}

@@ -374,7 +374,7 @@ func (p *pinnedMaps) execute(pl *planned) error {
 		if st.chain == nil {
 			st.chain = []maps.Converter{}
 		}
-		st.copied = monotonicNow()
+		st.copied = maps.Monotonic()
 		n, lost, err := copyEntries(st.old, fresh, st.chain, pl.want, st.old.ValueSize())
 		if err != nil {
 			return fmt.Errorf("migrate %s: %w", name, err)
@@ -562,15 +562,6 @@ func convert(e maps.RawEntry, chain []maps.Converter, perCPU bool, oldSize uint3
 		key, out = k, append(out, v...)
 	}
 	return maps.RawEntry{Key: key, Value: out}, true
-}
-
-// monotonicNow is CLOCK_MONOTONIC in nanoseconds, bpf_ktime_get_ns's clock.
-func monotonicNow() uint64 {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		return 0
-	}
-	return uint64(ts.Nano())
 }
 
 func isPerCPU(m *ebpf.Map) bool {

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -280,11 +279,3 @@ func (r *runner) deletePodObject(pod *corev1.Pod) {
 }
 
 func podKey(ns, name string) string { return ns + "/" + name }
-
-func shortID(s string) string {
-	s = strings.ReplaceAll(s, "-", "")
-	if len(s) > 12 {
-		return s[:12]
-	}
-	return s
-}
