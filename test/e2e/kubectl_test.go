@@ -31,7 +31,7 @@ spec:
   - name: ticker
     image: busybox
     env: [{name: GREETING, value: hello from ticker}]
-    command: ["sh", "-c", "echo started; echo to stderr >&2; i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done"]
+    command: ["sh", "-c", "echo started; echo to stderr >&2; sleep 1; i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done"]
 ---
 apiVersion: v1
 kind: Pod
